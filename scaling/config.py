@@ -1,0 +1,289 @@
+"""Typed configuration: the schema Hydra validates YAML against, and the plain dataclasses that
+everything below the entry points receives.
+
+This module imports neither torch nor deepspeed: the planner (`launch/`) builds and counts run
+configs on login nodes and laptops.
+
+Config is typed once, at the door. An entry point composes YAML with Hydra, converts it with
+`to_dataclass` (which calls `OmegaConf.to_object` and then `validate`), and passes the result on.
+A misspelled or mistyped key fails in Hydra with the key named; a value that is well typed but
+wrong fails in `validate`, which lists every problem at once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Optional
+
+from scaling.data.config import DataConfig
+from scaling.errors import raise_if
+
+FLOPS_CONVENTIONS = ("kaplan", "6n", "chinchilla")
+SCHEDULES = ("cosine", "wsd", "constant")
+PRECISIONS = ("fp32", "bf16")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
+@dataclass
+class GPTConfig:
+    """A pre-norm decoder-only transformer. `seq_len` and `vocab_size` left as None come from the
+    data manifest, so a user never sets them twice."""
+
+    family: str = "gpt"
+    n_layers: int = 2
+    d_model: int = 64
+    n_heads: int = 2
+    d_ff: Optional[int] = None  # None means 4 * d_model
+    seq_len: Optional[int] = None
+    vocab_size: Optional[int] = None
+    tie_embeddings: bool = False
+
+    @property
+    def ffn_dim(self) -> int:
+        return self.d_ff if self.d_ff is not None else 4 * self.d_model
+
+    def problems(self, prefix: str = "model") -> list[str]:
+        out = []
+        if self.family != "gpt":
+            out.append(f"{prefix}.family={self.family!r} in a GPT config; use family=gpt or model=cnn")
+        for key in ("n_layers", "d_model", "n_heads", "d_ff", "seq_len", "vocab_size"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                out.append(f"{prefix}.{key}={value} must be positive; pick a size >= 1")
+        if self.d_model > 0 and self.n_heads > 0 and self.d_model % self.n_heads:
+            out.append(
+                f"{prefix}.d_model={self.d_model} is not divisible by {prefix}.n_heads={self.n_heads}; "
+                f"pick d_model as a multiple of n_heads"
+            )
+        return out
+
+
+@dataclass
+class CNNConfig:
+    """A ResNet-style classifier: a stem, `n_stages` stages of `depth` residual blocks each, and a
+    linear head. Stage i has `width * 2**i` channels. Image shape and class count left as None
+    come from the data manifest."""
+
+    family: str = "cnn"
+    width: int = 16
+    depth: int = 1
+    n_stages: int = 3
+    image_size: Optional[int] = None
+    in_channels: Optional[int] = None
+    n_classes: Optional[int] = None
+
+    def problems(self, prefix: str = "model") -> list[str]:
+        out = []
+        if self.family != "cnn":
+            out.append(f"{prefix}.family={self.family!r} in a CNN config; use family=cnn or model=gpt")
+        for key in ("width", "depth", "n_stages", "image_size", "in_channels", "n_classes"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                out.append(f"{prefix}.{key}={value} must be positive; pick a value >= 1")
+        return out
+
+
+ModelConfig = GPTConfig | CNNConfig
+MODEL_CONFIGS: dict[str, type] = {"gpt": GPTConfig, "cnn": CNNConfig}
+
+
+@dataclass
+class TrainConfig:
+    """How one run trains. Budgets are in data (tokens, or images for the CNN) or in FLOPs, never
+    in steps: the step count is derived from the budget and the global batch."""
+
+    tokens: Optional[float] = None  # training budget in tokens (images for the CNN)
+    flops: Optional[float] = None  # or in FLOPs, converted with flops_convention
+    flops_convention: str = "6n"
+    global_batch_size: int = 16  # sequences (images) per optimizer step, over all ranks
+    micro_batch_size: Any = "auto"  # int, or "auto": largest that fits (GPU), whole rank batch (CPU)
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # the schedule decays to lr * min_lr_ratio
+    schedule: str = "cosine"
+    warmup_tokens: float = 0.0
+    decay_fraction: float = 0.2  # WSD: the final fraction of the budget spent decaying
+    weight_decay: float = 0.1  # on matrices only
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    zero_stage: int = 0
+    precision: str = "fp32"
+    activation_checkpointing: bool = False
+    eval_every_tokens: Optional[float] = None  # None: evaluate only at the end
+    eval_tokens: float = 32768  # held-out tokens (images) per evaluation, the same for every size
+    log_every_steps: int = 1
+    checkpoint_every_tokens: Optional[float] = None  # None: only on a signal and at the end
+    keep_checkpoints: int = 2
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    num_threads: Optional[int] = None  # CPU threads per process; None: cores / local processes
+    nan_check: bool = True
+
+    def problems(self, prefix: str = "train") -> list[str]:
+        out = []
+        if (self.tokens is None) == (self.flops is None):
+            out.append(
+                f"{prefix}.tokens={self.tokens} and {prefix}.flops={self.flops}: set exactly one budget, "
+                f"e.g. {prefix}.tokens=2e6"
+            )
+        for key in ("tokens", "flops", "eval_every_tokens", "checkpoint_every_tokens"):
+            value = getattr(self, key)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                out.append(f"{prefix}.{key}={value} must be a positive number")
+        if self.flops_convention not in FLOPS_CONVENTIONS:
+            out.append(f"{prefix}.flops_convention={self.flops_convention!r}; use one of {FLOPS_CONVENTIONS}")
+        if self.schedule not in SCHEDULES:
+            out.append(f"{prefix}.schedule={self.schedule!r}; use one of {SCHEDULES}")
+        if self.precision not in PRECISIONS:
+            out.append(f"{prefix}.precision={self.precision!r}; use one of {PRECISIONS}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            out.append(f"{prefix}.zero_stage={self.zero_stage}; use 0, 1, 2 or 3")
+        if self.global_batch_size <= 0:
+            out.append(f"{prefix}.global_batch_size={self.global_batch_size} must be >= 1")
+        mbs = self.micro_batch_size
+        if not (mbs == "auto" or (isinstance(mbs, int) and mbs > 0)):
+            out.append(f"{prefix}.micro_batch_size={mbs!r}; use a positive integer or auto")
+        if not 0 <= self.decay_fraction <= 1:
+            out.append(f"{prefix}.decay_fraction={self.decay_fraction} must lie in [0, 1]")
+        if not 0 <= self.min_lr_ratio <= 1:
+            out.append(f"{prefix}.min_lr_ratio={self.min_lr_ratio} must lie in [0, 1]")
+        if self.lr <= 0:
+            out.append(f"{prefix}.lr={self.lr} must be positive")
+        if self.warmup_tokens < 0:
+            out.append(f"{prefix}.warmup_tokens={self.warmup_tokens} must be >= 0")
+        if self.eval_tokens <= 0:
+            out.append(f"{prefix}.eval_tokens={self.eval_tokens} must be positive")
+        if self.keep_checkpoints < 1:
+            out.append(f"{prefix}.keep_checkpoints={self.keep_checkpoints} must be >= 1")
+        if self.log_every_steps < 1:
+            out.append(f"{prefix}.log_every_steps={self.log_every_steps} must be >= 1")
+        if self.device not in ("auto", "cpu", "cuda"):
+            out.append(f"{prefix}.device={self.device!r}; use auto, cpu or cuda")
+        return out
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "auto"  # auto: online when credentials exist, otherwise offline
+    project: str = "scaling"
+    entity: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+    def problems(self, prefix: str = "logger.wandb") -> list[str]:
+        if self.mode not in WANDB_MODES:
+            return [f"{prefix}.mode={self.mode!r}; use one of {WANDB_MODES}"]
+        return []
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"  # the run directory: config, metrics, result and checkpoints
+    id: Optional[str] = None  # defaults to the directory's name
+    group: Optional[str] = None  # the study this run belongs to (the wandb group)
+
+    def problems(self, prefix: str = "run") -> list[str]:
+        return [] if self.dir else [f"{prefix}.dir is empty; set run.dir=PATH"]
+
+
+@dataclass
+class TrainAppConfig:
+    """The whole config of `scaling-train`."""
+
+    model: Any = None  # GPTConfig or CNNConfig, picked by the `model` config group
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def validate(cfg: TrainAppConfig) -> TrainAppConfig:
+    """Check every section and raise one ConfigError listing all problems."""
+    problems: list[str] = []
+    if not isinstance(cfg.model, (GPTConfig, CNNConfig)):
+        family = getattr(cfg.model, "family", cfg.model)
+        problems.append(f"model={family!r} is not a known family; use model=gpt or model=cnn")
+    else:
+        problems += cfg.model.problems()
+    problems += cfg.data.problems()
+    problems += cfg.train.problems()
+    problems += cfg.run.problems()
+    problems += cfg.logger.wandb.problems()
+    raise_if(problems)
+    return cfg
+
+
+def register_configs() -> None:
+    """Register the schemas in Hydra's ConfigStore. YAML files under conf/ extend them through
+    their defaults lists (`- /schema/model/gpt@_here_`), so every key is typed."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainAppConfig)
+    cs.store(group="schema/model", name="gpt", node=GPTConfig)
+    cs.store(group="schema/model", name="cnn", node=CNNConfig)
+    cs.store(group="schema/data", name="data", node=DataConfig)
+    cs.store(group="schema/train", name="train", node=TrainConfig)
+
+
+def to_dataclass(dcfg: Any) -> TrainAppConfig:
+    """Convert a composed DictConfig into validated plain dataclasses."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_object(dcfg)
+    if isinstance(cfg, dict):  # composed without the schema (e.g. from a saved config.yaml)
+        cfg = from_dict(cfg)
+    return validate(cfg)
+
+
+def from_dict(raw: dict) -> TrainAppConfig:
+    """Build a TrainAppConfig from a plain dict such as a saved `config.yaml`, rejecting unknown
+    keys with their full name."""
+    raw = dict(raw)
+    model_raw = dict(raw.pop("model", None) or {})
+    family = model_raw.get("family", "gpt")
+    if family not in MODEL_CONFIGS:
+        from scaling.errors import ConfigError
+
+        raise ConfigError(f"model.family={family!r} is not a known family; use one of {sorted(MODEL_CONFIGS)}")
+    sections = {
+        "data": DataConfig,
+        "train": TrainConfig,
+        "run": RunConfig,
+    }
+    kwargs: dict[str, Any] = {"model": _build(MODEL_CONFIGS[family], model_raw, "model")}
+    for key, cls in sections.items():
+        kwargs[key] = _build(cls, raw.pop(key, None) or {}, key)
+    logger = raw.pop("logger", None) or {}
+    kwargs["logger"] = LoggerConfig(wandb=_build(WandbConfig, logger.get("wandb") or {}, "logger.wandb"))
+    if raw:
+        from scaling.errors import ConfigError
+
+        raise ConfigError([f"unknown key {k!r}; remove it or check its spelling" for k in raw])
+    return TrainAppConfig(**kwargs)
+
+
+def _build(cls: type, values: dict, prefix: str) -> Any:
+    names = {f.name for f in fields(cls)}
+    unknown = [k for k in values if k not in names]
+    if unknown:
+        from scaling.errors import ConfigError
+
+        raise ConfigError([f"unknown key {prefix}.{k}; valid keys are {sorted(names)}" for k in unknown])
+    return cls(**values)
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass tree as plain dicts and lists, for YAML and JSON."""
+    if is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
