@@ -1,0 +1,122 @@
+"""The table every fit reads: one row per training run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from analysis.errors import DataError
+
+REQUIRED = ("N", "D", "loss")
+
+
+@dataclass(frozen=True, eq=False)
+class Data:
+    """Runs to fit, as parallel arrays (one entry per run).
+
+    N: parameters [count]; D: tokens (or images) seen [count]; loss [nats]; C: training
+    FLOPs (``6 N D`` when the source has none); run_id: a name per row for messages and
+    reports; budget: the IsoFLOP budget a planner assigned [FLOPs], NaN where unknown.
+    Build it with :meth:`from_arrays`, which validates every row.
+    """
+
+    N: np.ndarray
+    D: np.ndarray
+    loss: np.ndarray
+    C: np.ndarray
+    run_id: tuple[str, ...]
+    budget: np.ndarray
+    source: str = ""
+    # Rows dropped by the loader (only when it was asked to skip bad rows), as messages.
+    rejected: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def from_arrays(
+        cls,
+        N: ArrayLike,
+        D: ArrayLike,
+        loss: ArrayLike,
+        C: ArrayLike | None = None,
+        run_id: list[str] | tuple[str, ...] | None = None,
+        budget: ArrayLike | None = None,
+        source: str = "",
+    ) -> "Data":
+        """Validate and wrap columns; C defaults to ``6 N D``.
+
+        Raises DataError naming every row with a NaN, missing, infinite or non-positive
+        value, so the user can fix them all at once.
+        """
+        cols = {"N": N, "D": D, "loss": loss}
+        arrays = {k: np.atleast_1d(np.asarray(v, dtype=float)) for k, v in cols.items()}
+        n = arrays["N"].shape[0]
+        arrays["C"] = (
+            6.0 * arrays["N"] * arrays["D"]
+            if C is None
+            else np.atleast_1d(np.asarray(C, dtype=float))
+        )
+        for k, v in arrays.items():
+            if v.shape != (n,):
+                raise DataError(f"column {k} has shape {v.shape}, expected ({n},) like N")
+        ids = tuple(str(i) for i in (run_id if run_id is not None else range(n)))
+        if len(ids) != n:
+            raise DataError(f"run_id has {len(ids)} entries for {n} rows; give one per row")
+        bud = (
+            np.full(n, np.nan)
+            if budget is None
+            else np.atleast_1d(np.asarray(budget, dtype=float))
+        )
+        problems = bad_rows(arrays, ids)
+        if problems:
+            raise DataError(
+                f"{len(problems)} bad row(s) in {source or 'data'}: "
+                + "; ".join(problems)
+                + ". Every N, D, loss (and C) must be a positive finite number; fix or drop them."
+            )
+        return cls(
+            N=arrays["N"], D=arrays["D"], loss=arrays["loss"], C=arrays["C"],
+            run_id=ids, budget=bud, source=source,
+        )
+
+    def __len__(self) -> int:
+        return int(self.N.shape[0])
+
+    def subset(self, rows: ArrayLike) -> "Data":
+        """The runs at positions ``rows`` (indices or a boolean mask), order kept."""
+        idx = np.arange(len(self))[np.asarray(rows)]
+        return Data(
+            N=self.N[idx], D=self.D[idx], loss=self.loss[idx], C=self.C[idx],
+            run_id=tuple(self.run_id[i] for i in idx), budget=self.budget[idx],
+            source=self.source, rejected=self.rejected,
+        )
+
+    def drop_highest_loss(self, k: int) -> "Data":
+        """Drop the k runs with the highest loss (Epoch drops 5 from Chinchilla's Figure 4)."""
+        if k < 0 or k >= len(self):
+            raise DataError(f"drop_highest_loss k={k} must be in [0, {len(self) - 1}]")
+        if k == 0:
+            return self
+        keep = np.sort(np.argsort(self.loss, kind="stable")[: len(self) - k])
+        return self.subset(keep)
+
+    def column(self, name: str) -> np.ndarray:
+        """One of N, D, C or loss, by name."""
+        if name not in ("N", "D", "C", "loss"):
+            raise DataError(f"unknown column {name!r}; use one of N, D, C, loss")
+        return getattr(self, name)
+
+
+def bad_rows(arrays: dict[str, np.ndarray], ids: tuple[str, ...]) -> list[str]:
+    """One message per row holding a NaN, infinite or non-positive value."""
+    problems = []
+    n = len(ids)
+    for i in range(n):
+        bad = [
+            f"{k}={arrays[k][i]!r}"
+            for k in ("N", "D", "loss", "C")
+            if k in arrays and not (np.isfinite(arrays[k][i]) and arrays[k][i] > 0)
+        ]
+        if bad:
+            problems.append(f"row {ids[i]}: " + ", ".join(bad))
+    return problems

@@ -1,0 +1,91 @@
+"""Named warnings about a fit, and the one check that is an error (too few points).
+
+A diagnostic never stops a fit: it travels with the result, is printed by the CLI and written
+to ``fit.json`` under its ``code``. Codes:
+
+- ``narrow_span_N`` / ``narrow_span_D`` / ``narrow_span_C``: the column spans less than one
+  decade, so the exponent for it is poorly determined.
+- ``grid_edge``: every start that reached the best optimum lies on the edge of the start grid,
+  or the optimum lies outside the grid's box; widen the grid.
+- ``param_at_bound``: a parameter sits at the optimiser's bound.
+- ``not_converged``: the best start stopped on the iteration limit, not on a tolerance.
+- ``wide_interval``: a bootstrap interval is wider than the estimate itself.
+- ``bootstrap_not_converged``: some bootstrap resamples did not converge.
+
+Too few points is :class:`analysis.errors.TooFewPointsError`, raised before fitting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from analysis.errors import DataError, TooFewPointsError
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One named finding: ``code`` is stable for programs, ``message`` is for people."""
+
+    code: str
+    message: str
+
+    def to_json(self) -> dict:
+        return {"code": self.code, "message": self.message}
+
+
+def require_points(n_points: int, n_params: int, law: str) -> None:
+    """Raise unless there are more points than parameters (at least one residual dof)."""
+    needed = n_params + 1
+    if n_points < needed:
+        raise TooFewPointsError(
+            f"law {law} has {n_params} parameters and needs at least {needed} runs to fit; "
+            f"got {n_points}. Add runs, or fit a law with fewer parameters."
+        )
+
+
+def require_distinct(values: np.ndarray, column: str, law: str) -> None:
+    """Raise when a column the law depends on takes a single value (e.g. one model size)."""
+    distinct = np.unique(values)
+    if distinct.size < 2:
+        raise DataError(
+            f"{column} takes a single value ({distinct[0]:.4g}) across all {values.size} runs; "
+            f"law {law} needs several values of {column} (ideally spanning a decade or more)"
+        )
+
+
+def span_diagnostics(columns: dict[str, np.ndarray]) -> list[Diagnostic]:
+    """Warn for every input column spanning less than one decade."""
+    out = []
+    for name, v in columns.items():
+        decades = float(np.log10(v.max() / v.min()))
+        if decades < 1.0:
+            out.append(
+                Diagnostic(
+                    f"narrow_span_{name}",
+                    f"{name} spans {decades:.2f} decades ({v.min():.3g} to {v.max():.3g}); "
+                    f"exponents fitted on less than one decade are unreliable",
+                )
+            )
+    return out
+
+
+def interval_diagnostics(
+    estimates: dict[str, float], intervals: dict[str, tuple[float, float]]
+) -> list[Diagnostic]:
+    """Warn for every quantity whose bootstrap interval is wider than its estimate."""
+    out = []
+    for name, (lo, hi) in intervals.items():
+        est = estimates.get(name)
+        if est is None or not np.isfinite(est):
+            continue
+        if hi - lo > abs(est):
+            out.append(
+                Diagnostic(
+                    "wide_interval",
+                    f"{name}: interval [{lo:.4g}, {hi:.4g}] is wider than the estimate "
+                    f"{est:.4g}; the data do not pin it down",
+                )
+            )
+    return out

@@ -1,0 +1,447 @@
+"""Fit a scaling law by Huber loss on log residuals, from a grid of L-BFGS starts.
+
+Method (Hoffmann et al. 2022, as replicated by Epoch AI 2024): minimise
+
+    sum_i Huber_delta( log L_i - log L_hat(N_i, D_i; theta) )
+
+with L-BFGS started from every point of a grid, and keep the best optimum. The laws are
+written in log space (:mod:`analysis.forms`), e.g. for Chinchilla
+``log L_hat = LSE(a - alpha log N, b - beta log D, e)`` with ``A = e^a, B = e^b, E = e^e``.
+
+Speed: all starts advance together as rows of one array (:mod:`analysis.optim`). The default
+``screen=True`` first takes a few steps from every start, then keeps the best tenth and runs
+those to convergence; ``screen=False`` runs every start to convergence. On Chinchilla's data
+both find the optimum that a plain loop of ``scipy.optimize.minimize`` finds
+(``bench/fit_speed.py`` checks this), at a small fraction of the time.
+
+Public API:
+- :func:`fit_law` -> :class:`FitResult`
+- :func:`bootstrap` -> :class:`BootstrapResult`
+- :func:`compute_optimal` -> dict of N_opt, D_opt, tokens per parameter, loss (+ intervals)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from analysis import laws
+from analysis.data import Data
+from analysis.diagnostics import (
+    Diagnostic,
+    interval_diagnostics,
+    require_distinct,
+    require_points,
+    span_diagnostics,
+)
+from analysis.errors import AnalysisError
+from analysis.forms import FORMS, Form, huber_value_and_grad
+from analysis.optim import minimize_batch
+
+DEFAULT_X = {"power_law": "C", "kaplan_n": "N", "kaplan_d": "D", "broken_power_law": "C"}
+SCREEN_ITERS = 5  # steps every start takes before the screen; enough to rank basins
+# The summed Huber objective is small (about 1e-3 on Chinchilla's data), so scipy's default
+# stopping rule, a decrease below 2.2e-9 * max(|f|, 1), stops a warm start almost at once.
+# Polishing the best start and every bootstrap resample uses tolerances scaled to the problem.
+TIGHT = {"ftol": 1e-13, "gtol": 1e-9}
+
+
+@dataclass(frozen=True, eq=False)
+class FitResult:
+    """A fitted law. Immutable; ``params`` and ``derived`` are read-only mappings.
+
+    params: public parameters (for chinchilla ``E, A, B, alpha, beta``); theta: the internal
+    log-space parameters the optimiser moved; objective: the summed Huber loss at the optimum;
+    residuals: ``log L_obs - log L_fit`` per run; rmse_log / r2_log: fit quality on log loss;
+    converged: the best start met a stopping tolerance; best_start: the grid point it began
+    from; derived: quantities computed from params (chinchilla: ``a, b, G``).
+    """
+
+    law: str
+    x: str | None  # the input column of a one-variable law (N, D or C); None for N-D laws
+    params: Mapping[str, float]
+    theta: tuple[float, ...]
+    objective: float
+    n_points: int
+    delta: float
+    converged: bool
+    n_starts: int
+    n_starts_run: int  # starts run to convergence (all of them unless screened)
+    n_starts_converged: int
+    best_start: tuple[float, ...]
+    best_start_on_edge: bool
+    at_bound: tuple[str, ...]
+    residuals: np.ndarray
+    rmse_log: float
+    r2_log: float
+    derived: Mapping[str, float]
+    diagnostics: tuple[Diagnostic, ...]
+
+    def predict(self, N: ArrayLike | None = None, D: ArrayLike | None = None,
+                C: ArrayLike | None = None) -> np.ndarray:
+        """Predicted loss [nats] at the given inputs (N and D for two-variable laws)."""
+        fn = laws.LAWS[self.law]
+        if self.x is None:
+            if N is None or D is None:
+                raise AnalysisError(f"law {self.law} predicts from N and D; pass both")
+            return fn(N, D, **self.params)
+        value = {"N": N, "D": D, "C": C}[self.x]
+        if value is None:
+            raise AnalysisError(f"law {self.law} was fitted on {self.x}; pass {self.x}=...")
+        return fn(value, **self.params)
+
+    def predict_data(self, data: Data) -> np.ndarray:
+        """Predicted loss for every run in ``data``."""
+        return self.predict(N=data.N, D=data.D, C=data.C)
+
+
+@dataclass(frozen=True, eq=False)
+class BootstrapResult:
+    """Bootstrap over runs: resample runs with replacement, refit, and summarise.
+
+    samples: every parameter and derived quantity, one value per resample; stderr: their
+    standard deviations; interval: percentile intervals at ``level``.
+    """
+
+    law: str
+    n_resamples: int
+    seed: int
+    level: float
+    samples: Mapping[str, np.ndarray]
+    stderr: Mapping[str, float]
+    interval: Mapping[str, tuple[float, float]]
+    n_converged: int
+    diagnostics: tuple[Diagnostic, ...]
+
+
+def get_form(law: str) -> Form:
+    if law not in FORMS:
+        raise AnalysisError(f"unknown law {law!r}; choose one of {', '.join(FORMS)}")
+    return FORMS[law]
+
+
+def _columns(data: Data, form: Form, x: str | None) -> tuple[dict, dict, str | None]:
+    """Log columns for the optimiser, raw columns for diagnostics, and the x used."""
+    if form.inputs == ("N", "D"):
+        raw = {"N": data.N, "D": data.D}
+        return {"lnN": np.log(data.N), "lnD": np.log(data.D)}, raw, None
+    x = x or DEFAULT_X[form.name]
+    fixed = {"kaplan_n": "N", "kaplan_d": "D"}.get(form.name)
+    if fixed and x != fixed:
+        raise AnalysisError(f"law {form.name} is a law in {fixed}; got x={x!r}, drop it")
+    if x not in ("N", "D", "C"):
+        raise AnalysisError(f"x={x!r} is not a column; use N, D or C")
+    v = data.column(x)
+    return {"lnx": np.log(v)}, {x: v}, x
+
+
+def _grid_array(form: Form, grid, cols) -> np.ndarray:
+    if grid is None:
+        return form.default_grid(cols)
+    if isinstance(grid, Mapping):
+        missing = [k for k in form.theta_names if k not in grid]
+        if missing:
+            raise AnalysisError(
+                f"grid for {form.name} lacks {missing}; give values for every one of "
+                f"{form.theta_names} (log-scale parameters are logs, e.g. a = log A)"
+            )
+        import itertools
+
+        return np.array(
+            list(itertools.product(*(np.atleast_1d(grid[k]) for k in form.theta_names))),
+            dtype=float,
+        )
+    arr = np.atleast_2d(np.asarray(grid, dtype=float))
+    if arr.shape[1] != form.n_params:
+        raise AnalysisError(
+            f"grid has {arr.shape[1]} columns; law {form.name} needs {form.n_params} "
+            f"({', '.join(form.theta_names)})"
+        )
+    return arr
+
+
+def fit_law(
+    data: Data,
+    law: str = "chinchilla",
+    delta: float = 1e-3,
+    grid: np.ndarray | Mapping[str, ArrayLike] | None = None,
+    *,
+    x: str | None = None,
+    screen: bool = True,
+    keep: int | None = None,
+) -> FitResult:
+    """Fit ``law`` to ``data`` by Huber(delta) on log loss, summed over runs, from a grid.
+
+    law: one of chinchilla, power_law, kaplan_n, kaplan_d, kaplan_nd, broken_power_law.
+    delta: Huber threshold on log residuals (default 1e-3, as Hoffmann et al. and Epoch).
+    grid: starts in the internal parameters (``form.theta_names``), either an array of shape
+    (starts, n_params) or a mapping name -> values whose product is taken. Defaults per law;
+    for chinchilla it is Epoch's 4,500-point grid over (a, b, e, alpha, beta).
+    x: the input of a one-variable law, "N", "D" or "C" (power_law and broken_power_law
+    default to C).
+    screen / keep: screen all starts by a few steps and run the best ``keep`` (default a
+    tenth, at least 64) to convergence; ``screen=False`` runs them all.
+    """
+    form = get_form(law)
+    if not (isinstance(delta, (int, float)) and np.isfinite(delta) and delta > 0):
+        raise AnalysisError(f"delta={delta!r} must be a positive number (default 1e-3)")
+    require_points(len(data), form.n_params, law)
+    cols, raw, x_used = _columns(data, form, x)
+    for name, v in raw.items():
+        require_distinct(v, name, law)
+    y = np.log(data.loss)
+    starts = _grid_array(form, grid, cols)
+
+    def fg(theta, rows):
+        return huber_value_and_grad(form, theta, cols, y, delta)
+
+    n_starts = starts.shape[0]
+    keep = keep or max(64, n_starts // 10)
+    if screen and n_starts > 2 * keep:
+        first = minimize_batch(fg, starts, form.lower, form.upper, maxiter=SCREEN_ITERS)
+        fun = np.where(np.isfinite(first.fun), first.fun, np.inf)
+        chosen = np.argsort(fun, kind="stable")[:keep]
+        res = minimize_batch(fg, first.x[chosen], form.lower, form.upper)
+    else:
+        chosen = np.arange(n_starts)
+        res = minimize_batch(fg, starts, form.lower, form.upper)
+    fun = np.where(np.isfinite(res.fun), res.fun, np.inf)
+    if not np.isfinite(fun).any():
+        raise AnalysisError(f"law {law}: every start overflowed; check the data's units")
+    best = int(np.argmin(fun))
+    polished = minimize_batch(fg, res.x[best : best + 1], form.lower, form.upper, **TIGHT)
+    if polished.fun[0] <= fun[best]:
+        res.x[best], fun[best] = polished.x[0], polished.fun[0]
+    theta = res.x[best]
+    objective = float(fun[best])
+    # Starts that reach the best optimum (to rounding) share its basin; the grid-edge warning
+    # fires only if none of them is interior, since a well-covered optimum has interior starts.
+    tied = chosen[fun <= objective + 1e-9 * max(1.0, abs(objective))]
+    on_edge = _on_edge(starts, tied)
+
+    lp, _ = form.log_pred(theta[None, :], cols)
+    residuals = y - lp[0]
+    ss_res = float(np.sum(residuals**2))
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    public = form.to_public(theta[None, :])[0]
+    params = {k: float(v) for k, v in zip(form.param_names, public)}
+    derived = {k: float(v) for k, v in form.derived({k: np.asarray(v) for k, v in params.items()}).items()}
+
+    at_bound = tuple(
+        name for name, t, lo, hi in zip(form.theta_names, theta, form.lower, form.upper)
+        if t <= lo + 1e-6 * max(1.0, abs(lo)) or t >= hi - 1e-6 * max(1.0, abs(hi))
+    )
+    diags = span_diagnostics(raw)
+    if on_edge:
+        diags.append(Diagnostic(
+            "grid_edge",
+            "every start that reached the best optimum lies on the edge of the start grid "
+            "(or the optimum lies outside it); widen the grid to be sure it is the global one",
+        ))
+    if at_bound:
+        diags.append(Diagnostic(
+            "param_at_bound",
+            f"{', '.join(at_bound)} sits at the optimiser's bound; the law may not suit the data",
+        ))
+    if not res.converged[best]:
+        diags.append(Diagnostic("not_converged", "the best start hit the iteration limit"))
+    lo_box, hi_box = starts.min(axis=0), starts.max(axis=0)
+    outside = [n for n, t, a, b in zip(form.theta_names, theta, lo_box, hi_box)
+               if b > a and (t < a or t > b)]
+    if outside and not on_edge:
+        diags.append(Diagnostic(
+            "grid_edge",
+            f"the optimum lies outside the start grid in {', '.join(outside)}; widen the grid",
+        ))
+
+    return FitResult(
+        law=law,
+        x=x_used,
+        params=MappingProxyType(params),
+        theta=tuple(float(t) for t in theta),
+        objective=objective,
+        n_points=len(data),
+        delta=float(delta),
+        converged=bool(res.converged[best]),
+        n_starts=n_starts,
+        n_starts_run=int(chosen.size),
+        n_starts_converged=int(res.converged.sum()),
+        best_start=tuple(float(v) for v in starts[chosen[best]]),
+        best_start_on_edge=on_edge,
+        at_bound=at_bound,
+        residuals=residuals,
+        rmse_log=float(np.sqrt(ss_res / len(data))),
+        r2_log=float(1.0 - ss_res / ss_tot) if ss_tot > 0 else float("nan"),
+        derived=MappingProxyType(derived),
+        diagnostics=tuple(diags),
+    )
+
+
+def _on_edge(starts: np.ndarray, rows: np.ndarray) -> bool:
+    """True when every start in ``rows`` has a coordinate on the grid's boundary."""
+    lo, hi = starts.min(axis=0), starts.max(axis=0)
+    varied = hi > lo  # an axis with one value has no edge to speak of
+    pts = starts[rows][:, varied]
+    edge = (np.isclose(pts, lo[varied]) | np.isclose(pts, hi[varied])).any(axis=1)
+    return bool(edge.all())
+
+
+def bootstrap(
+    data: Data,
+    fit: FitResult,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> BootstrapResult:
+    """Resample runs with replacement ``n_resamples`` times and refit each resample.
+
+    Each resample starts from the full-data optimum (``fit.theta``), and all resamples are
+    optimised together, so 1,000 resamples cost about as much as one fit. A resample is the
+    original data with multinomial counts as weights, which is the same objective as a copy
+    with repeated rows. Returns standard errors and percentile intervals (at ``level``) for
+    every parameter and every derived quantity.
+    """
+    if n_resamples < 2:
+        raise AnalysisError(f"n_resamples={n_resamples} must be at least 2 (e.g. 1000)")
+    if not 0 < level < 1:
+        raise AnalysisError(f"level={level} must be in (0, 1), e.g. 0.95")
+    if fit.n_points != len(data):
+        raise AnalysisError(
+            f"fit has n_points={fit.n_points} but data has {len(data)} rows; pass the data "
+            f"the fit was made on"
+        )
+    form = get_form(fit.law)
+    cols, _, _ = _columns(data, form, fit.x)
+    y = np.log(data.loss)
+    n = len(data)
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples).astype(float)
+
+    def fg(theta, rows):
+        return huber_value_and_grad(form, theta, cols, y, fit.delta, counts[rows])
+
+    x0 = np.tile(np.asarray(fit.theta), (n_resamples, 1))
+    res = minimize_batch(fg, x0, form.lower, form.upper, **TIGHT)
+    public = form.to_public(res.x)
+    samples = {k: public[:, i] for i, k in enumerate(form.param_names)}
+    samples.update(form.derived(samples))
+    lo_q, hi_q = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+    stderr = {k: float(np.nanstd(v, ddof=1)) for k, v in samples.items()}
+    interval = {
+        k: (float(np.nanpercentile(v, lo_q)), float(np.nanpercentile(v, hi_q)))
+        for k, v in samples.items()
+    }
+    estimates = {**fit.params, **fit.derived}
+    diags = interval_diagnostics(estimates, interval)
+    n_conv = int(res.converged.sum())
+    if n_conv < n_resamples:
+        diags.append(Diagnostic(
+            "bootstrap_not_converged",
+            f"{n_resamples - n_conv} of {n_resamples} resamples stopped before converging",
+        ))
+    return BootstrapResult(
+        law=fit.law,
+        n_resamples=n_resamples,
+        seed=seed,
+        level=level,
+        samples=MappingProxyType({k: np.asarray(v) for k, v in samples.items()}),
+        stderr=MappingProxyType(stderr),
+        interval=MappingProxyType(interval),
+        n_converged=n_conv,
+        diagnostics=tuple(diags),
+    )
+
+
+def _optimal_from_params(law: str, p: Mapping[str, np.ndarray], C: np.ndarray):
+    """(N_opt, D_opt, loss) at compute C [FLOPs] with C = 6 N D; params may be arrays."""
+    if law == "chinchilla":
+        return laws.chinchilla_optimal(C, p["E"], p["A"], p["B"], p["alpha"], p["beta"])
+    if law == "kaplan_nd":
+        # Minimising (N_c/N)^q + 6 D_c N / C over N, q = alpha_N/alpha_D, gives
+        # N_opt = (q N_c^q C / (6 D_c))^(1/(q+1)).
+        q = p["alpha_N"] / p["alpha_D"]
+        lnN = (np.log(q) + q * np.log(p["N_c"]) + np.log(C / 6.0) - np.log(p["D_c"])) / (q + 1)
+        N_opt = np.exp(lnN)
+        D_opt = C / (6.0 * N_opt)
+        return N_opt, D_opt, laws.kaplan_nd(N_opt, D_opt, p["N_c"], p["D_c"], p["alpha_N"],
+                                            p["alpha_D"])
+    raise AnalysisError(
+        f"law {law} is not a law in N and D; compute-optimal allocation needs chinchilla "
+        f"or kaplan_nd"
+    )
+
+
+def compute_optimal(
+    fit_or_params: FitResult | Mapping[str, float],
+    C: ArrayLike,
+    boot: BootstrapResult | None = None,
+    level: float | None = None,
+) -> dict:
+    """Compute-optimal allocation for budgets C [FLOPs], under C = 6 N D.
+
+    For chinchilla: ``N_opt = G (C/6)^a``, ``D_opt = G^-1 (C/6)^b`` with
+    ``a = beta/(alpha+beta)``, ``b = alpha/(alpha+beta)``,
+    ``G = (alpha A/(beta B))^(1/(alpha+beta))``. kaplan_nd has a closed form too.
+
+    Returns a dict with ``C``, ``N_opt`` [params], ``D_opt`` [tokens], ``tokens_per_param``,
+    ``loss`` [nats], and the exponents ``a`` and ``b``. With ``boot``, each of these also has
+    ``<name>_interval`` = (low, high) from the bootstrap samples at ``level`` (default the
+    bootstrap's). A mapping of params is read as chinchilla (keys E, A, B, alpha, beta) or
+    kaplan_nd (N_c, D_c, alpha_N, alpha_D).
+    """
+    if isinstance(fit_or_params, FitResult):
+        law, params = fit_or_params.law, dict(fit_or_params.params)
+    else:
+        params = {k: float(v) for k, v in fit_or_params.items()}
+        law = "chinchilla" if {"E", "A", "B", "alpha", "beta"} <= params.keys() else "kaplan_nd"
+        if law == "kaplan_nd" and not {"N_c", "D_c", "alpha_N", "alpha_D"} <= params.keys():
+            raise AnalysisError(
+                f"params {sorted(params)} are neither chinchilla (E, A, B, alpha, beta) nor "
+                f"kaplan_nd (N_c, D_c, alpha_N, alpha_D)"
+            )
+    scalar = np.ndim(C) == 0
+    Carr = np.atleast_1d(np.asarray(C, dtype=float))
+    if not (np.isfinite(Carr).all() and (Carr > 0).all()):
+        raise AnalysisError(f"compute budget C={C!r} must be positive finite FLOPs")
+    N_opt, D_opt, loss = _optimal_from_params(law, params, Carr)
+    a_b = _exponents(law, params)
+    out = {"C": Carr, "N_opt": N_opt, "D_opt": D_opt, "tokens_per_param": D_opt / N_opt,
+           "loss": loss, "a": a_b[0], "b": a_b[1]}
+    if boot is not None:
+        if boot.law != law:
+            raise AnalysisError(f"bootstrap is for law {boot.law}, the fit for {law}")
+        level = boot.level if level is None else level
+        samp = {k: np.asarray(v)[:, None] for k, v in boot.samples.items()}
+        with np.errstate(all="ignore"):
+            Nb, Db, Lb = _optimal_from_params(law, samp, Carr[None, :])
+            ab = _exponents(law, {k: v[:, 0] for k, v in samp.items()})
+        lo_q, hi_q = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+        for name, s in (("N_opt", Nb), ("D_opt", Db), ("tokens_per_param", Db / Nb),
+                        ("loss", Lb)):
+            out[name + "_interval"] = (np.nanpercentile(s, lo_q, axis=0),
+                                       np.nanpercentile(s, hi_q, axis=0))
+        for name, s in (("a", ab[0]), ("b", ab[1])):
+            out[name + "_interval"] = (float(np.nanpercentile(s, lo_q)),
+                                       float(np.nanpercentile(s, hi_q)))
+    if scalar:
+        out = {k: (_scalar(v)) for k, v in out.items()}
+    return out
+
+
+def _exponents(law: str, p: Mapping[str, np.ndarray]):
+    if law == "chinchilla":
+        s = p["alpha"] + p["beta"]
+        return p["beta"] / s, p["alpha"] / s
+    s = p["alpha_N"] + p["alpha_D"]
+    return p["alpha_D"] / s, p["alpha_N"] / s
+
+
+def _scalar(v):
+    if isinstance(v, tuple):
+        return tuple(_scalar(x) for x in v)
+    arr = np.asarray(v)
+    return float(arr.reshape(-1)[0]) if arr.size == 1 else arr

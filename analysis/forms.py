@@ -1,0 +1,262 @@
+"""Each law written in log space, with its Jacobian, for fitting.
+
+:mod:`analysis.laws` holds the laws as users read them. The fit needs something else: log L as
+a function of unconstrained-ish parameters (log-scales such as ``a = log A``), and the
+derivative of log L with respect to each, evaluated for a whole batch of parameter vectors at
+once. Writing log L as a log-sum-exp keeps every term positive and the arithmetic stable, as in
+Epoch AI's replication of Chinchilla (``log L = LSE(a - alpha log N, b - beta log D, e)``).
+
+A :class:`Form` maps internal parameters ``theta`` (shape ``(batch, p)``) and the data columns
+(each shape ``(n,)``) to ``log L`` (shape ``(batch, n)``) and its Jacobian (a list of ``p``
+arrays of shape ``(batch, n)``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+Columns = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Form:
+    """A law in the shape the optimiser needs. See the module docstring."""
+
+    name: str
+    inputs: tuple[str, ...]  # data columns the law reads, e.g. ("N", "D")
+    theta_names: tuple[str, ...]  # internal parameters, e.g. ("a", "b", "e", "alpha", "beta")
+    param_names: tuple[str, ...]  # public parameters, e.g. ("E", "A", "B", "alpha", "beta")
+    log_pred: Callable[[np.ndarray, Columns], tuple[np.ndarray, list[np.ndarray]]]
+    to_public: Callable[[np.ndarray], np.ndarray]  # (batch, p) internal -> (batch, p) public
+    lower: np.ndarray
+    upper: np.ndarray
+    default_grid: Callable[[Columns], np.ndarray]  # data columns (log) -> (starts, p)
+    derived: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] = field(
+        default=lambda params: {}
+    )
+
+    @property
+    def n_params(self) -> int:
+        return len(self.theta_names)
+
+
+def _lse(*terms: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """log(sum exp(terms)) and the softmax weights, computed without overflow."""
+    top = terms[0]
+    for t in terms[1:]:
+        top = np.maximum(top, t)
+    exps = [np.exp(t - top) for t in terms]
+    total = exps[0]
+    for e in exps[1:]:
+        total = total + e
+    inv = 1.0 / total
+    return top + np.log(total), [e * inv for e in exps]
+
+
+def _grid(*axes) -> np.ndarray:
+    return np.array(list(itertools.product(*axes)), dtype=float)
+
+
+# --- Chinchilla: L = E + A N^-alpha + B D^-beta ------------------------------------------
+
+def _chinchilla_log_pred(theta, cols):
+    a, b, e, alpha, beta = (theta[:, i : i + 1] for i in range(5))
+    lnN, lnD = cols["lnN"], cols["lnD"]
+    lse, (w1, w2, w3) = _lse(a - alpha * lnN, b - beta * lnD, np.broadcast_to(e, (theta.shape[0], lnN.shape[-1])))
+    return lse, [w1, w2, w3, -w1 * lnN, -w2 * lnD]
+
+
+def _chinchilla_public(theta):
+    a, b, e, alpha, beta = theta.T
+    return np.stack([np.exp(e), np.exp(a), np.exp(b), alpha, beta], axis=1)
+
+
+def _chinchilla_derived(p):
+    alpha, beta, A, B = p["alpha"], p["beta"], p["A"], p["B"]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        s = alpha + beta
+        G = (alpha * A / (beta * B)) ** (1.0 / s)
+        return {"a": beta / s, "b": alpha / s, "G": G}
+
+
+CHINCHILLA = Form(
+    name="chinchilla",
+    inputs=("N", "D"),
+    theta_names=("a", "b", "e", "alpha", "beta"),
+    param_names=("E", "A", "B", "alpha", "beta"),
+    log_pred=_chinchilla_log_pred,
+    to_public=_chinchilla_public,
+    # Exponents are kept non-negative (a negative one would make loss grow with scale);
+    # the log-scales get wide but finite bounds so a runaway start cannot overflow.
+    lower=np.array([-50.0, -50.0, -20.0, 0.0, 0.0]),
+    upper=np.array([100.0, 100.0, 20.0, 10.0, 10.0]),
+    # Epoch AI's grid (data/README.md): 6 x 6 x 5 x 5 x 5 = 4,500 starts.
+    default_grid=lambda cols: _grid(
+        np.arange(0, 30, 5), np.arange(0, 30, 5), np.arange(-1, 1.5, 0.5),
+        np.arange(0, 2.5, 0.5), np.arange(0, 2.5, 0.5),
+    ),
+    derived=_chinchilla_derived,
+)
+
+
+# --- Power law with an offset: L = E + A x^-alpha -----------------------------------------
+
+def _power_log_pred(theta, cols):
+    a, e, alpha = (theta[:, i : i + 1] for i in range(3))
+    lnx = cols["lnx"]
+    lse, (w1, w2) = _lse(a - alpha * lnx, np.broadcast_to(e, (theta.shape[0], lnx.shape[-1])))
+    return lse, [w1, w2, -w1 * lnx]
+
+
+POWER_LAW = Form(
+    name="power_law",
+    inputs=("x",),
+    theta_names=("a", "e", "alpha"),
+    param_names=("E", "A", "alpha"),
+    log_pred=_power_log_pred,
+    to_public=lambda t: np.stack([np.exp(t[:, 1]), np.exp(t[:, 0]), t[:, 2]], axis=1),
+    lower=np.array([-50.0, -20.0, 0.0]),
+    upper=np.array([200.0, 20.0, 10.0]),
+    default_grid=lambda cols: _grid(
+        np.arange(0, 65, 5), np.arange(-1, 1.5, 0.5), [0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0]
+    ),
+)
+
+
+# --- Kaplan: L(N) = (N_c/N)^alpha_N, L(D) = (D_c/D)^alpha_D --------------------------------
+
+def _kaplan_1d_log_pred(theta, cols):
+    lnc, alpha = theta[:, 0:1], theta[:, 1:2]
+    lnx = cols["lnx"]
+    u = lnc - lnx
+    lp = alpha * u
+    return lp, [np.broadcast_to(alpha, lp.shape), u]
+
+
+def _kaplan_1d(name, param_names):
+    return Form(
+        name=name,
+        inputs=("x",),
+        theta_names=("log_" + param_names[0], param_names[1]),
+        param_names=param_names,
+        log_pred=_kaplan_1d_log_pred,
+        to_public=lambda t: np.stack([np.exp(t[:, 0]), t[:, 1]], axis=1),
+        lower=np.array([-50.0, 1e-6]),
+        upper=np.array([200.0, 10.0]),
+        default_grid=lambda cols: _grid(
+            np.log(10.0) * np.arange(8, 32, 2), [0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
+        ),
+    )
+
+
+KAPLAN_N = _kaplan_1d("kaplan_n", ("N_c", "alpha_N"))
+KAPLAN_D = _kaplan_1d("kaplan_d", ("D_c", "alpha_D"))
+
+
+# --- Kaplan: L(N, D) = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D -------------------------
+
+def _kaplan_nd_log_pred(theta, cols):
+    lnNc, lnDc, aN, aD = (theta[:, i : i + 1] for i in range(4))
+    q = aN / aD
+    u1 = q * (lnNc - cols["lnN"])
+    u2 = np.broadcast_to(lnDc - cols["lnD"], u1.shape)
+    S, (w1, w2) = _lse(u1, u2)
+    return aD * S, [aN * w1, aD * w2, w1 * (lnNc - cols["lnN"]), S - w1 * u1]
+
+
+KAPLAN_ND = Form(
+    name="kaplan_nd",
+    inputs=("N", "D"),
+    theta_names=("log_N_c", "log_D_c", "alpha_N", "alpha_D"),
+    param_names=("N_c", "D_c", "alpha_N", "alpha_D"),
+    log_pred=_kaplan_nd_log_pred,
+    to_public=lambda t: np.stack([np.exp(t[:, 0]), np.exp(t[:, 1]), t[:, 2], t[:, 3]], axis=1),
+    lower=np.array([-50.0, -50.0, 1e-4, 1e-4]),
+    upper=np.array([200.0, 200.0, 10.0, 10.0]),
+    default_grid=lambda cols: _grid(
+        np.log(10.0) * np.arange(8, 32, 4), np.log(10.0) * np.arange(8, 32, 4),
+        [0.03, 0.1, 0.3, 1.0], [0.03, 0.1, 0.3, 1.0],
+    ),
+    derived=lambda p: {
+        "a": p["alpha_D"] / (p["alpha_N"] + p["alpha_D"]),
+        "b": p["alpha_N"] / (p["alpha_N"] + p["alpha_D"]),
+    },
+)
+
+
+# --- Broken power law, one break (Caballero et al. 2022) -----------------------------------
+# L = E + B x^-c0 (1 + (x/d1)^(1/f1))^(-c1 f1)
+# log L = LSE(e, b - c0 log x - c1 f1 softplus((log x - log d1)/f1))
+
+def _softplus(z):
+    return np.logaddexp(0.0, z)
+
+
+def _bpl_log_pred(theta, cols):
+    e, b, c0, c1, ld, f1 = (theta[:, i : i + 1] for i in range(6))
+    lnx = cols["lnx"]
+    z = (lnx - ld) / f1
+    sp = _softplus(z)
+    sig = 0.5 * (1.0 + np.tanh(0.5 * z))  # logistic(z), overflow-free
+    u2 = b - c0 * lnx - c1 * f1 * sp
+    lse, (w1, w2) = _lse(np.broadcast_to(e, u2.shape), u2)
+    return lse, [w1, w2, -w2 * lnx, -w2 * f1 * sp, w2 * c1 * sig, -w2 * c1 * (sp - sig * z)]
+
+
+def _bpl_grid(cols):
+    lnx = cols["lnx"]
+    # Breaks are searched inside the data: a break outside it is not identifiable.
+    breaks = np.quantile(lnx, [0.25, 0.5, 0.75])
+    return _grid([-1.0, 0.0, 1.0], [0.0, 5.0, 10.0, 20.0], [0.0, 0.1, 0.3],
+                 [0.1, 0.3, 1.0], breaks, [0.3, 1.0])
+
+
+BROKEN_POWER_LAW = Form(
+    name="broken_power_law",
+    inputs=("x",),
+    theta_names=("e", "b", "c0", "c1", "log_d1", "f1"),
+    param_names=("E", "B", "c0", "c1", "d1", "f1"),
+    log_pred=_bpl_log_pred,
+    to_public=lambda t: np.stack(
+        [np.exp(t[:, 0]), np.exp(t[:, 1]), t[:, 2], t[:, 3], np.exp(t[:, 4]), t[:, 5]], axis=1
+    ),
+    lower=np.array([-20.0, -50.0, -2.0, -5.0, -100.0, 0.01]),
+    upper=np.array([20.0, 200.0, 10.0, 10.0, 200.0, 10.0]),
+    default_grid=_bpl_grid,
+)
+
+
+FORMS: dict[str, Form] = {
+    f.name: f for f in (CHINCHILLA, POWER_LAW, KAPLAN_N, KAPLAN_D, KAPLAN_ND, BROKEN_POWER_LAW)
+}
+
+
+def huber_value_and_grad(
+    form: Form,
+    theta: np.ndarray,
+    cols: Columns,
+    log_loss: np.ndarray,
+    delta: float,
+    weights: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sum over points of Huber_delta(log L_obs - log L_pred), and its gradient in theta.
+
+    ``weights`` (shape ``(batch, n)`` or ``(n,)``) multiplies each point's term; the bootstrap
+    passes resampling counts here instead of copying the data.
+    """
+    lp, jac = form.log_pred(theta, cols)
+    r = log_loss - lp
+    ar = np.abs(r)
+    c = np.minimum(ar, delta)
+    # Huber: r^2/2 inside delta, delta(|r| - delta/2) outside; c(|r| - c/2) is both at once.
+    f = c * (ar - 0.5 * c)
+    psi = np.copysign(c, r)  # dHuber/dr
+    if weights is not None:
+        f = f * weights
+        psi = psi * weights
+    grad = np.stack([-(psi * j).sum(axis=1) for j in jac], axis=1)
+    return f.sum(axis=1), grad
