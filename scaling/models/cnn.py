@@ -1,0 +1,101 @@
+"""CNN: a ResNet-style image classifier (He et al. 2016, the CIFAR variant with basic blocks).
+
+    x (B, C, H, W) -> stem: conv3x3 -> norm -> relu              (B, width, H, W)
+                   -> n_stages x depth basic blocks; stage i has width * 2**i channels and
+                      halves the resolution at its first block (except stage 0)
+                   -> global average pool                         (B, width * 2**(n_stages-1))
+                   -> linear head                                 (B, n_classes)
+
+Normalization is GroupNorm, not BatchNorm: GroupNorm normalizes each image on its own, so the
+forward pass is the same whatever the batch is split into. With BatchNorm a run on 2 processes
+would see different batch statistics than the same run on 1 process, and the loss curves would
+differ.
+
+Biases: convolutions have none (a norm follows each of them, whose shift plays the bias's role);
+the head has one. `scaling.counting` follows these choices exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from scaling.config import CNNConfig
+
+
+def norm_groups(channels: int) -> int:
+    """GroupNorm groups for `channels`: the most groups (at most 32) that still leave at least 8
+    channels per group, so a group never degenerates to one channel on a 1x1 feature map."""
+    for groups in range(min(32, channels // 8), 1, -1):
+        if channels % groups == 0:
+            return groups
+    return 1
+
+
+def norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(norm_groups(channels), channels)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.norm1 = norm(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, stride=1, padding=1, bias=False)
+        self.norm2 = norm(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            # A 1x1 projection, so the residual add sees the same shape on both sides.
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), norm(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.norm1(self.conv1(x)))  # (B, c_out, H / stride, W / stride)
+        out = self.norm2(self.conv2(out))  # (B, c_out, H / stride, W / stride)
+        return F.relu(out + self.shortcut(x))
+
+
+class CNN(nn.Module):
+    def __init__(self, cfg: CNNConfig):
+        super().__init__()
+        assert cfg.in_channels is not None and cfg.n_classes is not None, "use scaling.models.build_model"
+        self.cfg = cfg
+        # Set by the trainer; recomputes each block in backward instead of storing activations.
+        self.activation_checkpointing: bool = False
+        self.stem = nn.Sequential(
+            nn.Conv2d(cfg.in_channels, cfg.width, 3, padding=1, bias=False), norm(cfg.width), nn.ReLU()
+        )
+        blocks = []
+        c_in = cfg.width
+        for stage in range(cfg.n_stages):
+            c_out = cfg.width * 2**stage
+            for i in range(cfg.depth):
+                stride = 2 if (stage > 0 and i == 0) else 1
+                blocks.append(BasicBlock(c_in, c_out, stride))
+                c_in = c_out
+        self.blocks = nn.ModuleList(blocks)
+        self.head = nn.Linear(c_in, cfg.n_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # He init for convs followed by ReLU; the last norm of each residual branch starts at
+        # zero so every block starts as the identity (Goyal et al. 2017), which keeps deep
+        # ladders trainable without tuning per size.
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        for block in self.blocks:
+            nn.init.zeros_(block.norm2.weight)
+        nn.init.normal_(self.head.weight, std=0.01)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)  # (B, width, H, W)
+        for block in self.blocks:
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        x = x.mean(dim=(2, 3))  # (B, channels of the last stage)
+        return self.head(x)  # (B, n_classes)
