@@ -158,6 +158,17 @@ def _pick(counts: list[int], target: float, what: str, fix: str) -> int:
     return i
 
 
+def _check_sizes(what: str, given: tuple[tuple[str, int | None], ...]) -> None:
+    problems = []
+    for key, value in given:
+        if value is None:
+            problems.append(f"{key} is needed to size a {what}; pass {key}=N (from the data manifest)")
+        elif value < 1:
+            problems.append(f"{key}={value} must be positive; pass {key}=N >= 1")
+    if problems:
+        raise ConfigError(problems)
+
+
 def shape_for_params(
     family: str,
     target_params: int | float | str,
@@ -180,9 +191,7 @@ def shape_for_params(
     if count not in ("nonembedding", "total"):
         raise ConfigError(f"count={count!r} is not known; use count=nonembedding or count=total")
     if family == "gpt":
-        missing = [k for k, v in (("vocab_size", vocab_size), ("seq_len", seq_len)) if v is None or v < 1]
-        if missing:
-            raise ConfigError([f"{k} is needed to size a GPT; pass {k}=N (from the data manifest)" for k in missing])
+        _check_sizes("GPT", (("vocab_size", vocab_size), ("seq_len", seq_len)))
         counts, shapes = _gpt_rungs(vocab_size, seq_len, count, tie_embeddings)
         fix = "use count=nonembedding or a smaller vocabulary" if count == "total" else "pick a target inside the range"
         n_layers, d_model = shapes[_pick(counts, target, f"GPT ({count})", fix)]
@@ -196,9 +205,7 @@ def shape_for_params(
         )
     if family == "cnn":
         given = (("image_size", image_size), ("in_channels", in_channels), ("n_classes", n_classes))
-        missing = [k for k, v in given if v is None or v < 1]
-        if missing:
-            raise ConfigError([f"{k} is needed to size a CNN; pass {k}=N (from the data manifest)" for k in missing])
+        _check_sizes("CNN", given)
         counts, shapes = _cnn_rungs(in_channels, n_classes)
         width, depth = shapes[_pick(counts, target, "CNN", "pick a target inside the range")]
         return CNNConfig(
