@@ -1,0 +1,343 @@
+"""The manifest: one JSON file beside the shards that says what they hold.
+
+It records the kind (text or image), the tokenizer and vocabulary size, the sequence length, the
+image shape and classes, per split the sample and token counts and the shard list with sizes and
+SHA-256 checksums, and the source. The model config takes its data-dependent sizes from it
+(`apply_manifest`), so a user never sets them twice.
+
+Torch-free: the planner reads manifests on login nodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from scaling.errors import ConfigError, DataError
+
+FORMAT = "scaling-shards/1"
+MANIFEST_NAME = "manifest.json"
+SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    name: str  # file name relative to the dataset location, e.g. train-000000.tar
+    samples: int
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    kind: str  # "text" | "image"
+    name: str
+    splits: dict[str, list[ShardInfo]]
+    source: dict[str, Any] = field(default_factory=dict)
+    tokenizer: Optional[dict[str, Any]] = None  # text: {"type", "vocab_size", "eod_id", "file"}
+    seq_len: Optional[int] = None  # text: model context; every sample holds seq_len + 1 tokens
+    dtype: Optional[str] = None  # text: "uint16" or "int32", how tokens are stored
+    image: Optional[dict[str, Any]] = None  # image: {"size", "channels", "classes", "mean", "std"}
+    unique: dict[str, int] = field(default_factory=dict)  # distinct samples per split
+    location: str = ""  # folder or URL prefix the manifest was read from (not stored)
+
+    # ---- sizes the model takes from the data ----
+    @property
+    def vocab_size(self) -> Optional[int]:
+        return None if self.tokenizer is None else int(self.tokenizer["vocab_size"])
+
+    @property
+    def eod_id(self) -> Optional[int]:
+        return None if self.tokenizer is None else self.tokenizer.get("eod_id")
+
+    @property
+    def image_size(self) -> Optional[int]:
+        return None if self.image is None else int(self.image["size"])
+
+    @property
+    def in_channels(self) -> Optional[int]:
+        return None if self.image is None else int(self.image["channels"])
+
+    @property
+    def n_classes(self) -> Optional[int]:
+        return None if self.image is None else len(self.image["classes"])
+
+    # ---- counts ----
+    def shards(self, split: str) -> list[ShardInfo]:
+        if split not in self.splits:
+            raise DataError(f"{self._file()}: no split {split!r}; it has {sorted(self.splits)}")
+        return self.splits[split]
+
+    def num_samples(self, split: str) -> int:
+        return sum(s.samples for s in self.shards(split))
+
+    def unique_samples(self, split: str) -> int:
+        """Distinct samples in the split. A study whose budget exceeds `tokens(split)` repeats data."""
+        return int(self.unique.get(split, self.num_samples(split)))
+
+    def tokens(self, split: str) -> int:
+        """Training units in the split: predicted tokens (samples * seq_len) for text, images for images."""
+        n = self.num_samples(split)
+        return n * int(self.seq_len) if self.kind == "text" else n
+
+    def epochs(self, budget: float, split: str = "train") -> float:
+        """How many times a budget (tokens or images) passes over the split's unique data."""
+        return budget / max(1, self.unique_samples(split) * (int(self.seq_len) if self.kind == "text" else 1))
+
+    def url(self, name: str) -> str:
+        """Where a file beside the manifest lives: a local path, a URL, or a `pipe:` command."""
+        return join_location(self.location, name)
+
+    def _file(self) -> str:
+        return self.url(MANIFEST_NAME) if self.location else MANIFEST_NAME
+
+    # ---- (de)serialisation ----
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "kind": self.kind,
+            "name": self.name,
+            "source": self.source,
+            "tokenizer": self.tokenizer,
+            "vocab_size": self.vocab_size,
+            "seq_len": self.seq_len,
+            "dtype": self.dtype,
+            "image": self.image,
+            "splits": {
+                split: {
+                    "samples": self.num_samples(split),
+                    "tokens": self.tokens(split),
+                    "unique_samples": self.unique_samples(split),
+                    "shards": [dataclasses.asdict(s) for s in shards],
+                }
+                for split, shards in self.splits.items()
+            },
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any], location: str = "") -> "Manifest":
+        where = join_location(location, MANIFEST_NAME) if location else MANIFEST_NAME
+        try:
+            if raw.get("format") != FORMAT:
+                raise DataError(
+                    f"{where}: format {raw.get('format')!r} is not {FORMAT!r}; re-create the shards with scaling-data"
+                )
+            splits = {k: [ShardInfo(**s) for s in v["shards"]] for k, v in raw["splits"].items()}
+            m = cls(
+                kind=raw["kind"],
+                name=raw["name"],
+                splits=splits,
+                source=raw.get("source") or {},
+                tokenizer=raw.get("tokenizer"),
+                seq_len=raw.get("seq_len"),
+                dtype=raw.get("dtype"),
+                image=raw.get("image"),
+                unique={k: int(v.get("unique_samples", 0)) or sum(s.samples for s in splits[k]) for k, v in raw["splits"].items()},
+                location=location,
+            )
+        except (KeyError, TypeError, AttributeError) as exn:
+            raise DataError(f"{where}: malformed manifest ({exn!r}); re-create it with scaling-data") from exn
+        problems = m.problems()
+        if problems:
+            raise DataError(f"{where}: " + "; ".join(problems) + "; re-create it with scaling-data")
+        return m
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.kind not in ("text", "image"):
+            out.append(f"kind={self.kind!r} is neither text nor image")
+        for split in SPLITS:
+            if not self.splits.get(split):
+                out.append(f"split {split!r} has no shards")
+        if self.kind == "text":
+            if not self.tokenizer or not self.seq_len or self.dtype not in ("uint16", "int32"):
+                out.append("a text manifest needs tokenizer, seq_len and dtype")
+        if self.kind == "image":
+            if not self.image or not {"size", "channels", "classes", "mean", "std"} <= set(self.image):
+                out.append("an image manifest needs image.size, channels, classes, mean and std")
+        return out
+
+    def save(self, folder: str) -> str:
+        path = os.path.join(folder, MANIFEST_NAME)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.to_json(), f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)  # a reader never sees half a manifest
+        return path
+
+    def summary(self) -> str:
+        parts = [f"{self.name} ({self.kind})"]
+        if self.kind == "text":
+            parts.append(f"tokenizer={self.tokenizer['type']} vocab_size={self.vocab_size} seq_len={self.seq_len}")
+        else:
+            parts.append(f"image={self.in_channels}x{self.image_size}x{self.image_size} n_classes={self.n_classes}")
+        for split in self.splits:
+            parts.append(
+                f"{split}: {self.num_samples(split)} samples, {self.tokens(split)} "
+                f"{'tokens' if self.kind == 'text' else 'images'}, {len(self.splits[split])} shards"
+            )
+        return "\n  ".join(parts)
+
+
+# ---- locations: local folders, URLs, pipe: commands ----
+
+
+def is_remote(location: str) -> bool:
+    return "://" in location or location.startswith("pipe:")
+
+
+def join_location(location: str, name: str) -> str:
+    """The address of `name` beside a manifest.
+
+    `location` is a local folder, a URL prefix (http, https, file) or a template holding `{}`,
+    e.g. `pipe:aws s3 cp s3://bucket/data/{} -`, where `{}` stands for the file name. `s3://` and
+    `gs://` prefixes become such `pipe:` templates, because webdataset reads them through a pipe.
+    """
+    if "{}" in location:
+        return location.replace("{}", name)
+    if location.startswith("s3://"):
+        return f"pipe:aws s3 cp {location.rstrip('/')}/{name} -"
+    if location.startswith("gs://"):
+        return f"pipe:gsutil cat {location.rstrip('/')}/{name}"
+    if "://" in location:
+        return location.rstrip("/") + "/" + name
+    return os.path.join(location, name)
+
+
+def read_bytes(url: str) -> bytes:
+    """Read a whole file from a local path, a URL or a `pipe:` command."""
+    if url.startswith("pipe:"):
+        proc = subprocess.run(url[5:], shell=True, capture_output=True)
+        if proc.returncode != 0:
+            raise DataError(
+                f"{url}: the command failed with status {proc.returncode} ({proc.stderr.decode(errors='replace')[-300:].strip()}); "
+                f"check the data.path template and your storage credentials"
+            )
+        return proc.stdout
+    if url.startswith(("http://", "https://")):
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r:
+                return r.read()
+        except OSError as exn:
+            raise DataError(f"{url}: cannot be read ({exn}); check data.path and that the server is reachable") from exn
+    if url.startswith("file://"):
+        url = url[7:]
+    with open(url, "rb") as f:
+        return f.read()
+
+
+def load_manifest(location: str, check_files: bool = True) -> Manifest:
+    """Read `manifest.json` from a folder or URL prefix. For local folders, check that every shard
+    exists with the recorded size, so a truncated or missing shard fails here, not mid-run."""
+    location = str(location)
+    path = join_location(location, MANIFEST_NAME)
+    if not is_remote(location):
+        if not os.path.exists(location):
+            raise DataError(f"{location}: no such folder; set data.path to a folder made by scaling-data, or null for a built-in set")
+        if not os.path.isdir(location):
+            raise DataError(f"{location}: not a folder; set data.path to the folder that holds {MANIFEST_NAME}")
+        if not os.path.exists(path):
+            raise DataError(f"{path}: missing; create the shards with `scaling-data text|images ... --out {location}`")
+    try:
+        raw = json.loads(read_bytes(path))
+    except json.JSONDecodeError as exn:
+        raise DataError(f"{path}: not valid JSON ({exn}); re-create it with scaling-data") from exn
+    except OSError as exn:
+        raise DataError(f"{path}: cannot be read ({exn}); check data.path") from exn
+    m = Manifest.from_json(raw, location)
+    if check_files and not is_remote(location):
+        check_shard_files(m)
+    return m
+
+
+def check_shard_files(m: Manifest, checksums: bool = False) -> None:
+    """Check every shard of a local dataset against the manifest: present, the recorded size, and
+    (with `checksums`) the recorded SHA-256. Lists every mismatch in one error."""
+    problems = []
+    for split, shards in m.splits.items():
+        for s in shards:
+            path = m.url(s.name)
+            if not os.path.exists(path):
+                problems.append(f"{path}: missing")
+                continue
+            size = os.path.getsize(path)
+            if size != s.bytes:
+                problems.append(f"{path}: {size} bytes but the manifest says {s.bytes} (truncated or replaced)")
+            elif checksums and sha256_file(path) != s.sha256:
+                problems.append(f"{path}: SHA-256 differs from the manifest (corrupt or replaced)")
+    if problems:
+        raise DataError(
+            f"{m.url(MANIFEST_NAME)} does not match its shards:\n  - "
+            + "\n  - ".join(problems[:20])
+            + ("\n  - ..." if len(problems) > 20 else "")
+            + "\nre-create the dataset with scaling-data (for a built-in set, delete its cache folder)"
+        )
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---- the model follows the data ----
+
+
+def apply_manifest(model_cfg: Any, manifest: Manifest) -> Any:
+    """Return a copy of a GPTConfig or CNNConfig whose None data-dependent fields are filled from
+    the manifest. A set field that contradicts the data raises ConfigError naming both values.
+
+    A GPT vocabulary may be larger than the data's (padding), never smaller: a token id past the
+    embedding table would fail mid-run. The sequence length and image shape must match exactly,
+    because every sample holds exactly those."""
+    family = getattr(model_cfg, "family", None)
+    where = manifest._file()
+    problems: list[str] = []
+    updates: dict[str, Any] = {}
+    if family == "gpt":
+        if manifest.kind != "text":
+            raise ConfigError(f"model.family=gpt but {where} holds {manifest.kind} data; use model=cnn or a text dataset")
+        if model_cfg.vocab_size is None:
+            updates["vocab_size"] = manifest.vocab_size
+        elif model_cfg.vocab_size < manifest.vocab_size:
+            problems.append(
+                f"model.vocab_size={model_cfg.vocab_size} is smaller than the vocabulary of {where}, vocab_size={manifest.vocab_size}; "
+                f"remove model.vocab_size (it comes from the data) or set it >= {manifest.vocab_size}"
+            )
+        if model_cfg.seq_len is None:
+            updates["seq_len"] = manifest.seq_len
+        elif model_cfg.seq_len != manifest.seq_len:
+            problems.append(
+                f"model.seq_len={model_cfg.seq_len} but {where} has seq_len={manifest.seq_len}; remove model.seq_len "
+                f"(it comes from the data) or prepare the data with data.seq_len={model_cfg.seq_len}"
+            )
+    elif family == "cnn":
+        if manifest.kind != "image":
+            raise ConfigError(f"model.family=cnn but {where} holds {manifest.kind} data; use model=gpt or an image dataset")
+        for key, value in (
+            ("image_size", manifest.image_size),
+            ("in_channels", manifest.in_channels),
+            ("n_classes", manifest.n_classes),
+        ):
+            mine = getattr(model_cfg, key)
+            if mine is None:
+                updates[key] = value
+            elif mine != value:
+                problems.append(
+                    f"model.{key}={mine} but {where} has {key}={value}; remove model.{key} (it comes from the data)"
+                )
+    else:
+        raise ConfigError(f"model.family={family!r}; apply_manifest knows gpt and cnn")
+    if problems:
+        raise ConfigError(problems)
+    return dataclasses.replace(model_cfg, **updates)
