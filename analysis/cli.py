@@ -1,0 +1,191 @@
+"""``scaling-fit``: fit a scaling law to runs and write ``fit.json`` and figures.
+
+Examples::
+
+    scaling-fit --csv runs.csv --law chinchilla --out fits/ --bootstrap 1000
+    scaling-fit --csv chinchilla_fig4.csv --law chinchilla --drop-highest-loss 5 --out out/
+    scaling-fit studies/my_study --law isoflop --out out/
+
+Exit codes: 0 on success; 2 for bad input or arguments (with a one-line message).
+This is the only module in the package that writes files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from analysis.errors import AnalysisError
+from analysis.forms import FORMS
+
+LAWS = tuple(FORMS) + ("isoflop",)
+FIGURE_FORMATS = ("png", "pdf")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="scaling-fit",
+        description="Fit a scaling law to training runs; write DIR/fit.json and figures.",
+    )
+    p.add_argument("folder", nargs="?", help="study or runs folder (reads each run's result.json)")
+    p.add_argument("--csv", help="CSV with columns N, D, loss and optionally C")
+    p.add_argument("--law", default="chinchilla", choices=LAWS, help="law to fit (default chinchilla)")
+    p.add_argument("--out", required=True, help="output directory for fit.json and figures")
+    p.add_argument("--bootstrap", type=int, default=0, metavar="K",
+                   help="bootstrap resamples for standard errors and intervals (0: none)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--drop-highest-loss", type=int, default=0, metavar="K",
+                   help="drop the K runs with the highest loss before fitting")
+    p.add_argument("--holdout-largest", type=int, default=0, metavar="K",
+                   help="also fit without the K largest runs and report their prediction error")
+    p.add_argument("--holdout-by", choices=("C", "N"), default="C",
+                   help="size measure for --holdout-largest (default C)")
+    p.add_argument("--delta", type=float, default=1e-3, help="Huber delta on log loss (default 1e-3)")
+    p.add_argument("--x", choices=("N", "D", "C"), default=None,
+                   help="input of a one-variable law (power_law, broken_power_law)")
+    p.add_argument("--n-key", choices=("params", "params_nonembedding"), default="params",
+                   help="which parameter count is N when reading a study folder")
+    p.add_argument("--tolerance", type=float, default=0.25,
+                   help="isoflop: relative width of a compute-budget group (default 0.25)")
+    p.add_argument("--skip-bad-rows", action="store_true",
+                   help="drop CSV rows with missing or non-positive values instead of failing")
+    p.add_argument("--no-plots", action="store_true", help="write fit.json only")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except AnalysisError as exc:
+        print(f"scaling-fit: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"scaling-fit: error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    # Imported here so `scaling-fit --help` answers at once.
+    from analysis import io, report
+
+    if (args.csv is None) == (args.folder is None):
+        raise AnalysisError("give exactly one input: --csv FILE or a study FOLDER")
+    if args.bootstrap < 0 or args.drop_highest_loss < 0 or args.holdout_largest < 0:
+        raise AnalysisError("--bootstrap, --drop-highest-loss and --holdout-largest must be >= 0")
+    skipped = []
+    if args.csv:
+        data = io.load_csv(args.csv, skip_bad=args.skip_bad_rows)
+        source = args.csv
+    else:
+        data, skipped = io.load_runs(args.folder, n_key=args.n_key)
+        source = args.folder
+    for s in skipped:
+        print(f"skipped {s.status} run {s.run_id}: {s.reason}")
+    for r in data.rejected:
+        print(f"skipped bad row {r}")
+    if args.drop_highest_loss:
+        data = data.drop_highest_loss(args.drop_highest_loss)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.law == "isoflop":
+        return _run_isoflop(args, data, out, source, skipped)
+
+    from analysis.extrapolate import holdout_check
+    from analysis.fit import bootstrap, fit_law
+
+    fit = fit_law(data, law=args.law, delta=args.delta, x=args.x)
+    boot = bootstrap(data, fit, n_resamples=args.bootstrap, seed=args.seed) if args.bootstrap else None
+    holdout = (holdout_check(data, k=args.holdout_largest, by=args.holdout_by, law=args.law,
+                             delta=args.delta, x=args.x) if args.holdout_largest else None)
+    doc = report.fit_to_json(fit, boot, holdout, source=source,
+                             dropped_highest_loss=args.drop_highest_loss, skipped=skipped)
+    written = [] if args.no_plots else _fit_figures(out, data, fit, boot, holdout)
+    io.write_json_atomic(out / "fit.json", doc)
+    print(report.format_fit(fit, boot))
+    if holdout is not None:
+        print(f"holdout ({holdout.k} largest by {holdout.by}):")
+        for rid, a, pr, e in zip(holdout.run_id, holdout.actual, holdout.predicted,
+                                 holdout.rel_error):
+            print(f"  {rid}: actual {a:.4f}  predicted {pr:.4f}  rel error {e:+.2%}")
+    print("wrote " + ", ".join(str(p) for p in [out / "fit.json"] + written))
+    return 0
+
+
+def _run_isoflop(args, data, out: Path, source: str, skipped) -> int:
+    from analysis import io, report
+    from analysis.isoflop import isoflop_profiles, training_envelope
+
+    iso = isoflop_profiles(data, tolerance=args.tolerance, n_boot=args.bootstrap or 1000,
+                           seed=args.seed)
+    envelope = None
+    if args.folder:
+        curves = io.load_curves(args.folder, n_key=args.n_key)
+        if len(curves) >= 2:
+            envelope = training_envelope(curves)
+    doc = report.isoflop_to_json(iso, envelope, source=source, skipped=skipped)
+    written = [] if args.no_plots else _isoflop_figures(out, data, iso, envelope)
+    io.write_json_atomic(out / "fit.json", doc)
+    print(report.format_isoflop(iso))
+    if envelope is not None:
+        print(f"envelope (approach 1): N_opt ~ C^{envelope.a:.3f}, D_opt ~ C^{envelope.b:.3f}")
+    print("wrote " + ", ".join(str(p) for p in [out / "fit.json"] + written))
+    return 0
+
+
+def _save(fig, out: Path, name: str) -> list[Path]:
+    paths = []
+    for ext in FIGURE_FORMATS:
+        path = out / f"{name}.{ext}"
+        fig.savefig(path, dpi=150)
+        paths.append(path)
+    return paths
+
+
+def _fit_figures(out, data, fit, boot, holdout) -> list[Path]:
+    from analysis import plots
+
+    written = []
+    fig, (ax,) = plots.new_figure()
+    plots.plot_loss_vs_compute(ax, data, fit)
+    written += _save(fig, out, "loss_vs_compute")
+    fig, (ax,) = plots.new_figure()
+    plots.plot_residuals(ax, data, fit)
+    written += _save(fig, out, "residuals")
+    fig, (ax,) = plots.new_figure()
+    plots.plot_predicted_vs_actual(ax, data, fit, holdout)
+    written += _save(fig, out, "predicted_vs_actual")
+    if fit.law in ("chinchilla", "kaplan_nd"):
+        fig, axes = plots.new_figure(ncols=2)
+        plots.plot_optimal(axes, fit, boot=boot,
+                           C=_geomspace(data.C.min(), data.C.max() * 1e4))
+        written += _save(fig, out, "optimal_allocation")
+    return written
+
+
+def _isoflop_figures(out, data, iso, envelope) -> list[Path]:
+    from analysis import plots
+
+    written = []
+    fig, (ax,) = plots.new_figure()
+    plots.plot_isoflop(ax, iso)
+    written += _save(fig, out, "isoflop")
+    fig, axes = plots.new_figure(ncols=2)
+    plots.plot_optimal(axes, iso)
+    written += _save(fig, out, "optimal_allocation")
+    fig, (ax,) = plots.new_figure()
+    plots.plot_loss_vs_compute(ax, data, None, envelope)
+    written += _save(fig, out, "loss_vs_compute")
+    return written
+
+
+def _geomspace(lo: float, hi: float):
+    import numpy as np
+
+    return np.geomspace(lo, hi, 100)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""One schema for fit results, shared by ``scaling-fit`` and the study report.
+
+:func:`fit_to_json` and :func:`isoflop_to_json` build the dicts written as ``fit.json``;
+:func:`format_fit` and :func:`format_isoflop` render the short tables the CLI prints.
+"""
+
+from __future__ import annotations
+
+import math
+
+from analysis.extrapolate import HoldoutResult
+from analysis.fit import BootstrapResult, FitResult, compute_optimal
+from analysis.isoflop import EnvelopeResult, IsoFLOPResult
+
+SCHEMA_VERSION = 1
+EXAMPLE_BUDGETS = (1e21, 1e23, 1e25)  # FLOPs at which fit.json lists the allocation
+
+
+def fit_to_json(
+    fit: FitResult,
+    boot: BootstrapResult | None = None,
+    holdout: HoldoutResult | None = None,
+    source: str | None = None,
+    dropped_highest_loss: int = 0,
+    skipped: list | None = None,
+) -> dict:
+    """The ``fit.json`` dict for a parametric fit.
+
+    Keys: law, params, derived, n_points, objective, delta, converged, rmse_log, r2_log,
+    diagnostics (list of {code, message}); with a bootstrap also stderr, interval
+    ({name: [low, high]}), interval_level and n_resamples; for laws in N and D a
+    compute_optimal table; and holdout, source, skipped runs when given.
+    """
+    out: dict = {
+        "schema_version": SCHEMA_VERSION,
+        "law": fit.law,
+        "x": fit.x,
+        "params": dict(fit.params),
+        "derived": dict(fit.derived),
+        "n_points": fit.n_points,
+        "objective": fit.objective,
+        "delta": fit.delta,
+        "converged": fit.converged,
+        "n_starts": fit.n_starts,
+        "best_start": list(fit.best_start),
+        "rmse_log": fit.rmse_log,
+        "r2_log": fit.r2_log,
+    }
+    diags = list(fit.diagnostics)
+    if boot is not None:
+        out["stderr"] = dict(boot.stderr)
+        out["interval"] = {k: list(v) for k, v in boot.interval.items()}
+        out["interval_level"] = boot.level
+        out["n_resamples"] = boot.n_resamples
+        out["bootstrap_seed"] = boot.seed
+        diags += list(boot.diagnostics)
+    if fit.law in ("chinchilla", "kaplan_nd"):
+        rows = []
+        for C in EXAMPLE_BUDGETS:
+            opt = compute_optimal(fit, C, boot=boot)
+            row = {k: opt[k] for k in ("C", "N_opt", "D_opt", "tokens_per_param", "loss")}
+            if boot is not None:
+                for k in ("N_opt", "D_opt", "tokens_per_param", "loss"):
+                    row[k + "_interval"] = list(opt[k + "_interval"])
+            rows.append(row)
+        out["compute_optimal"] = rows
+    if holdout is not None:
+        out["holdout"] = holdout.to_json()
+    if source is not None:
+        out["source"] = source
+    if dropped_highest_loss:
+        out["dropped_highest_loss"] = dropped_highest_loss
+    if skipped:
+        out["skipped_runs"] = [
+            {"run_id": s.run_id, "status": s.status, "reason": s.reason} for s in skipped
+        ]
+    out["diagnostics"] = [d.to_json() for d in diags]
+    return out
+
+
+def isoflop_to_json(
+    iso: IsoFLOPResult, envelope: EnvelopeResult | None = None, source: str | None = None,
+    skipped: list | None = None,
+) -> dict:
+    """The ``fit.json`` dict for an IsoFLOP analysis (law "isoflop")."""
+    out: dict = {
+        "schema_version": SCHEMA_VERSION,
+        "law": "isoflop",
+        "params": {"a": iso.a, "b": iso.b, "log_k_N": iso.log_k_N, "log_k_D": iso.log_k_D},
+        "derived": {"a": iso.a, "b": iso.b},
+        "stderr": {"a": iso.a_stderr, "b": iso.b_stderr},
+        "interval": {"a": list(iso.a_interval), "b": list(iso.b_interval)},
+        "interval_level": iso.level,
+        "n_resamples": iso.n_boot,
+        "n_points": int(sum(p.n_runs for p in iso.profiles)),
+        "objective": None,
+        "n_budgets_used": iso.n_used,
+        "tolerance": iso.tolerance,
+        "budgets": [
+            {"budget_flops": p.budget, "n_runs": p.n_runs, "coeffs": list(p.coeffs),
+             "N_opt": p.N_opt, "D_opt": p.D_opt, "L_min": p.L_min, "interior": p.interior,
+             "usable": p.usable}
+            for p in iso.profiles
+        ],
+        "diagnostics": [d.to_json() for d in iso.diagnostics],
+    }
+    if envelope is not None:
+        out["envelope"] = {"a": envelope.a, "b": envelope.b, "n_points": int(envelope.C.size)}
+    if source is not None:
+        out["source"] = source
+    if skipped:
+        out["skipped_runs"] = [
+            {"run_id": s.run_id, "status": s.status, "reason": s.reason} for s in skipped
+        ]
+    return out
+
+
+def _g(v) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{v:.4g}"
+
+
+def format_fit(fit: FitResult, boot: BootstrapResult | None = None) -> str:
+    """A short table: one line per parameter and derived quantity, then diagnostics."""
+    lines = [
+        f"law {fit.law}" + (f" in {fit.x}" if fit.x else "")
+        + f": {fit.n_points} runs, objective {fit.objective:.6g}, "
+        f"RMSE(log L) {fit.rmse_log:.4g}, R^2(log L) {fit.r2_log:.4f}, "
+        f"{'converged' if fit.converged else 'NOT converged'}",
+    ]
+    head = f"  {'name':<10}{'estimate':>12}"
+    if boot is not None:
+        head += f"{'stderr':>12}   {int(boot.level * 100)}% interval"
+    lines.append(head)
+    for kind, values in (("param", fit.params), ("derived", fit.derived)):
+        for k, v in values.items():
+            row = f"  {k:<10}{_g(v):>12}"
+            if boot is not None and k in boot.stderr:
+                lo, hi = boot.interval[k]
+                row += f"{_g(boot.stderr[k]):>12}   [{_g(lo)}, {_g(hi)}]"
+            lines.append(row + ("" if kind == "param" else "   (derived)"))
+    diags = list(fit.diagnostics) + (list(boot.diagnostics) if boot is not None else [])
+    lines.append("diagnostics: " + ("none" if not diags else ""))
+    lines += [f"  - {d.code}: {d.message}" for d in diags]
+    return "\n".join(lines)
+
+
+def format_isoflop(iso: IsoFLOPResult) -> str:
+    """A short table of budgets and the fitted exponents."""
+    lines = [f"isoflop: {len(iso.profiles)} budget(s), {iso.n_used} used",
+             f"  {'budget':>10}{'runs':>6}{'N_opt':>12}{'D_opt':>12}{'L_min':>9}  interior"]
+    for p in iso.profiles:
+        lines.append(f"  {p.budget:>10.3g}{p.n_runs:>6}{_g(p.N_opt):>12}{_g(p.D_opt):>12}"
+                     f"{_g(p.L_min):>9}  {'yes' if p.interior else 'no'}")
+    for k, v, iv, se in (("a", iso.a, iso.a_interval, iso.a_stderr),
+                         ("b", iso.b, iso.b_interval, iso.b_stderr)):
+        lines.append(f"  {k} = {v:.4f}  stderr {_g(se)}  "
+                     f"{int(iso.level * 100)}% interval [{_g(iv[0])}, {_g(iv[1])}]")
+    lines.append("diagnostics: " + ("none" if not iso.diagnostics else ""))
+    lines += [f"  - {d.code}: {d.message}" for d in iso.diagnostics]
+    return "\n".join(lines)
