@@ -1,0 +1,128 @@
+"""The run directory is the contract between the trainer, the launchers and the analysis.
+
+    DIR/config.yaml       the fully resolved config (no secrets)
+    DIR/metrics.jsonl     one JSON object per logged step, append-only
+    DIR/result.json       written atomically when the run ends: completed or failed
+    DIR/checkpoints/      step00000123/ folders; a folder exists only once complete
+    DIR/train.log         the run's log (rank 0)
+
+Torch-free: launchers and status commands read run directories on login nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+RESULT_KEYS = (
+    "status", "family", "params", "params_nonembedding", "tokens", "flops", "flops_convention",
+    "train_loss", "eval_loss", "steps", "world_size", "zero_stage", "wall_time_s",
+)  # fmt: skip
+METRIC_KEYS = ("step", "tokens", "flops", "loss", "lr", "tokens_per_s")
+
+EXIT_COMPLETED = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_REQUEUE = 75  # EX_TEMPFAIL: interrupted by a signal after saving a checkpoint; run again to resume
+
+
+def write_atomic(path: Path | str, text: str) -> None:
+    """Write a file so that readers see the old content or the new, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _finite_or_none(row: dict) -> dict:
+    # JSON has no NaN; a non-finite loss is recorded as null and explained elsewhere.
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+
+
+def write_json_atomic(path: Path | str, obj: Any) -> None:
+    write_atomic(path, json.dumps(_finite_or_none(obj) if isinstance(obj, dict) else obj, indent=2,
+                                  default=_json_default) + "\n")
+
+
+def read_json(path: Path | str) -> Any | None:
+    """The parsed file, or None when it is absent or unreadable (a reader never crashes on a run
+    that is being written)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_result(run_dir: Path | str) -> dict | None:
+    return read_json(Path(run_dir) / "result.json")
+
+
+def append_metrics(path: Path | str, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(_finite_or_none(row), default=_json_default) + "\n")
+        f.flush()
+
+
+def read_metrics(path: Path | str) -> list[dict]:
+    """All complete rows. A torn last line (a kill mid-write) is ignored."""
+    rows = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return rows
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
+def truncate_metrics(path: Path | str, last_step: int) -> None:
+    """Keep rows up to `last_step`: rows a killed run wrote after its last checkpoint are
+    written again, identically, by the resumed run."""
+    path = Path(path)
+    if not path.exists():
+        return
+    keep: Iterable[dict] = [r for r in read_metrics(path) if r.get("step", 0) <= last_step]
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in keep))
+
+
+def checkpoint_dirs(run_dir: Path | str) -> list[Path]:
+    """Complete checkpoints, oldest first. In-progress saves live in hidden `.tmp-*` folders and
+    are renamed into place only when every rank has finished writing."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step"))
+
+
+def run_state(run_dir: Path | str) -> str:
+    """completed | failed | partial (has a checkpoint) | started | planned."""
+    run_dir = Path(run_dir)
+    result = read_result(run_dir)
+    if result is not None:
+        return "completed" if result.get("status") == "completed" else "failed"
+    if checkpoint_dirs(run_dir):
+        return "partial"
+    if (run_dir / "config.yaml").exists():
+        return "started"
+    return "planned"

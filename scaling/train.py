@@ -1,0 +1,757 @@
+"""Train one run with DeepSpeed: the unit every study is made of.
+
+    scaling-train run.dir=runs/a model=gpt_debug data=synthetic train.tokens=2e5
+    torchrun --nproc_per_node 2 -m scaling.train run.dir=runs/a train.zero_stage=2 ...
+    srun -n 2 python -m scaling.train ...            (ranks read from the Slurm environment)
+
+The run directory is the contract (see scaling/rundir.py). Running again on a directory whose
+run completed trains nothing; on one with checkpoints it resumes exactly: model, optimizer, LR
+schedule, data position, RNG state and the wandb run.
+
+Exit codes: 0 completed (or already completed), 1 failed (result.json says why), 2 invalid
+config, 75 stopped by SIGTERM/SIGUSR1/SIGUSR2 after saving a checkpoint (run again to resume).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+import traceback
+import uuid
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from scaling.config import TrainAppConfig, register_configs, to_dataclass, to_dict
+from scaling.distributed import World, detect_world
+from scaling.errors import ConfigError, ScalingError
+from scaling.rundir import (
+    EXIT_COMPLETED, EXIT_CONFIG, EXIT_FAILED, EXIT_REQUEUE, append_metrics, checkpoint_dirs, read_result,
+    truncate_metrics, write_atomic, write_json_atomic,
+)  # fmt: skip
+
+log = logging.getLogger("scaling.train")
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+PROGRESS_EVERY_S = 10.0  # how often a progress line is printed; every step goes to metrics.jsonl
+SECRET_MARKERS = ("api_key", "apikey", "token_secret", "password", "secret")
+
+
+class NonFiniteLoss(ScalingError):
+    pass
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything derived from the config and the data before any model is built."""
+
+    cfg: TrainAppConfig  # with model fields filled from the data manifest
+    run_id: str
+    family: str
+    params: int
+    params_nonembedding: int
+    flops_per_sample: float  # training FLOPs per token (GPT) or image (CNN)
+    samples_per_seq: int  # tokens per sequence (GPT) or 1 (CNN)
+    steps: int
+    per_rank_batch: int  # sequences (images) per rank per optimizer step
+    micro_batch: int
+    accumulation: int
+    warmup_steps: int
+    eval_samples: int
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.train.global_batch_size * self.samples_per_seq
+
+    @property
+    def tokens(self) -> int:
+        return self.steps * self.tokens_per_step
+
+    @property
+    def flops(self) -> float:
+        return self.tokens * self.flops_per_sample
+
+    def steps_for(self, tokens: float | None) -> int | None:
+        return None if tokens is None else max(1, int(round(tokens / self.tokens_per_step)))
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint carries besides the engine's own state."""
+
+    step: int = 0
+    wall_time_s: float = 0.0
+    wandb_id: str = ""
+    world_size: int = 1
+
+
+def plan_run(cfg: TrainAppConfig, manifest: Any, world: World) -> RunPlan:
+    """Fill the model from the data, count it, and check the batch and budget arithmetic.
+    Raises ConfigError naming every problem; builds nothing."""
+    from scaling.counting import count_params, flops_per_sample
+    from scaling.data import apply_manifest
+
+    model_cfg = apply_manifest(cfg.model, manifest)
+    cfg = replace(cfg, model=model_cfg)
+    t = cfg.train
+    problems = []
+    samples_per_seq = model_cfg.seq_len if model_cfg.family == "gpt" else 1
+    per_sample = flops_per_sample(model_cfg, t.flops_convention)
+    counts = count_params(model_cfg)
+    budget = t.tokens if t.tokens is not None else t.flops / per_sample
+    tokens_per_step = t.global_batch_size * samples_per_seq
+    steps = int(budget // tokens_per_step)
+    if steps < 1:
+        unit = "tokens" if model_cfg.family == "gpt" else "images"
+        problems.append(
+            f"the budget ({budget:.4g} {unit}) is smaller than one step (train.global_batch_size="
+            f"{t.global_batch_size} x {samples_per_seq} = {tokens_per_step} {unit}); raise train.tokens "
+            f"or train.flops, or lower train.global_batch_size"
+        )
+    per_rank = t.global_batch_size // world.world_size
+    if t.global_batch_size % world.world_size:
+        problems.append(
+            f"train.global_batch_size={t.global_batch_size} is not divisible by the world size "
+            f"{world.world_size}; pick a multiple of the number of processes"
+        )
+    micro = per_rank if t.micro_batch_size == "auto" else int(t.micro_batch_size)
+    if per_rank and micro and per_rank % micro:
+        problems.append(
+            f"train.micro_batch_size={micro} does not divide the per-rank batch {per_rank} "
+            f"(train.global_batch_size={t.global_batch_size} / {world.world_size} processes); "
+            f"pick a divisor of {per_rank} or auto"
+        )
+    if problems:
+        raise ConfigError(problems)
+    eval_seqs = math.ceil(t.eval_tokens / samples_per_seq)
+    eval_seqs = min(eval_seqs, manifest.num_samples("val"))
+    eval_seqs -= eval_seqs % world.world_size  # every rank runs the same number of eval batches
+    if eval_seqs < world.world_size:
+        raise ConfigError(
+            f"the validation split has {manifest.num_samples('val')} samples, fewer than the "
+            f"{world.world_size} processes; prepare the data with a larger validation split"
+        )
+    return RunPlan(
+        cfg=cfg,
+        run_id=cfg.run.id or Path(cfg.run.dir).name,
+        family=model_cfg.family,
+        params=counts.total,
+        params_nonembedding=counts.nonembedding,
+        flops_per_sample=per_sample,
+        samples_per_seq=samples_per_seq,
+        steps=steps,
+        per_rank_batch=per_rank,
+        micro_batch=micro,
+        accumulation=per_rank // micro,
+        warmup_steps=int(math.ceil(t.warmup_tokens / tokens_per_step)),
+        eval_samples=eval_seqs,
+    )
+
+
+def deepspeed_config(plan: RunPlan, world: World, bf16: bool) -> dict:
+    """The DeepSpeed config, generated from the typed config. The batch arithmetic
+    (global = micro x accumulation x world) was checked in plan_run."""
+    t = plan.cfg.train
+    zero: dict[str, Any] = {"stage": t.zero_stage}
+    if t.zero_stage == 3:
+        # Gather every parameter on every forward: small models, exact comparisons across stages.
+        zero.update(stage3_param_persistence_threshold=0, stage3_prefetch_bucket_size=0)
+    return {
+        "train_batch_size": t.global_batch_size,
+        "train_micro_batch_size_per_gpu": plan.micro_batch,
+        "gradient_accumulation_steps": plan.accumulation,
+        "gradient_clipping": t.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 10**12,
+        "wall_clock_breakdown": False,
+        "zero_allow_untested_optimizer": True,
+    }
+
+
+def param_groups(model: Any, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on matrices (linear, conv and embedding weights) only; biases
+    and norm gains are not decayed."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def pick_micro_batch(model: Any, plan: RunPlan, device: Any, sample: tuple) -> int:
+    """Largest divisor of the per-rank batch whose forward and backward fit on the GPU, found by
+    trying from the largest down (accelerate's OOM test). Gradient accumulation then keeps the
+    global batch."""
+    import torch
+    from accelerate.utils.memory import release_memory, should_reduce_batch_size
+
+    x, y = sample
+    per_rank = plan.per_rank_batch
+    for mb in [d for d in range(per_rank, 0, -1) if per_rank % d == 0]:
+        try:
+            reps = math.ceil(mb / x.shape[0])
+            xb = x.repeat(reps, *[1] * (x.ndim - 1))[:mb].to(device)
+            yb = y.repeat(reps, *[1] * (y.ndim - 1))[:mb].to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=plan.cfg.train.precision == "bf16"):
+                loss = torch.nn.functional.cross_entropy(model(xb).flatten(0, -2).float(), yb.flatten())
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+            release_memory()
+            # Keep headroom for the optimizer state, which the probe does not allocate.
+            return max(d for d in range(1, mb + 1) if per_rank % d == 0 and d <= max(1, int(mb * 0.85)) or d == 1)
+        except Exception as e:  # noqa: BLE001 - accelerate decides which errors mean out of memory
+            model.zero_grad(set_to_none=True)
+            release_memory()
+            if not should_reduce_batch_size(e):
+                raise
+    raise ScalingError("not even a micro batch of 1 fits on this device; use ZeRO-3 or a smaller model")
+
+
+class Trainer:
+    """One run: set up the engine, resume if possible, train to the budget, write the result."""
+
+    def __init__(self, plan: RunPlan, manifest: Any, world: World):
+        import deepspeed
+        import torch
+        from deepspeed.accelerator import get_accelerator
+
+        from scaling.models import build_model
+
+        self.plan, self.manifest, self.world = plan, manifest, world
+        self.cfg = plan.cfg
+        self.run_dir = Path(self.cfg.run.dir)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.accel = get_accelerator()
+        self.device = torch.device(self.accel.device_name(world.local_rank))
+        self.bf16 = self.cfg.train.precision == "bf16"
+        if self.bf16 and not self.accel.is_bf16_supported():
+            raise ConfigError("train.precision=bf16 is not supported on this device; use train.precision=fp32")
+        self.peak = None
+        if self.device.type == "cuda":
+            from scaling.hardware import peak_flops
+
+            self.peak = peak_flops(torch.cuda.get_device_name(self.device))
+
+        torch.manual_seed(self.cfg.train.seed)  # the same initial weights on every rank
+        model = build_model(self.cfg.model)
+        model.activation_checkpointing = self.cfg.train.activation_checkpointing
+        if self.cfg.train.micro_batch_size == "auto" and self.device.type == "cuda":
+            model.to(self.device)
+            sample = self._eval_batches(8)[0]
+            micro = pick_micro_batch(model, plan, self.device, sample)
+            self.plan = plan = replace(plan, micro_batch=micro, accumulation=plan.per_rank_batch // micro)
+            log.info("micro batch auto: %d (accumulation %d)", micro, plan.accumulation)
+        t = self.cfg.train
+        optimizer = torch.optim.AdamW(
+            param_groups(model, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2), eps=1e-8
+        )
+        from scaling.schedule import lr_factor
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: lr_factor(
+                step, plan.steps, schedule=t.schedule, warmup_steps=plan.warmup_steps,
+                decay_fraction=t.decay_fraction, min_lr_ratio=t.min_lr_ratio,
+            ),
+        )  # fmt: skip
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=model,
+            optimizer=optimizer,
+            lr_scheduler=schedule,
+            config=deepspeed_config(plan, world, self.bf16),
+        )
+        self.state = TrainState(world_size=world.world_size)
+        self.stop_requested = False
+        self.row_sinks: list[Callable[[dict], None]] = []  # rank 0 only, e.g. the wandb mirror
+
+    # ---- distributed helpers -------------------------------------------------------------
+    def _all_reduce(self, values: list[float], op: str = "sum") -> list[float]:
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if self.world.world_size > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+        return t.tolist()
+
+    def _barrier(self) -> None:
+        import torch.distributed as dist
+
+        if self.world.world_size > 1:
+            dist.barrier()
+
+    # ---- checkpoints -----------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        """Every rank writes into a hidden folder; rank 0 renames it into place when all are done,
+        so a kill during a save leaves the previous checkpoint as the latest complete one."""
+        import torch
+
+        root = self.run_dir / "checkpoints"
+        name = f"step{self.state.step:08d}"
+        tmp = root / f".tmp-{name}"
+        if self.world.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self._barrier()
+        self.engine.save_checkpoint(str(tmp), tag="state", client_state={"train_state": asdict(self.state)},
+                                    save_latest=False)
+        torch.save(_rng_state(), tmp / f"rng_rank{self.world.rank}.pt")
+        self._barrier()
+        final = root / name
+        if self.world.is_main:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for old in checkpoint_dirs(self.run_dir)[: -self.cfg.train.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        self._barrier()
+        log.info("checkpoint saved: %s", final)
+        return final
+
+    def resume(self) -> bool:
+        """Load the latest complete checkpoint, if any. Returns whether the run resumed."""
+        import torch
+
+        ckpts = checkpoint_dirs(self.run_dir)
+        if not ckpts:
+            return False
+        path = ckpts[-1]
+        _, client = self.engine.load_checkpoint(str(path), tag="state", load_optimizer_states=True,
+                                                load_lr_scheduler_states=True)
+        if client is None:
+            raise ScalingError(f"checkpoint {path} could not be loaded; delete it to fall back to the one before")
+        self.state = TrainState(**client["train_state"])
+        rng_file = path / f"rng_rank{self.world.rank}.pt"
+        if rng_file.exists():
+            _set_rng_state(torch.load(rng_file, weights_only=False))
+        if self.state.world_size != self.world.world_size:
+            log.warning("resuming a run saved with %d processes on %d", self.state.world_size, self.world.world_size)
+            self.state.world_size = self.world.world_size
+        log.info("resumed from %s at step %d", path, self.state.step)
+        return True
+
+    # ---- evaluation --------------------------------------------------------------------------
+    def _eval_batches(self, n: int) -> list:
+        from scaling.data import eval_batches
+
+        return eval_batches(self.manifest, num_samples=n, batch_size=self.plan.micro_batch,
+                            rank=self.world.rank, world_size=self.world.world_size)
+
+    def evaluate(self, batches: list) -> float:
+        """Mean held-out loss per token (per image) over the fixed evaluation set."""
+        import torch
+        import torch.nn.functional as F
+
+        self.engine.eval()
+        total, count = 0.0, 0.0
+        with torch.no_grad():
+            for x, y in batches:
+                logits = self._forward(x.to(self.device))
+                loss = F.cross_entropy(logits.flatten(0, -2).float(), y.to(self.device).flatten(), reduction="sum")
+                total += loss.item()
+                count += y.numel()
+        self.engine.train()
+        total, count = self._all_reduce([total, count])
+        return total / count
+
+    def _forward(self, x: Any) -> Any:
+        import torch
+
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.engine(x)
+
+    # ---- one optimizer step ---------------------------------------------------------------------
+    def train_step(self, x: Any, y: Any) -> float:
+        """Forward and backward over the micro batches of this rank's share of the global batch,
+        then one optimizer step (DeepSpeed steps at the accumulation boundary). Returns the mean
+        loss over the global batch."""
+        import torch.nn.functional as F
+
+        mb = self.plan.micro_batch
+        loss_sum = 0.0
+        for i in range(self.plan.accumulation):
+            xb = x[i * mb : (i + 1) * mb].to(self.device)
+            yb = y[i * mb : (i + 1) * mb].to(self.device)
+            logits = self._forward(xb)  # (micro, seq, vocab) or (micro, classes)
+            loss = F.cross_entropy(logits.flatten(0, -2).float(), yb.flatten())
+            self.engine.backward(loss)
+            self.engine.step()
+            loss_sum += loss.item()
+        local = loss_sum / self.plan.accumulation
+        return self._all_reduce([local])[0] / self.world.world_size
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def fit(self) -> dict:
+        """Train from the current state to the end of the budget. Returns the result dict, or
+        raises StopRequested after a checkpoint when a stop signal arrived."""
+        from scaling.data import train_batches
+
+        plan, t = self.plan, self.cfg.train
+        start_time = time.time() - self.state.wall_time_s
+        batches = train_batches(
+            self.manifest, global_batch_size=t.global_batch_size, rank=self.world.rank,
+            world_size=self.world.world_size, seed=t.seed, start_step=self.state.step,
+            num_workers=self.cfg.data.num_workers, streams=getattr(self.cfg.data, "streams", None),
+        )  # fmt: skip
+        eval_set = self._eval_batches(plan.eval_samples)
+        eval_every = plan.steps_for(t.eval_every_tokens)
+        ckpt_every = plan.steps_for(t.checkpoint_every_tokens)
+        last_eval: float | None = None
+        window_start, window_tokens = time.time(), 0
+        train_loss = float("nan")
+        last_progress = 0.0
+
+        def due(every: int | None) -> bool:
+            return every is not None and self.state.step % every == 0
+
+        log.info(
+            "training %s: N=%s params (%s non-embedding), D=%s %s, C=%.3g FLOPs (%s), %d steps of %d, "
+            "micro batch %d x %d accumulation x %d processes, ZeRO-%d",
+            plan.run_id, f"{plan.params:,}", f"{plan.params_nonembedding:,}", f"{plan.tokens:,}",
+            "tokens" if plan.family == "gpt" else "images", plan.flops, t.flops_convention, plan.steps,
+            plan.tokens_per_step, plan.micro_batch, plan.accumulation, self.world.world_size, t.zero_stage,
+        )  # fmt: skip
+        while self.state.step < plan.steps:
+            x, y = next(batches)
+            lr = self.scheduler.get_last_lr()[0]
+            train_loss = self.train_step(x, y)
+            self.state.step += 1
+            window_tokens += plan.tokens_per_step
+            if t.nan_check and not math.isfinite(train_loss):
+                raise NonFiniteLoss(
+                    f"loss is {train_loss} at step {self.state.step}; lower train.lr, raise warmup, or "
+                    f"check the data"
+                )
+            last = self.state.step == plan.steps
+            row: dict[str, Any] | None = None
+            if due(eval_every) or last:
+                elapsed = time.time() - window_start
+                last_eval = self.evaluate(eval_set)
+                window_start = time.time() - elapsed  # evaluation time is not training throughput
+                row = {"eval_loss": last_eval}
+            if row is not None or due(t.log_every_steps) or last:
+                row = self._metrics_row(train_loss, lr, window_tokens, time.time() - window_start) | (row or {})
+                window_start, window_tokens = time.time(), 0
+                self.state.wall_time_s = time.time() - start_time
+                if self.world.is_main:
+                    append_metrics(self.metrics_path, row)
+                    for sink in self.row_sinks:
+                        sink(row)
+                    if "eval_loss" in row or time.time() - last_progress > PROGRESS_EVERY_S:
+                        self._log_progress(row)
+                        last_progress = time.time()
+            if due(ckpt_every) and not last:
+                self.state.wall_time_s = time.time() - start_time
+                self.save_checkpoint()
+            if self._stop_agreed():
+                self.state.wall_time_s = time.time() - start_time
+                self.save_checkpoint()
+                raise StopRequested()
+        self.state.wall_time_s = time.time() - start_time
+        return {
+            "status": "completed",
+            "run_id": plan.run_id,
+            "family": plan.family,
+            "params": plan.params,
+            "params_nonembedding": plan.params_nonembedding,
+            "tokens": plan.tokens,
+            "flops": plan.flops,
+            "flops_convention": t.flops_convention,
+            "train_loss": train_loss,
+            "eval_loss": last_eval,
+            "steps": self.state.step,
+            "world_size": self.world.world_size,
+            "zero_stage": t.zero_stage,
+            "wall_time_s": round(self.state.wall_time_s, 3),
+            "group": self.cfg.run.group,
+        }
+
+    def _metrics_row(self, loss: float, lr: float, tokens: int, seconds: float) -> dict:
+        plan = self.plan
+        tps = tokens / seconds if seconds > 0 else float("nan")
+        row = {
+            "step": self.state.step,
+            "tokens": self.state.step * plan.tokens_per_step,
+            "flops": self.state.step * plan.tokens_per_step * plan.flops_per_sample,
+            "loss": loss,
+            "lr": lr,
+            "tokens_per_s": tps,
+            "flops_per_s": tps * plan.flops_per_sample,
+            "elapsed_s": round(self.state.wall_time_s, 3),
+        }
+        if self.peak:
+            row["mfu"] = row["flops_per_s"] / (self.peak * self.world.world_size)
+        return row
+
+    def _log_progress(self, row: dict) -> None:
+        steps = self.plan.steps
+        remaining = (steps - row["step"]) * self.plan.tokens_per_step / row["tokens_per_s"] if row["tokens_per_s"] else 0
+        extra = f" eval {row['eval_loss']:.4f}" if "eval_loss" in row else ""
+        log.info(
+            "step %d/%d (%.0f%%) loss %.4f%s lr %.2e %.0f tok/s ETA %.0fs",
+            row["step"], steps, 100 * row["step"] / steps, row["loss"], extra, row["lr"], row["tokens_per_s"],
+            remaining,
+        )  # fmt: skip
+
+    def _stop_agreed(self) -> bool:
+        # Saving is collective, so every rank must agree to stop at the same step.
+        if self.world.world_size == 1:
+            return self.stop_requested
+        return self._all_reduce([float(self.stop_requested)], op="max")[0] > 0
+
+
+class StopRequested(Exception):
+    """A stop signal arrived; a checkpoint has been saved."""
+
+
+def _rng_state() -> dict:
+    import numpy as np
+    import torch
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---- wandb ----------------------------------------------------------------------------------------
+def _wandb_mode(mode: str) -> str:
+    if mode != "auto":
+        return mode
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    netrc = Path.home() / ".netrc"
+    try:
+        if "api.wandb.ai" in netrc.read_text():
+            return "online"
+    except OSError:
+        pass
+    return "offline"
+
+
+def start_wandb(plan: RunPlan, state: TrainState) -> Any:
+    """Start or continue the run's wandb run (rank 0 only). The id lives in the run directory and
+    in every checkpoint, so a resumed or requeued run continues the same wandb run."""
+    wcfg = plan.cfg.logger.wandb
+    mode = _wandb_mode(wcfg.mode)
+    if mode == "disabled":
+        return None
+    import wandb
+
+    run_dir = Path(plan.cfg.run.dir)
+    id_file = run_dir / "wandb_id"
+    if not state.wandb_id:
+        state.wandb_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:16]
+    write_atomic(id_file, state.wandb_id + "\n")
+    config = scrub_secrets(to_dict(plan.cfg))
+    config["counts"] = {"N": plan.params, "N_nonembedding": plan.params_nonembedding, "D": plan.tokens,
+                        "C": plan.flops}
+    return wandb.init(
+        project=wcfg.project, entity=wcfg.entity, group=plan.cfg.run.group, name=plan.run_id,
+        id=state.wandb_id, resume="allow", dir=str(run_dir), mode=mode, config=config, tags=list(wcfg.tags),
+        settings=wandb.Settings(silent=True, console="off"),
+    )  # fmt: skip
+
+
+def scrub_secrets(obj: Any) -> Any:
+    """Drop keys that look like credentials before a config is written or uploaded."""
+    if isinstance(obj, dict):
+        return {k: scrub_secrets(v) for k, v in obj.items() if not any(m in str(k).lower() for m in SECRET_MARKERS)}
+    if isinstance(obj, list):
+        return [scrub_secrets(v) for v in obj]
+    return obj
+
+
+# ---- entry points ---------------------------------------------------------------------------------
+def _setup_logging(run_dir: Path, world: World) -> None:
+    root = logging.getLogger("scaling")
+    root.handlers.clear()
+    root.propagate = False
+    root.setLevel(logging.INFO if world.is_main else logging.WARNING)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(fmt)
+    root.addHandler(stream)
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        file = logging.FileHandler(run_dir / "train.log")
+        file.setFormatter(fmt)
+        root.addHandler(file)
+    # DeepSpeed and torch are chatty at INFO and with deprecation warnings.
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+
+
+def _configure_device(cfg: TrainAppConfig, world: World) -> None:
+    """Pick the accelerator before DeepSpeed is imported, and set CPU threads on purpose
+    (torchrun's default of one thread per process halves a CPU run's speed)."""
+    import torch
+
+    use_cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
+    if not use_cuda:
+        os.environ["DS_ACCELERATOR"] = "cpu"
+        threads = cfg.train.num_threads or max(1, (os.cpu_count() or 1) // max(world.local_world_size, 1))
+        torch.set_num_threads(threads)
+    else:
+        torch.cuda.set_device(world.local_rank)
+
+
+def train(cfg: TrainAppConfig) -> int:
+    """Run one training run to completion, failure or a stop signal. Returns the exit code."""
+    world = detect_world()
+    run_dir = Path(cfg.run.dir)
+    _setup_logging(run_dir, world)
+    prior = read_result(run_dir)
+    if prior is not None and prior.get("status") == "completed":
+        log.info("run %s already completed (eval loss %s); nothing to train", run_dir, prior.get("eval_loss"))
+        return EXIT_COMPLETED
+    stop = {"flag": False}
+    trainer: Trainer | None = None
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.warning("received %s: saving a checkpoint and stopping", signal.Signals(signum).name)
+        stop["flag"] = True
+        if trainer is not None:
+            trainer.stop_requested = True
+
+    previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
+    try:
+        from scaling.data import prepare_dataset
+
+        _configure_device(cfg, world)
+        manifest = prepare_dataset(cfg.data)
+        plan = plan_run(cfg, manifest, world)
+        import deepspeed
+
+        if not _dist_ready():
+            deepspeed.init_distributed(dist_backend="nccl" if os.environ.get("DS_ACCELERATOR") != "cpu" else "gloo")
+        trainer = Trainer(plan, manifest, world)
+        trainer.stop_requested = stop["flag"]
+        resumed = trainer.resume()
+        plan = trainer.plan
+        if world.is_main:
+            write_atomic(run_dir / "config.yaml", _to_yaml(scrub_secrets(to_dict(plan.cfg))))
+            if resumed:
+                truncate_metrics(run_dir / "metrics.jsonl", trainer.state.step)
+            elif (run_dir / "metrics.jsonl").exists():
+                (run_dir / "metrics.jsonl").unlink()  # rows of a run that never checkpointed
+        wandb_run = start_wandb(plan, trainer.state) if world.is_main else None
+        try:
+            if wandb_run is not None:
+                # The dashboard mirrors metrics.jsonl: every row written is also logged.
+                trainer.row_sinks.append(
+                    lambda row: wandb_run.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+                )
+            result = trainer.fit()
+        finally:
+            if wandb_run is not None:
+                wandb_run.finish()
+        if world.is_main:
+            write_json_atomic(run_dir / "result.json", result)
+            log.info("completed %s: train loss %.4f, eval loss %.4f, %.1f s", plan.run_id, result["train_loss"],
+                     result["eval_loss"], result["wall_time_s"])
+        return EXIT_COMPLETED
+    except StopRequested:
+        log.warning("stopped at step %d; run again on %s to resume", trainer.state.step if trainer else 0, run_dir)
+        return EXIT_REQUEUE
+    except ConfigError as e:
+        log.error("%s", e)
+        _write_failure(run_dir, world, str(e), None)
+        return EXIT_CONFIG
+    except Exception as e:  # noqa: BLE001 - every failure must end in a failed result, not a bare traceback
+        step = trainer.state.step if trainer is not None else None
+        message = str(e) if isinstance(e, ScalingError) else f"{type(e).__name__}: {e}"
+        if not isinstance(e, ScalingError):
+            log.error("%s", traceback.format_exc())
+        log.error("run failed at step %s: %s", step, message)
+        _write_failure(run_dir, world, message, step)
+        return EXIT_FAILED
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _dist_ready() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def _write_failure(run_dir: Path, world: World, error: str, step: int | None) -> None:
+    if world.is_main:
+        write_json_atomic(run_dir / "result.json", {"status": "failed", "error": error, "step": step})
+
+
+def _to_yaml(obj: dict) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.create(obj))
+
+
+def run_overrides(overrides: list[str]) -> int:
+    """Compose conf/train.yaml with Hydra overrides and train; for launchers that run the trainer
+    in-process (submitit jobs). Returns the exit code."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            dcfg = compose(config_name="train", overrides=list(overrides))
+        cfg = to_dataclass(dcfg)
+    except ConfigError as e:
+        print(f"scaling-train: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except Exception as e:  # noqa: BLE001 - Hydra's composition errors name the bad key
+        print(f"scaling-train: invalid config: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    return train(cfg)
+
+
+def main() -> None:
+    """Console script `scaling-train`: Hydra overrides on the command line."""
+    register_configs()
+    import hydra
+
+    code: dict[str, int] = {}
+
+    @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base=None)
+    def app(dcfg: Any) -> None:
+        try:
+            cfg = to_dataclass(dcfg)
+        except ConfigError as e:
+            print(f"scaling-train: {e}", file=sys.stderr)
+            code["rc"] = EXIT_CONFIG
+            return
+        code["rc"] = train(cfg)
+
+    app()
+    sys.exit(code.get("rc", EXIT_CONFIG))
+
+
+if __name__ == "__main__":
+    main()
