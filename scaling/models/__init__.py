@@ -44,7 +44,7 @@ DATA_FIELDS: dict[str, tuple[str, ...]] = {
 
 def model_problems(cfg: GPTConfig | CNNConfig, prefix: str = "model") -> list[str]:
     """Every reason `cfg` cannot be built, each naming the key, the value and the fix."""
-    family = getattr(cfg, "family", None)
+    family = getattr(cfg, "family", cfg)
     if family not in FAMILIES or not isinstance(cfg, (GPTConfig, CNNConfig)):
         return [f"{prefix}.family={family!r} is not a known family; use one of {sorted(FAMILIES)}"]
     out = [
