@@ -1,0 +1,327 @@
+"""Typed configuration of `scaling-study`: the study spec, the launcher and the cluster.
+
+Hydra composes `conf/study_app.yaml` with one file from each of `conf/study/`, `conf/launcher/`
+and `conf/cluster/`, validated against these dataclasses (registered in the ConfigStore by
+`register_configs`). `to_dataclass` converts the result with `OmegaConf.to_object` and runs
+`validate`, which collects every problem and raises one ConfigError naming each key.
+
+Torch-free, like all of `launch/`: it runs on login nodes and laptops.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from scaling.config import FLOPS_CONVENTIONS
+from scaling.errors import ConfigError, raise_if
+from scaling.ladder import parse_count
+
+FAMILIES = ("gpt", "cnn")
+COUNTS = ("nonembedding", "total")
+LAUNCHERS = ("local", "slurm")
+@dataclass
+class PowerLaw:
+    """value = coef * (N / ref_params) ** exponent, then clipped to [min, max]. N is the size as
+    the study counts it (`sizes.count`)."""
+
+    coef: float = 1.0
+    exponent: float = 0.0
+    ref_params: float = 108e6
+    min: Optional[float] = None
+    max: Optional[float] = None
+
+    def __call__(self, n_params: float) -> float:
+        value = self.coef * (n_params / self.ref_params) ** self.exponent
+        if self.min is not None:
+            value = max(value, self.min)
+        if self.max is not None:
+            value = min(value, self.max)
+        return value
+
+    def describe(self, unit: str = "") -> str:
+        clip = ""
+        if self.min is not None or self.max is not None:
+            clip = f", clipped to [{self.min}, {self.max}]"
+        return f"{self.coef:g}{unit} * (N / {self.ref_params:.3g}) ^ {self.exponent:.4g}{clip}"
+
+    def problems(self, prefix: str) -> list[str]:
+        out = []
+        if not (math.isfinite(self.coef) and self.coef > 0):
+            out.append(f"{prefix}.coef={self.coef} must be a positive number")
+        if not (math.isfinite(self.ref_params) and self.ref_params > 0):
+            out.append(f"{prefix}.ref_params={self.ref_params} must be a positive number")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            out.append(f"{prefix}.min={self.min} > {prefix}.max={self.max}; swap them")
+        return out
+
+
+def _olmo_lr() -> PowerLaw:
+    # OLMo model ladder: LR = 0.0047 (N / 108e6)^(-1/3)
+    return PowerLaw(coef=0.0047, exponent=-1 / 3)
+
+
+def _olmo_batch() -> PowerLaw:
+    # OLMo model ladder: 160 (N / 108e6)^(2/3) sequences of 2048 tokens, expressed in tokens so
+    # that it carries over to other sequence lengths.
+    return PowerLaw(coef=160 * 2048, exponent=2 / 3)
+
+
+@dataclass
+class RulesConfig:
+    """Hyperparameters as power laws of the size N. Defaults: the OLMo ladder rules."""
+
+    lr: PowerLaw = field(default_factory=_olmo_lr)
+    # Global batch in tokens (GPT) or images (CNN); turned into sequences with the data's
+    # seq_len and rounded to a multiple of the processes per run.
+    batch_tokens: PowerLaw = field(default_factory=_olmo_batch)
+
+
+@dataclass
+class LadderConfig:
+    min: Any = None  # smallest target parameter count, e.g. 1e5 or "100K"
+    max: Any = None  # largest
+    n: int = 4  # sizes, spaced evenly in log N
+
+
+@dataclass
+class SizesConfig:
+    """The model sizes. Exactly one of: `targets` (a list of parameter counts), `ladder` (log-spaced
+    targets), `shapes` (explicit model fields such as {n_layers: 2, d_model: 64, n_heads: 2}).
+    For an IsoFLOP grid all three may be left empty: then each budget gets `per_budget` sizes
+    spaced in log N around the budget's `center_tokens_per_param` optimum."""
+
+    targets: list[Any] = field(default_factory=list)
+    ladder: Optional[LadderConfig] = None
+    shapes: list[dict[str, Any]] = field(default_factory=list)
+    count: str = "nonembedding"  # what N counts: nonembedding (Kaplan) or total (Chinchilla)
+    per_budget: int = 5  # IsoFLOP without a size list: sizes per budget
+    span: float = 10.0  # IsoFLOP without a size list: largest / smallest N at each budget
+    center_tokens_per_param: float = 20.0  # IsoFLOP without a size list: centre of the sizes
+
+
+@dataclass
+class BudgetsConfig:
+    """Exactly one of: `tokens_per_param` (a size ladder: D = m N for each m) or `flops` (an
+    IsoFLOP grid: for each budget C, D = C / (training FLOPs per token) at each size)."""
+
+    tokens_per_param: list[float] = field(default_factory=list)
+    flops: list[Any] = field(default_factory=list)
+    flop_tolerance: float = 0.05  # every IsoFLOP run's C lies within this relative error of its budget
+    min_steps: int = 10  # a run with fewer optimizer steps than this does not fit its budget
+
+
+@dataclass
+class StudySpec:
+    """A study: a family on a dataset, a set of sizes, budgets and seeds. `dir` holds the plan and
+    one run directory per run."""
+
+    name: str = "study"
+    family: str = "gpt"
+    model: str = "gpt_debug"  # the trainer's model config (conf/model/NAME.yaml) the sizes start from
+    data: str = "stdlib_text"  # the trainer's data config (conf/data/NAME.yaml)
+    overrides: list[str] = field(default_factory=list)  # trainer overrides for every run, e.g. train.schedule=wsd
+    # Data-dependent model sizes; None reads them from the dataset's manifest.
+    seq_len: Optional[int] = None
+    vocab_size: Optional[int] = None
+    image_size: Optional[int] = None
+    in_channels: Optional[int] = None
+    n_classes: Optional[int] = None
+    sizes: SizesConfig = field(default_factory=SizesConfig)
+    budgets: BudgetsConfig = field(default_factory=BudgetsConfig)
+    rules: RulesConfig = field(default_factory=RulesConfig)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    nproc: int = 1  # processes (GPUs) per run; more than one runs under torchrun or srun
+    flops_convention: str = "6n"
+    dir: str = "studies/${.name}"
+    dry_run: bool = False  # print the plan and launch nothing
+    retry_failed: bool = False  # relaunch runs whose result.json says failed
+    throughput_flops: Optional[float] = None  # achieved training FLOP/s per process, for estimates
+    assumed_mfu: float = 0.3  # share of the measured matmul FLOP/s a small model reaches
+
+    def problems(self, prefix: str = "study") -> list[str]:
+        out = []
+        if self.family not in FAMILIES:
+            out.append(f"{prefix}.family={self.family!r}; use one of {FAMILIES}")
+        if self.flops_convention not in FLOPS_CONVENTIONS:
+            out.append(f"{prefix}.flops_convention={self.flops_convention!r}; use one of {FLOPS_CONVENTIONS}")
+        if not self.name or "/" in self.name:
+            out.append(f"{prefix}.name={self.name!r}; use a non-empty name without '/'")
+        if not self.dir:
+            out.append(f"{prefix}.dir is empty; set study.dir=PATH")
+        if self.nproc < 1:
+            out.append(f"{prefix}.nproc={self.nproc} must be >= 1")
+        if not self.seeds:
+            out.append(f"{prefix}.seeds is empty; give at least one seed, e.g. study.seeds=[0]")
+        if len(set(self.seeds)) != len(self.seeds):
+            out.append(f"{prefix}.seeds={self.seeds} repeats a seed; list each seed once")
+        for o in self.overrides:
+            if "=" not in o or o.split("=", 1)[0].lstrip("+~").startswith("run."):
+                out.append(f"{prefix}.overrides has {o!r}; write KEY=VALUE, and leave run.* to the planner")
+        s, b = self.sizes, self.budgets
+        if s.count not in COUNTS:
+            out.append(f"{prefix}.sizes.count={s.count!r}; use one of {COUNTS}")
+        given = [k for k, v in (("targets", s.targets), ("ladder", s.ladder), ("shapes", s.shapes)) if v]
+        if len(given) > 1:
+            out.append(f"{prefix}.sizes sets {' and '.join(given)}; set exactly one of targets, ladder, shapes")
+        if not given and not b.flops:
+            out.append(
+                f"{prefix}.sizes is empty: the size list has no entries; list sizes as "
+                f"{prefix}.sizes.targets=[1e5,3e5,1e6] or a ladder {prefix}.sizes.ladder={{min:1e5,max:1e6,n:4}}"
+            )
+        for i, t in enumerate(s.targets):
+            try:
+                if parse_count(t, f"{prefix}.sizes.targets[{i}]") <= 0:
+                    out.append(f"{prefix}.sizes.targets[{i}]={t} must be positive")
+            except ConfigError as e:
+                out += e.problems
+        if s.ladder is not None:
+            lad = s.ladder
+            try:
+                lo = parse_count(lad.min, f"{prefix}.sizes.ladder.min")
+                hi = parse_count(lad.max, f"{prefix}.sizes.ladder.max")
+                if not 0 < lo <= hi:
+                    out.append(f"{prefix}.sizes.ladder min={lad.min} max={lad.max}; need 0 < min <= max")
+            except ConfigError as e:
+                out += e.problems
+            if lad.n < 1:
+                out.append(f"{prefix}.sizes.ladder.n={lad.n} must be >= 1")
+        if not given and b.flops:
+            if s.per_budget < 1:
+                out.append(f"{prefix}.sizes.per_budget={s.per_budget} must be >= 1")
+            if s.span < 1:
+                out.append(f"{prefix}.sizes.span={s.span} must be >= 1 (largest / smallest N)")
+        if bool(b.tokens_per_param) == bool(b.flops):
+            out.append(
+                f"{prefix}.budgets sets {'both' if b.flops else 'neither of'} tokens_per_param and flops; "
+                f"set exactly one: tokens_per_param=[20] (a size ladder) or flops=[1e15,3e15] (an IsoFLOP grid)"
+            )
+        for i, m in enumerate(b.tokens_per_param):
+            if not m > 0:
+                out.append(f"{prefix}.budgets.tokens_per_param[{i}]={m} must be positive")
+        for i, c in enumerate(b.flops):
+            try:
+                if parse_count(c, f"{prefix}.budgets.flops[{i}]") <= 0:
+                    out.append(f"{prefix}.budgets.flops[{i}]={c} must be positive")
+            except ConfigError as e:
+                out += e.problems
+        if not 0 < b.flop_tolerance < 1:
+            out.append(f"{prefix}.budgets.flop_tolerance={b.flop_tolerance} must lie in (0, 1), e.g. 0.05")
+        if b.min_steps < 1:
+            out.append(f"{prefix}.budgets.min_steps={b.min_steps} must be >= 1")
+        out += self.rules.lr.problems(f"{prefix}.rules.lr")
+        out += self.rules.batch_tokens.problems(f"{prefix}.rules.batch_tokens")
+        if self.throughput_flops is not None and not self.throughput_flops > 0:
+            out.append(f"{prefix}.throughput_flops={self.throughput_flops} must be positive, or null to measure")
+        return out
+
+    @property
+    def kind(self) -> str:
+        return "isoflop" if self.budgets.flops else "ladder"
+
+
+@dataclass
+class LauncherConfig:
+    name: str = "local"  # local | slurm
+    # local: runs at once; "auto" fits as many as the cores allow (cores // processes per run)
+    parallel: Any = "auto"
+    # slurm: one job array per resource shape instead of one job per run
+    array: bool = False
+    array_parallelism: int = 64
+    wait: bool = False  # slurm: block until every run has ended, printing the status
+    poll_s: float = 10.0
+    print_script: bool = False  # slurm: print the sbatch script of one run and submit nothing
+    print_run: Optional[str] = None  # the run whose script is printed; None: the first to launch
+
+    def problems(self, prefix: str = "launcher") -> list[str]:
+        out = []
+        if self.name not in LAUNCHERS:
+            out.append(f"{prefix}.name={self.name!r}; use launcher=local or launcher=slurm")
+        if not (self.parallel == "auto" or (isinstance(self.parallel, int) and self.parallel >= 1)):
+            out.append(f"{prefix}.parallel={self.parallel!r}; use auto or an integer >= 1")
+        if self.array_parallelism < 1:
+            out.append(f"{prefix}.array_parallelism={self.array_parallelism} must be >= 1")
+        if not self.poll_s > 0:
+            out.append(f"{prefix}.poll_s={self.poll_s} must be positive")
+        return out
+
+
+@dataclass
+class ClusterConfig:
+    """A Slurm cluster: where and how jobs run. Selected with cluster=NAME (conf/cluster/NAME.yaml)."""
+
+    name: str = "none"
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    time_limit_min: int = 60
+    mem_gb: Optional[float] = None  # per node
+    nodes: Optional[int] = None  # None: as many as a run's processes need
+    gpus_per_node: int = 0  # 0: a CPU cluster; each run starts nproc tasks
+    tasks_per_node: Optional[int] = None  # CPU clusters: most tasks on one node; None: all on one
+    cpus_per_task: int = 1
+    setup: list[str] = field(default_factory=list)  # shell lines run before srun (modules, venv)
+    max_requeues: int = 3  # after preemption or a time limit
+    signal_delay_s: int = 90  # the job gets SIGUSR2 this long before its time limit
+    additional: dict[str, Any] = field(default_factory=dict)  # more sbatch flags, e.g. {constraint: a100}
+    python: Optional[str] = None  # the interpreter jobs run; None: the one launching
+    throughput_flops: Optional[float] = None  # achieved training FLOP/s per process, for estimates
+
+    def problems(self, prefix: str = "cluster") -> list[str]:
+        out = []
+        if not self.partition:
+            out.append(
+                f"{prefix}.partition is unset (cluster={self.name}); pick a cluster with cluster=NAME "
+                f"(conf/cluster/NAME.yaml) or set {prefix}.partition=PARTITION"
+            )
+        if self.time_limit_min < 1:
+            out.append(f"{prefix}.time_limit_min={self.time_limit_min} must be >= 1")
+        if self.nodes is not None and self.nodes < 1:
+            out.append(f"{prefix}.nodes={self.nodes} must be >= 1, or null")
+        if self.gpus_per_node < 0:
+            out.append(f"{prefix}.gpus_per_node={self.gpus_per_node} must be >= 0")
+        if self.tasks_per_node is not None and self.tasks_per_node < 1:
+            out.append(f"{prefix}.tasks_per_node={self.tasks_per_node} must be >= 1, or null")
+        if self.cpus_per_task < 1:
+            out.append(f"{prefix}.cpus_per_task={self.cpus_per_task} must be >= 1")
+        if self.mem_gb is not None and not self.mem_gb > 0:
+            out.append(f"{prefix}.mem_gb={self.mem_gb} must be positive, or null")
+        if self.max_requeues < 0:
+            out.append(f"{prefix}.max_requeues={self.max_requeues} must be >= 0")
+        if self.signal_delay_s < 0:
+            out.append(f"{prefix}.signal_delay_s={self.signal_delay_s} must be >= 0")
+        return out
+
+
+@dataclass
+class StudyAppConfig:
+    """The whole config of `scaling-study`."""
+
+    study: StudySpec = field(default_factory=StudySpec)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+
+def validate(cfg: StudyAppConfig) -> StudyAppConfig:
+    """Collect every problem of the spec, the launcher and (for Slurm) the cluster; raise one error."""
+    problems = cfg.study.problems() + cfg.launcher.problems()
+    if cfg.launcher.name == "slurm":
+        problems += cfg.cluster.problems()
+    raise_if(problems)
+    return cfg
+
+
+def register_configs() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="study_app_schema", node=StudyAppConfig)
+
+
+def to_dataclass(dcfg: Any) -> StudyAppConfig:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_object(dcfg)
+    assert isinstance(cfg, StudyAppConfig), type(cfg)
+    return validate(cfg)

@@ -1,0 +1,153 @@
+"""The local launcher: each run in its own process (under torchrun when it asks for more than one),
+one after another or several at once where the cores allow, with a progress bar over runs and a
+log file per run (`RUN_DIR/launch.log`).
+
+Ctrl-C (or SIGTERM to the launcher) is forwarded to the runs as SIGTERM: each saves a checkpoint
+and exits with code 75, and a relaunch resumes it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from launch.plan import RunSpec
+from launch.state import proc_start, update_launch, write_launch
+
+EXIT_REQUEUE = 75
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def parallel_runs(setting: Any, runs: list[RunSpec], cores: Optional[int] = None) -> int:
+    """How many runs go at once: the setting, or ("auto") as many as fit the cores."""
+    if setting != "auto":
+        return max(1, int(setting))
+    widest = max((r.nproc for r in runs), default=1)
+    return max(1, (cores or cpu_count()) // widest)
+
+
+def train_command(run: RunSpec, python: str = sys.executable, extra: Optional[list[str]] = None) -> list[str]:
+    """The command that trains one run: `python -m scaling.train ...`, or torchrun for several
+    processes."""
+    overrides = [*run.overrides, *(extra or [])]
+    if run.nproc <= 1:
+        return [python, "-m", "scaling.train", *overrides]
+    torchrun = Path(python).with_name("torchrun")
+    launcher = [str(torchrun)] if torchrun.exists() else [python, "-m", "torch.distributed.run"]
+    return [*launcher, "--standalone", f"--nproc_per_node={run.nproc}", "-m", "scaling.train", *overrides]
+
+
+@dataclass
+class _Active:
+    run: RunSpec
+    proc: subprocess.Popen
+    log: Any
+
+
+def run_local(
+    runs: list[RunSpec],
+    parallel: Any = "auto",
+    python: str = sys.executable,
+    echo: Callable[[str], None] = print,
+    progress: bool = True,
+) -> dict[str, int]:
+    """Train `runs` as local processes and block until all have ended. Returns run id -> exit
+    code (0 completed, 1 failed, 2 invalid config, 75 interrupted after a checkpoint)."""
+    slots = parallel_runs(parallel, runs)
+    cores = cpu_count()
+    codes: dict[str, int] = {}
+    pending = list(runs)
+    active: list[_Active] = []
+    stopping = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        if not stopping:
+            echo(f"\n{signal.Signals(signum).name}: stopping {len(active)} running run(s); they checkpoint and resume on relaunch")
+        stopping = True
+        for a in active:
+            if a.proc.poll() is None:
+                try:
+                    os.killpg(a.proc.pid, signal.SIGTERM)
+                except OSError:
+                    pass
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    bar = None
+    if progress and runs:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(runs), unit="run", desc="runs", file=sys.stderr, dynamic_ncols=True)
+    try:
+        while pending or active:
+            while pending and len(active) < slots and not stopping:
+                run = pending.pop(0)
+                threads = max(1, cores // (min(slots, len(active) + len(pending) + 1) * run.nproc))
+                cmd = train_command(run, python, [f"train.num_threads={threads}"])
+                Path(run.dir).mkdir(parents=True, exist_ok=True)
+                log = open(Path(run.dir) / "launch.log", "a")
+                log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
+                log.flush()
+                # Its own process group, so a signal reaches torchrun's workers too.
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                write_launch(run.dir, launcher="local", pid=proc.pid, pid_start=proc_start(proc.pid), nproc=run.nproc)
+                active.append(_Active(run, proc, log))
+            if stopping and pending:
+                pending.clear()
+            time.sleep(0.1)
+            for a in list(active):
+                code = a.proc.poll()
+                if code is None:
+                    continue
+                active.remove(a)
+                a.log.close()
+                codes[a.run.id] = code
+                update_launch(a.run.dir, exit_code=code, ended=time.time())
+                if code not in (0, EXIT_REQUEUE):
+                    _report_failure(a.run, code, echo)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(failed=sum(1 for c in codes.values() if c not in (0, EXIT_REQUEUE)), refresh=False)
+    finally:
+        if bar is not None:
+            bar.close()
+        for s, h in old.items():
+            signal.signal(s, h)
+    return codes
+
+
+def _report_failure(run: RunSpec, code: int, echo: Callable[[str], None]) -> None:
+    from launch.state import _read_json
+
+    result = _read_json(Path(run.dir) / "result.json") or {}
+    error = result.get("error")
+    if not error:
+        tail = _tail(Path(run.dir) / "launch.log", 5)
+        error = f"exit code {code}; last lines of {run.dir}/launch.log:\n{tail}"
+    echo(f"run {run.id} failed: {error}")
+
+
+def _tail(path: Path, n: int) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join("    " + line for line in lines[-n:])
+
+
+def which_torchrun(python: str = sys.executable) -> Optional[str]:
+    p = Path(python).with_name("torchrun")
+    return str(p) if p.exists() else shutil.which("torchrun")

@@ -1,0 +1,606 @@
+"""The planner: a study spec in, a list of printable run specs out.
+
+    plan = make_plan(spec)            # validates everything; nothing is launched
+    print(format_plan(plan))          # the table a dry run prints
+    write_plan(plan, study_dir)       # study_dir/plan.json, read back by read_plan
+
+Sizes. A size is a target parameter count (`sizes.targets` or `sizes.ladder`, turned into a shape
+by `scaling.ladder.shape_for_params`) or an explicit shape (`sizes.shapes`). N is the count the
+study names in `sizes.count` (non-embedding by default), computed from the shape.
+
+Budgets. A size ladder trains every size on D = m N tokens for each multiplier m. An IsoFLOP grid
+trains, for each compute budget C, several sizes on D = C / f tokens, where f is the training
+FLOPs per token of that size under the study's FLOP convention (f = 6 N for `kaplan`). D is then
+rounded to whole optimizer steps, so each run's compute C_run = f D differs from its budget by
+at most half a step; a run is kept only when |C_run / C - 1| <= `budgets.flop_tolerance` and it
+has at least `budgets.min_steps` steps.
+
+Hyperparameters. LR = rules.lr(N) and the global batch = rules.batch_tokens(N) / seq_len
+sequences (rounded to a multiple of the processes per run), both power laws of N (OLMo ladder
+rules by default).
+
+Run ids. Each run's trainer config is composed with Hydra exactly as `scaling-train` composes it,
+resolved and validated; the id is a readable prefix plus a short hash of that resolved config
+(minus the keys that do not change the result, `NON_RESULT_KEYS`):
+    gpt-N94K-D2.6M-C2.4e12-s0-3f9a1c
+So changing anything that affects a run changes its id, and relaunching the same spec gives the
+same ids: a relaunch or a requeue lands in the same run directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+from launch.config import StudySpec, parse_count
+from scaling.config import CNNConfig, GPTConfig, TrainAppConfig, to_dict
+from scaling.errors import ConfigError, raise_if
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+PLAN_NAME = "plan.json"
+PLAN_FORMAT = "scaling-plan/1"
+
+# Keys of the resolved trainer config that do not change what a run computes: where it logs,
+# how often it checkpoints, how many threads it uses. They are left out of the run id's hash so
+# that, say, turning on periodic checkpoints does not orphan a half-finished study.
+NON_RESULT_KEYS = (
+    "run", "logger", "data.cache_dir", "data.num_workers", "train.device", "train.num_threads",
+    "train.log_every_steps", "train.keep_checkpoints", "train.checkpoint_every_tokens", "train.nan_check",
+)  # fmt: skip
+
+# Keys the planner sets for every run; a study's `overrides` may not set them.
+_PLANNED_KEYS = ("train.tokens", "train.flops", "train.global_batch_size", "train.lr", "train.seed",
+                 "train.flops_convention")  # fmt: skip
+_DATA_SIZES = {"gpt": ("seq_len", "vocab_size"), "cnn": ("image_size", "in_channels", "n_classes")}
+
+
+@dataclass
+class RunSpec:
+    """One planned run: what it trains and the exact trainer overrides that train it."""
+
+    id: str
+    family: str
+    N: int  # parameters, counted as the study's sizes.count says
+    params_total: int
+    params_nonembedding: int
+    D: int  # training tokens (images for the CNN)
+    C: float  # training FLOPs under the study's convention, f * D
+    budget_flops: Optional[float]  # the IsoFLOP budget this run belongs to; None in a size ladder
+    tokens_per_param: float  # D / N
+    seed: int
+    batch: int  # global batch, sequences (images)
+    batch_tokens: int  # global batch, tokens (images)
+    steps: int
+    lr: float
+    nproc: int
+    shape: dict[str, Any]  # the model fields the run sets
+    overrides: list[str]  # trainer overrides, run.dir included: `scaling-train *overrides`
+    config_hash: str
+    dir: str  # the run directory
+    est_time_s: Optional[float] = None
+
+
+@dataclass
+class Plan:
+    study: str
+    kind: str  # "ladder" or "isoflop"
+    dir: str
+    family: str
+    flops_convention: str
+    n_count: str  # what N counts
+    rules: dict[str, str]
+    throughput_flops: Optional[float]  # per process, for the time estimates
+    throughput_source: str
+    runs: list[RunSpec] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    format: str = PLAN_FORMAT
+
+    @property
+    def total_flops(self) -> float:
+        return sum(r.C for r in self.runs)
+
+    def by_id(self) -> dict[str, RunSpec]:
+        return {r.id: r for r in self.runs}
+
+
+# ---------------------------------------------------------------------------------------------
+# Composing the trainer's config
+
+
+def compose_train(overrides: list[str]) -> Any:
+    """The trainer's config (conf/train.yaml) composed with `overrides`, as `scaling-train` would.
+    Works inside a running Hydra app (whose search path is the same conf/) and outside one."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from scaling.config import register_configs
+
+    register_configs()
+    try:
+        if GlobalHydra.instance().is_initialized():
+            return compose(config_name="train", overrides=overrides)
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="train", overrides=overrides)
+    except ConfigError:
+        raise
+    except Exception as e:  # Hydra's errors name the key; keep the message, drop the traceback
+        raise ConfigError(f"trainer overrides {overrides}: {e}") from None
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_hash(cfg: TrainAppConfig) -> str:
+    """A short hash of the resolved config, minus NON_RESULT_KEYS."""
+    flat = _flatten(to_dict(cfg))
+    kept = {k: v for k, v in flat.items() if not any(k == x or k.startswith(x + ".") for x in NON_RESULT_KEYS)}
+    text = json.dumps(kept, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:6]
+
+
+def _si(x: float) -> str:
+    """1234567 -> 1.2M, 94248 -> 94K: two significant digits, an SI suffix."""
+    for div, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if x >= div:
+            v = x / div
+            return f"{v:.2g}{suffix}" if v < 100 else f"{v:.0f}{suffix}"
+    return f"{x:.2g}"
+
+
+def _sci(x: float) -> str:
+    return f"{x:.1e}".replace("e+", "e").replace("e0", "e")
+
+
+def run_id(family: str, n: int, d: int, c: float, seed: int, digest: str) -> str:
+    return f"{family}-N{_si(n)}-D{_si(d)}-C{_sci(c)}-s{seed}-{digest}"
+
+
+def _fmt_value(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return repr(float(f"{v:.6g}"))
+    return str(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data sizes and model shapes
+
+
+def data_sizes(spec: StudySpec, base: TrainAppConfig) -> dict[str, int]:
+    """The data-dependent model sizes (seq_len and vocab_size, or the image shape): from the spec,
+    else from the base model config, else from the dataset's manifest (a built-in set is
+    prepared on first use, as the trainer would)."""
+    keys = _DATA_SIZES[spec.family]
+    sizes = {k: getattr(spec, k) for k in keys}
+    sizes = {k: v if v is not None else getattr(base.model, k, None) for k, v in sizes.items()}
+    if any(v is None for v in sizes.values()):
+        from scaling.data import apply_manifest, prepare_dataset
+
+        try:
+            manifest = prepare_dataset(base.data)
+        except Exception as e:
+            missing = [k for k, v in sizes.items() if v is None]
+            raise ConfigError(
+                f"study.data={spec.data!r}: cannot read its manifest ({e}); prepare it with scaling-data, "
+                f"or set {', '.join('study.' + k for k in missing)}"
+            ) from None
+        filled = apply_manifest(base.model, manifest)
+        sizes = {k: v if v is not None else getattr(filled, k) for k, v in sizes.items()}
+    return {k: int(v) for k, v in sizes.items()}
+
+
+def _shape_fields(cfg: GPTConfig | CNNConfig, family: str) -> dict[str, Any]:
+    skip = {"family", *_DATA_SIZES[family]}
+    return {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in skip}
+
+
+def _model_for_target(spec: StudySpec, target: float, sizes: dict[str, int], tie: bool) -> GPTConfig | CNNConfig:
+    from scaling.ladder import shape_for_params
+
+    if spec.family == "gpt":
+        return shape_for_params("gpt", target, count=spec.sizes.count, tie_embeddings=tie, **sizes)
+    return shape_for_params("cnn", target, **sizes)
+
+
+def _model_from_shape(spec: StudySpec, base_model: Any, shape: dict[str, Any], sizes: dict[str, int], where: str):
+    cls = GPTConfig if spec.family == "gpt" else CNNConfig
+    names = {f.name for f in fields(cls)} - {"family"}
+    unknown = sorted(set(shape) - names)
+    if unknown:
+        raise ConfigError(f"{where} has unknown model keys {unknown}; valid keys are {sorted(names)}")
+    values = {f.name: getattr(base_model, f.name) for f in fields(cls) if f.name != "family"}
+    values.update(shape)
+    values.update(sizes)
+    model = cls(**values)
+    raise_if(model.problems(prefix=where))
+    return model
+
+
+def _size_list(spec: StudySpec) -> list[Any]:
+    s = spec.sizes
+    if s.targets:
+        return [parse_count(t, f"study.sizes.targets[{i}]") for i, t in enumerate(s.targets)]
+    if s.ladder is not None:
+        lo = parse_count(s.ladder.min, "study.sizes.ladder.min")
+        hi = parse_count(s.ladder.max, "study.sizes.ladder.max")
+        n = s.ladder.n
+        return [lo] if n == 1 else [lo * (hi / lo) ** (i / (n - 1)) for i in range(n)]
+    return [dict(x) for x in s.shapes]
+
+
+# ---------------------------------------------------------------------------------------------
+# The planner
+
+
+@dataclass
+class _Size:
+    model: Any
+    n: int
+    counts: Any
+    flops_per_token: float  # training FLOPs per token (image)
+    batch: int
+    batch_tokens: int
+    lr: float
+
+
+def _measure(spec: StudySpec, model: Any, tokens_per_sample: int) -> _Size:
+    from scaling.counting import count_params, flops_per_sample
+
+    counts = count_params(model)
+    n = counts.nonembedding if spec.sizes.count == "nonembedding" else counts.total
+    # Training FLOPs per token (GPT) or per image (CNN): a token and an image are each one unit of D.
+    per_unit = flops_per_sample(model, spec.flops_convention)
+    rules = spec.rules
+    batch_tokens_target = rules.batch_tokens(n)
+    batch = max(1, round(batch_tokens_target / tokens_per_sample))
+    batch = max(spec.nproc, int(math.ceil(batch / spec.nproc)) * spec.nproc)
+    return _Size(
+        model=model,
+        n=n,
+        counts=counts,
+        flops_per_token=per_unit,
+        batch=batch,
+        batch_tokens=batch * tokens_per_sample,
+        lr=float(f"{rules.lr(n):.4g}"),
+    )
+
+
+def make_plan(spec: StudySpec, study_dir: Optional[str] = None, throughput: Optional[tuple[float, str]] = None) -> Plan:
+    """Expand a validated spec into run specs. Raises one ConfigError listing every problem
+    (an empty size list, a budget too small for the smallest model, a bad override, ...)."""
+    raise_if(spec.problems())
+    study_dir = os.path.abspath(study_dir or spec.dir)
+    problems = []
+    for o in spec.overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key in _PLANNED_KEYS or (key.startswith("model.") and key[6:] not in ("tie_embeddings",)):
+            problems.append(
+                f"study.overrides has {o!r}, which the planner sets for each run; use study.sizes, "
+                f"study.budgets, study.rules or study.seeds instead"
+            )
+    raise_if(problems)
+
+    from scaling.config import to_dataclass
+
+    base_overrides = [f"model={spec.model}", f"data={spec.data}", *spec.overrides, "train.tokens=1", "train.flops=null"]
+    base_dcfg = compose_train(base_overrides)
+    base = to_dataclass(base_dcfg)
+    if base.model.family != spec.family:
+        raise ConfigError(
+            f"study.model={spec.model!r} is a {base.model.family} config but study.family={spec.family!r}; "
+            f"pick a model config of the {spec.family} family"
+        )
+    sizes = data_sizes(spec, base)
+    tokens_per_sample = sizes["seq_len"] if spec.family == "gpt" else 1
+    tie = bool(getattr(base.model, "tie_embeddings", False))
+
+    # Models per budget: the same list for every budget, or (an IsoFLOP grid without a size list)
+    # sizes spaced in log N around each budget's optimum.
+    problems = []
+    budgets: list[Optional[float]] = [parse_count(c, f"study.budgets.flops[{i}]") for i, c in enumerate(spec.budgets.flops)]
+    cache: dict[Any, _Size] = {}
+
+    def size_for(item: Any, where: str) -> _Size:
+        key = json.dumps(item, sort_keys=True) if isinstance(item, dict) else float(item)
+        if key not in cache:
+            if isinstance(item, dict):
+                model = _model_from_shape(spec, base.model, item, sizes, where)
+            else:
+                model = _model_for_target(spec, item, sizes, tie)
+            cache[key] = _measure(spec, model, tokens_per_sample)
+        return cache[key]
+
+    def dedupe(items: list[_Size]) -> list[_Size]:
+        seen, out = set(), []
+        for s in sorted(items, key=lambda s: s.n):
+            k = json.dumps(_shape_fields(s.model, spec.family), sort_keys=True)
+            if k not in seen:
+                seen.add(k)
+                out.append(s)
+        return out
+
+    size_items = _size_list(spec)
+    shared: list[_Size] = []
+    try:
+        shared = dedupe([size_for(x, f"study.sizes.shapes[{i}]") for i, x in enumerate(size_items)])
+    except ConfigError as e:
+        problems += e.problems
+    raise_if(problems)
+
+    # (size, D, budget) triples
+    cells: list[tuple[_Size, int, Optional[float]]] = []
+    notes: list[str] = []
+    tol, min_steps = spec.budgets.flop_tolerance, spec.budgets.min_steps
+    if spec.kind == "ladder":
+        for m in spec.budgets.tokens_per_param:
+            for s in shared:
+                steps = max(1, round(m * s.n / s.batch_tokens))
+                if steps < min_steps:
+                    problems.append(
+                        f"study.budgets.tokens_per_param={m} gives N={_si(s.n)} only {steps} steps of "
+                        f"{s.batch} sequences (< study.budgets.min_steps={min_steps}); raise the multiplier, "
+                        f"lower study.rules.batch_tokens or study.budgets.min_steps"
+                    )
+                cells.append((s, steps * s.batch_tokens, None))
+    else:
+        for i, c in enumerate(budgets):
+            if shared:
+                candidates = shared
+            else:
+                n_opt = math.sqrt(c / (6 * spec.sizes.center_tokens_per_param))
+                k, span = spec.sizes.per_budget, spec.sizes.span
+                targets = [n_opt * span ** ((j / (k - 1) - 0.5) if k > 1 else 0.0) for j in range(k)]
+                try:
+                    candidates = dedupe([size_for(t, "study.sizes") for t in targets])
+                except ConfigError as e:
+                    problems += [f"study.budgets.flops[{i}]={c:.3g}: {p}" for p in e.problems]
+                    continue
+            kept = 0
+            for s in candidates:
+                d_target = c / s.flops_per_token
+                steps = round(d_target / s.batch_tokens)
+                c_run = steps * s.batch_tokens * s.flops_per_token
+                ok = steps >= min_steps and abs(c_run / c - 1) <= tol
+                if ok:
+                    cells.append((s, steps * s.batch_tokens, c))
+                    kept += 1
+                elif s is candidates[0]:
+                    need = max(min_steps, math.ceil(0.5 / tol)) * s.batch_tokens * s.flops_per_token
+                    problems.append(
+                        f"study.budgets.flops[{i}]={c:.3g} is too small for the smallest model (N={_si(s.n)}): "
+                        f"it buys {d_target / s.batch_tokens:.1f} steps of {s.batch_tokens} tokens, and a run needs "
+                        f">= {min_steps} steps within {tol:.0%} of the budget, i.e. C >= {need:.3g}; raise the "
+                        f"budget or add smaller sizes"
+                    )
+                    break
+                else:
+                    notes.append(
+                        f"budget C={c:.3g}: dropped N={_si(s.n)} ({d_target / s.batch_tokens:.1f} steps, "
+                        f"needs >= {min_steps} within {tol:.0%})"
+                    )
+            if 0 < kept < 3:
+                notes.append(f"budget C={c:.3g} has only {kept} size(s); an IsoFLOP parabola needs 3 or more")
+    raise_if(problems)
+
+    # Run specs: compose each run's config from the base, validate it, hash it.
+    from omegaconf import OmegaConf
+
+    runs: list[RunSpec] = []
+    for s, d, budget in cells:
+        shape = _shape_fields(s.model, spec.family)
+        for seed in spec.seeds:
+            planned: dict[str, Any] = {f"model.{k}": v for k, v in shape.items()}
+            for k in _DATA_SIZES[spec.family]:
+                if getattr(spec, k) is not None:  # stated in the spec: let the trainer check it
+                    planned[f"model.{k}"] = getattr(spec, k)
+            planned.update({
+                "train.tokens": d,
+                "train.flops": None,
+                "train.global_batch_size": s.batch,
+                "train.lr": s.lr,
+                "train.seed": seed,
+                "train.flops_convention": spec.flops_convention,
+            })  # fmt: skip
+            dcfg = base_dcfg.copy()
+            for k, v in planned.items():
+                OmegaConf.update(dcfg, k, v, merge=False)
+            cfg = to_dataclass(dcfg)
+            digest = config_hash(cfg)
+            c_run = d * s.flops_per_token
+            rid = run_id(spec.family, s.n, d, c_run, seed, digest)
+            run_dir = os.path.join(study_dir, "runs", rid)
+            overrides = [f"model={spec.model}", f"data={spec.data}", *spec.overrides]
+            overrides += [f"{k}={_fmt_value(v)}" for k, v in planned.items()]
+            overrides += [f"run.dir={run_dir}", f"run.id={rid}", f"run.group={spec.name}"]
+            runs.append(RunSpec(
+                id=rid, family=spec.family, N=s.n, params_total=s.counts.total,
+                params_nonembedding=s.counts.nonembedding, D=d, C=c_run, budget_flops=budget,
+                tokens_per_param=d / s.n, seed=seed, batch=s.batch, batch_tokens=s.batch_tokens,
+                steps=d // s.batch_tokens, lr=s.lr, nproc=spec.nproc, shape=shape, overrides=overrides,
+                config_hash=digest, dir=run_dir,
+            ))  # fmt: skip
+    ids = [r.id for r in runs]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        notes.append(f"{len(dupes)} run(s) planned twice (two targets gave the same shape); each runs once")
+        seen: set[str] = set()
+        runs = [r for r in runs if not (r.id in seen or seen.add(r.id))]
+
+    plan = Plan(
+        study=spec.name, kind=spec.kind, dir=study_dir, family=spec.family,
+        flops_convention=spec.flops_convention, n_count=spec.sizes.count,
+        rules={"lr": spec.rules.lr.describe(), "batch_tokens": spec.rules.batch_tokens.describe(" tokens")},
+        throughput_flops=None, throughput_source="none", runs=runs, notes=notes,
+    )  # fmt: skip
+    if throughput is not None:
+        set_estimates(plan, *throughput)
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------
+# Time estimates
+
+STARTUP_S = 8.0  # a run's fixed cost: interpreter, imports, DeepSpeed init, data, final eval
+
+
+def set_estimates(plan: Plan, flops_per_s: float, source: str) -> None:
+    plan.throughput_flops, plan.throughput_source = flops_per_s, source
+    for r in plan.runs:
+        r.est_time_s = STARTUP_S + r.C / (flops_per_s * r.nproc)
+
+
+def measured_throughput(study_dir: str) -> Optional[float]:
+    """Achieved training FLOP/s per process over the study's completed runs, or None."""
+    flops = seconds = 0.0
+    runs = Path(study_dir) / "runs"
+    if not runs.is_dir():
+        return None
+    for d in runs.iterdir():
+        try:
+            r = json.loads((d / "result.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if r.get("status") == "completed" and r.get("wall_time_s") and r.get("flops"):
+            flops += float(r["flops"])
+            seconds += float(r["wall_time_s"]) * int(r.get("world_size") or 1)
+    return flops / seconds if seconds > 0 else None
+
+
+def machine_matmul_flops(cache_dir: Optional[str] = None) -> float:
+    """This machine's fp32 matmul FLOP/s on one process, measured once in a subprocess (launch/
+    never imports torch) and cached per host."""
+    import socket
+    import subprocess
+    import sys
+
+    cache = Path(cache_dir or os.environ.get("SCALING_CACHE") or Path.home() / ".cache" / "scaling")
+    path = cache / f"matmul-flops-{socket.gethostname()}.json"
+    try:
+        return float(json.loads(path.read_text())["flops_per_s"])
+    except (OSError, ValueError, KeyError):
+        pass
+    code = (
+        "import time, torch\n"
+        "torch.set_num_threads(1)\n"
+        "a = torch.randn(512, 512); b = torch.randn(512, 512)\n"
+        "for _ in range(3): a @ b\n"
+        "n, t0 = 0, time.perf_counter()\n"
+        "while time.perf_counter() - t0 < 0.5:\n"
+        "    a @ b; n += 1\n"
+        "print(2 * 512 ** 3 * n / (time.perf_counter() - t0))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    value = float(out.stdout.strip().splitlines()[-1])
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"flops_per_s": value, "measured": time.time()}))
+    except OSError:
+        pass
+    return value
+
+
+def throughput_for(spec: StudySpec, study_dir: str, configured: Optional[float] = None) -> tuple[float, str]:
+    """Per-process training FLOP/s for the estimates, and where it comes from: the study's
+    completed runs, else a configured figure, else this machine's measured matmul rate times
+    study.assumed_mfu."""
+    measured = measured_throughput(study_dir)
+    if measured:
+        return measured, "measured on this study's completed runs"
+    if spec.throughput_flops:
+        return spec.throughput_flops, "study.throughput_flops"
+    if configured:
+        return configured, "cluster.throughput_flops"
+    peak = machine_matmul_flops()
+    return peak * spec.assumed_mfu, f"this machine's matmul rate {peak:.3g} FLOP/s x study.assumed_mfu={spec.assumed_mfu}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Printing and storing
+
+
+def _duration(s: Optional[float]) -> str:
+    if s is None:
+        return "-"
+    if s < 120:
+        return f"{s:.0f}s"
+    if s < 7200:
+        return f"{s / 60:.0f}m"
+    return f"{s / 3600:.1f}h"
+
+
+def format_table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def format_plan(plan: Plan) -> str:
+    headers = ["id", "N", "D", "C", "budget", "D/N", "batch", "lr", "steps", "procs", "est. time"]
+    rows = [
+        [r.id, _si(r.N), _si(r.D), f"{r.C:.3g}", "-" if r.budget_flops is None else f"{r.budget_flops:.3g}",
+         f"{r.tokens_per_param:.3g}", str(r.batch), f"{r.lr:.3g}", str(r.steps), str(r.nproc), _duration(r.est_time_s)]
+        for r in plan.runs
+    ]  # fmt: skip
+    total_time = sum(r.est_time_s or 0 for r in plan.runs)
+    out = [
+        f"study {plan.study}: {plan.kind}, {len(plan.runs)} runs of family {plan.family}, in {plan.dir}",
+        f"N counts {plan.n_count} parameters; FLOPs use the {plan.flops_convention!r} convention",
+        f"lr = {plan.rules['lr']}",
+        f"batch = {plan.rules['batch_tokens']}",
+        "",
+        format_table(headers, rows),
+        "",
+        f"total compute: {plan.total_flops:.3g} FLOPs",
+    ]
+    if plan.throughput_flops:
+        out.append(
+            f"estimated time: {_duration(total_time)} run after run (sum of runs), at "
+            f"{plan.throughput_flops:.3g} FLOP/s per process ({plan.throughput_source})"
+        )
+    out += [f"note: {n}" for n in plan.notes]
+    return "\n".join(out)
+
+
+def plan_to_json(plan: Plan) -> dict:
+    d = asdict(plan)
+    d["total_flops"] = plan.total_flops
+    return d
+
+
+def write_plan(plan: Plan) -> Path:
+    """Write study_dir/plan.json atomically."""
+    from scaling.rundir import write_atomic
+
+    path = Path(plan.dir) / PLAN_NAME
+    write_atomic(path, json.dumps(plan_to_json(plan), indent=1) + "\n")
+    return path
+
+
+def read_plan(study_dir: str | Path) -> Plan:
+    path = Path(study_dir) / PLAN_NAME
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist; is {study_dir} a study folder (made by scaling-study)?") from None
+    raw.pop("total_flops", None)
+    runs = [RunSpec(**r) for r in raw.pop("runs")]
+    return Plan(**raw, runs=runs)

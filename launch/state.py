@@ -1,0 +1,199 @@
+"""The state of a study's runs, read from their run directories and the Slurm queue.
+
+A run is
+    planned    never launched, no progress
+    queued     its Slurm job is pending (or being requeued)
+    running    its Slurm job runs, or its local process is alive
+    partial    launched before, no longer active, no result: a relaunch resumes it from its
+               latest checkpoint (preempted past its requeues, cancelled, killed, interrupted)
+    completed  result.json says completed
+    failed     result.json says failed (the error is shown); retried only when asked
+
+The run directory is the source of truth; `launch.json` in it records the last launch (the Slurm
+job id, or the local pid). Reading 1,000 runs takes one `squeue` call and a few small file reads
+per run, so this is fast and light: it imports neither Hydra nor torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+LAUNCH_NAME = "launch.json"
+STATES = ("planned", "queued", "running", "partial", "completed", "failed")
+ACTIVE = ("queued", "running")
+# squeue's job states that mean "still in the system": a run in one of them is never resubmitted.
+_QUEUED = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "RESV_DEL_HOLD", "SUSPENDED",
+           "PREEMPTED", "STOPPED", "SPECIAL_EXIT", "RESIZING"}  # fmt: skip
+_RUNNING = {"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT"}
+
+
+@dataclass
+class RunState:
+    id: str
+    state: str
+    loss: Optional[float] = None
+    job_id: Optional[str] = None
+    error: Optional[str] = None
+    tokens: Optional[float] = None  # tokens trained so far (from metrics.jsonl) or in total
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _last_metric(path: Path) -> Optional[dict]:
+    """The last complete row of metrics.jsonl, reading only the file's tail."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 8192))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and row.get("loss") is not None:
+            return row
+    return None
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    try:
+        return any(p.is_dir() for p in (run_dir / "checkpoints").iterdir())
+    except OSError:
+        return False
+
+
+def _proc_start(pid: int) -> Optional[str]:
+    """The start time of a live process (field 22 of /proc/PID/stat), or None if it is gone or a
+    zombie. With the pid it identifies a process even after the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    rest = stat[stat.rindex(")") + 2 :].split()
+    return None if rest[0] == "Z" else rest[19]
+
+
+def local_alive(launch: dict) -> bool:
+    if launch.get("host") != socket.gethostname() or not launch.get("pid"):
+        return False
+    return _proc_start(int(launch["pid"])) == launch.get("pid_start")
+
+
+def squeue_states(job_ids: Iterable[str] = ()) -> Optional[dict[str, str]]:
+    """Job id -> state for the jobs in the Slurm queue (array tasks as ARRAY_TASK), or None when
+    Slurm cannot be asked."""
+    if shutil.which("squeue") is None:
+        return None
+    cmd = ["squeue", "-h", "-r", "-o", "%i|%T"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    states = {}
+    for line in out.stdout.splitlines():
+        jid, _, state = line.strip().partition("|")
+        if jid:
+            states[jid] = state.strip()
+    return states
+
+
+def read_run(run_id: str, run_dir: Path, queue: Optional[dict[str, str]]) -> RunState:
+    result = _read_json(run_dir / "result.json")
+    launch = _read_json(run_dir / LAUNCH_NAME) or {}
+    job_id = launch.get("job_id")
+    if result is not None:
+        status = result.get("status")
+        loss = result.get("eval_loss") if result.get("eval_loss") is not None else result.get("train_loss")
+        if status == "completed":
+            return RunState(run_id, "completed", loss, job_id, tokens=result.get("tokens"))
+        if status == "failed":
+            return RunState(run_id, "failed", loss, job_id, error=result.get("error") or "failed without an error message")
+    last = _last_metric(run_dir / "metrics.jsonl")
+    loss = None if last is None else last.get("loss")
+    tokens = None if last is None else last.get("tokens")
+    if launch.get("launcher") == "slurm" and job_id:
+        slurm_state = None if queue is None else queue.get(str(job_id))
+        if queue is None:
+            # Slurm cannot be asked: never assume the job is gone, so a relaunch cannot double-submit.
+            return RunState(run_id, "queued", loss, job_id, error="queue unknown (squeue failed)", tokens=tokens)
+        if slurm_state in _RUNNING:
+            return RunState(run_id, "running", loss, job_id, tokens=tokens)
+        if slurm_state is not None:
+            return RunState(run_id, "queued", loss, job_id, tokens=tokens)
+    elif launch.get("launcher") == "local" and local_alive(launch):
+        return RunState(run_id, "running", loss, job_id, tokens=tokens)
+    if launch or last is not None or _has_checkpoint(run_dir):
+        error = None
+        if launch.get("exit_code") not in (None, 0, 75):
+            error = f"exited with code {launch['exit_code']} without a result; see {run_dir}/launch.log"
+        return RunState(run_id, "partial", loss, job_id, error=error, tokens=tokens)
+    return RunState(run_id, "planned")
+
+
+def read_states(run_dirs: dict[str, str | Path], queue: Optional[dict[str, str]] = None, ask_queue: bool = True) -> dict[str, RunState]:
+    """The state of each run (id -> run dir). Asks squeue once, only when some run went to Slurm."""
+    if queue is None and ask_queue:
+        uses_slurm = False
+        for d in run_dirs.values():
+            launch = _read_json(Path(d) / LAUNCH_NAME)
+            if launch and launch.get("launcher") == "slurm":
+                uses_slurm = True
+                break
+        queue = squeue_states() if uses_slurm else {}
+    return {rid: read_run(rid, Path(d), queue) for rid, d in run_dirs.items()}
+
+
+def write_launch(run_dir: str | Path, **record) -> None:
+    """Record a launch in run_dir/launch.json (atomically) and append it to the study's history."""
+    from scaling.rundir import write_atomic
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {"time": time.time(), "host": socket.gethostname(), **record}
+    write_atomic(run_dir / LAUNCH_NAME, json.dumps(record, indent=1) + "\n")
+    history = run_dir.parent.parent / "launches.jsonl"
+    with open(history, "a") as f:
+        f.write(json.dumps({"run": run_dir.name, **record}) + "\n")
+
+
+def update_launch(run_dir: str | Path, **fields) -> None:
+    from scaling.rundir import write_atomic
+
+    path = Path(run_dir) / LAUNCH_NAME
+    record = _read_json(path) or {}
+    record.update(fields)
+    write_atomic(path, json.dumps(record, indent=1) + "\n")
+
+
+def archive_failed(run_dir: str | Path) -> Path:
+    """Move a failed result.json aside (result.failed-N.json) so that a retry can run."""
+    run_dir = Path(run_dir)
+    n = 1
+    while (run_dir / f"result.failed-{n}.json").exists():
+        n += 1
+    target = run_dir / f"result.failed-{n}.json"
+    os.replace(run_dir / "result.json", target)
+    return target
+
+
+def proc_start(pid: int) -> Optional[str]:
+    return _proc_start(pid)

@@ -1,0 +1,219 @@
+"""`scaling-study`: plan a study and launch it, locally or on Slurm. Relaunching is idempotent.
+
+    scaling-study study=isoflop_tiny launcher=local
+    scaling-study study=isoflop_tiny study.dry_run=true            # print the plan, launch nothing
+    scaling-study study=NAME launcher=slurm cluster=NAME           # submit; does not block
+    scaling-study study=NAME launcher=slurm cluster=NAME launcher.print_script=true
+    scaling-status STUDY_DIR                                        # follow it
+
+A relaunch reads every run's directory (and the Slurm queue) first. It skips completed runs and
+runs that are queued or running, resumes partial ones from their checkpoints, lists failed runs
+with their errors and retries them only with `study.retry_failed=true`. A lock on the study
+folder keeps two launchers from submitting the same run.
+
+`launch_study` is the launch step as a function, so a later step (fitting, a report) can follow a
+blocking local launch.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+from launch.config import ClusterConfig, LauncherConfig, StudyAppConfig, StudySpec
+from launch.plan import Plan, format_plan, make_plan, throughput_for, write_plan
+from launch.state import archive_failed, read_states
+from scaling.errors import ScalingError
+
+EXIT_REQUEUE = 75
+
+
+@dataclass
+class LaunchOutcome:
+    """What a launch did. `states` is each run's state after the launch (for a blocking local
+    launch, the final state)."""
+
+    plan: Plan
+    dry_run: bool = False
+    launched: list[str] = field(default_factory=list)
+    skipped_completed: list[str] = field(default_factory=list)
+    skipped_active: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # id -> error, failed runs not retried
+    job_ids: dict[str, str] = field(default_factory=dict)  # id -> Slurm job id
+    exit_codes: dict[str, int] = field(default_factory=dict)  # local runs
+    states: dict[str, str] = field(default_factory=dict)
+    script: Optional[str] = None  # print-only: the rendered sbatch script
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.states) and all(s == "completed" for s in self.states.values())
+
+
+class StudyLocked(ScalingError):
+    pass
+
+
+@contextmanager
+def study_lock(study_dir: str) -> Iterator[None]:
+    """An exclusive lock on the study folder while runs are chosen and launched."""
+    Path(study_dir).mkdir(parents=True, exist_ok=True)
+    path = Path(study_dir) / ".launch.lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise StudyLocked(
+                f"{study_dir} is being launched by {holder}; wait for it to finish (scaling-status {study_dir}) "
+                f"or stop it, then relaunch"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def launch_study(
+    spec: StudySpec,
+    launcher: LauncherConfig,
+    cluster: Optional[ClusterConfig] = None,
+    echo: Callable[[str], None] = print,
+) -> LaunchOutcome:
+    """Plan `spec` and launch the runs that need it. Local launches block until the runs end;
+    Slurm launches return once submitted (unless launcher.wait)."""
+    from launch.config import validate
+
+    cluster = cluster or ClusterConfig()
+    validate(StudyAppConfig(study=spec, launcher=launcher, cluster=cluster))
+    study_dir = os.path.abspath(spec.dir)
+    configured = cluster.throughput_flops if launcher.name == "slurm" else None
+    plan = make_plan(spec, study_dir, throughput=throughput_for(spec, study_dir, configured))
+    if launcher.name == "slurm":
+        from launch.slurm import check_cluster
+
+        check_cluster(plan, cluster)  # before anything is written or submitted
+    outcome = LaunchOutcome(plan=plan)
+    if spec.dry_run:
+        echo(format_plan(plan))
+        outcome.dry_run = True
+        return outcome
+    if launcher.name == "slurm" and launcher.print_script:
+        from launch.slurm import render_sbatch
+
+        run = plan.by_id().get(launcher.print_run) if launcher.print_run else plan.runs[0]
+        if run is None:
+            from scaling.errors import ConfigError
+
+            raise ConfigError(f"launcher.print_run={launcher.print_run!r} is not a run of the plan; pick an id from study.dry_run=true")
+        outcome.script = render_sbatch(run, cluster)
+        echo(outcome.script)
+        return outcome
+
+    with study_lock(study_dir):
+        write_plan(plan)
+        runs = {r.id: r for r in plan.runs}
+        states = read_states({r.id: r.dir for r in plan.runs})
+        todo, resumed = [], []
+        for rid, st in states.items():
+            if st.state == "completed":
+                outcome.skipped_completed.append(rid)
+            elif st.state in ("queued", "running"):
+                outcome.skipped_active.append(rid)
+            elif st.state == "failed":
+                if spec.retry_failed:
+                    archive_failed(runs[rid].dir)
+                    todo.append(runs[rid])
+                    resumed.append(rid)
+                else:
+                    outcome.failed[rid] = st.error or "failed"
+            else:
+                todo.append(runs[rid])
+                if st.state == "partial":
+                    resumed.append(rid)
+        echo(
+            f"study {plan.study} in {study_dir}: {len(plan.runs)} runs; {len(outcome.skipped_completed)} completed, "
+            f"{len(outcome.skipped_active)} queued or running, {len(outcome.failed)} failed, "
+            f"launching {len(todo)} ({len(resumed)} resume or retry)"
+        )
+        for rid, error in outcome.failed.items():
+            echo(f"  failed: {rid}: {error.strip().splitlines()[-1] if error.strip() else error}")
+        if outcome.failed:
+            echo("  (relaunch with study.retry_failed=true to retry the failed runs)")
+        outcome.launched = [r.id for r in todo]
+
+        if launcher.name == "local":
+            from launch.local import run_local
+
+            outcome.exit_codes = run_local(todo, launcher.parallel, echo=echo)
+        else:
+            from launch.slurm import submit_runs
+
+            outcome.job_ids = submit_runs(plan, todo, cluster, launcher, echo=echo)
+
+    if launcher.name == "slurm" and launcher.wait and outcome.launched:
+        from launch.status import follow
+
+        follow(study_dir, poll_s=launcher.poll_s, echo=echo)
+    outcome.states = {rid: st.state for rid, st in read_states({r.id: r.dir for r in plan.runs}).items()}
+    return outcome
+
+
+def summarize(outcome: LaunchOutcome) -> str:
+    counts: dict[str, int] = {}
+    for s in outcome.states.values():
+        counts[s] = counts.get(s, 0) + 1
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+
+def _main(dcfg) -> int:
+    from launch.config import to_dataclass
+
+    cfg = to_dataclass(dcfg)
+    outcome = launch_study(cfg.study, cfg.launcher, cfg.cluster)
+    if outcome.dry_run or outcome.script is not None:
+        return 0
+    print(f"study {outcome.plan.study}: {summarize(outcome)}")
+    if cfg.launcher.name == "slurm" and not cfg.launcher.wait:
+        print(f"follow it with: scaling-status {outcome.plan.dir}")
+    if cfg.launcher.name == "local":
+        return 0 if outcome.complete else 1
+    return 0
+
+
+def main() -> None:
+    """Console entry point (`scaling-study`): Hydra composes conf/study_app.yaml."""
+    import hydra
+
+    from launch.config import register_configs
+
+    register_configs()
+    code = 0
+
+    @hydra.main(config_path="../conf", config_name="study_app", version_base="1.3")
+    def app(dcfg) -> None:
+        nonlocal code
+        try:
+            code = _main(dcfg)
+        except ScalingError as e:
+            print(f"scaling-study: {e}", file=sys.stderr)
+            code = 2
+
+    app()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
