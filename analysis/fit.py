@@ -232,7 +232,7 @@ def fit_law(
     derived = {k: float(v) for k, v in form.derived({k: np.asarray(v) for k, v in params.items()}).items()}
 
     at_bound = tuple(
-        name for name, t, lo, hi in zip(form.theta_names, theta, form.lower, form.upper)
+        name for name, t, lo, hi in zip(form.param_names, theta, form.lower, form.upper)
         if t <= lo + 1e-6 * max(1.0, abs(lo)) or t >= hi - 1e-6 * max(1.0, abs(hi))
     )
     diags = span_diagnostics(raw)

@@ -74,13 +74,14 @@ def minimize_batch(
         if act.size == 0:
             break
         xa, fa, ga = x[act], f[act], g[act]
-        d = -_two_loop(ga, S[act], Y[act], rho[act], it, m)
+        with np.errstate(all="ignore"):  # a degenerate pair gives inf/nan, caught just below
+            d = -_two_loop(ga, S[act], Y[act], rho[act], it, m)
         # Variables pinned at a bound whose direction points outward stay fixed, as in a
         # projected-gradient step; otherwise the projection would shorten every step to zero.
         pinned = ((xa <= lo) & (d < 0)) | ((xa >= hi) & (d > 0))
         d[pinned] = 0.0
         slope = np.einsum("ij,ij->i", ga, d)
-        bad = ~(slope < 0)
+        bad = ~(slope < 0) | ~np.isfinite(d).all(axis=1)
         if bad.any():
             # Not a descent direction: drop the curvature history and take steepest descent.
             gd = -ga[bad]
