@@ -9,7 +9,7 @@ Rungs are chosen from candidate shapes best aspect ratio first: a candidate beco
 a rung with a better aspect ratio already lies within 8% of its count. So the ladder keeps the
 preferred aspect ratio wherever the integer grid allows, and other ratios only fill the gaps.
 The returned count is within about 8% of the target from 1e5 parameters up (GPT; 15% for the
-CNN, whose depth steps are coarser) and within about 30% below, where widths step by 8 channels.
+CNN, whose depth steps are coarser) and within about 30% below, where widths step by 4 or 8 channels.
 
 GPT rules
 ---------
@@ -17,8 +17,9 @@ GPT rules
   nearly flat for ratios between about 20 and 200). Candidates have ratios from about 32 to 128;
   from about 1e9 non-embedding parameters up every rung has exactly 64.
 - Head dimension 64: from 256 up, d_model is a multiple of 64 and n_heads = d_model / 64. Below
-  256, d_model is a multiple of 8 (so small models are not forced into 2x steps) and n_heads is
-  d_model // 64 (at least 1), lowered until it divides d_model: 200 has 2 heads of 100.
+  256, d_model is a multiple of 8 (of 4 below 32), so small models are not forced into 2x steps,
+  and n_heads is d_model // 64 (at least 1), lowered until it divides d_model: 200 has 2 heads
+  of 100.
 - n_layers >= 1; at the smallest widths one layer has a ratio below 32.
 - d_ff = 4 d_model. Embeddings untied unless `tie_embeddings=True`.
 - `count="nonembedding"` targets Kaplan's N, `count="total"` every parameter (see
@@ -111,7 +112,7 @@ def _nearest(counts: list[int], target: float) -> int:
 
 @lru_cache(maxsize=64)
 def _gpt_rungs(vocab_size: int, seq_len: int, count: str, tie_embeddings: bool) -> tuple[list[int], list[tuple]]:
-    widths = list(range(8, 4 * GPT_HEAD_DIM, 8)) + list(range(4 * GPT_HEAD_DIM, 16384 + 1, GPT_HEAD_DIM))
+    widths = list(range(8, 32, 4)) + list(range(32, 4 * GPT_HEAD_DIM, 8)) + list(range(4 * GPT_HEAD_DIM, 16384 + 1, GPT_HEAD_DIM))
     candidates = []
     for d in widths:
         # The same arithmetic as scaling.counting for d_ff = 4 d (a test checks the two agree).
