@@ -116,17 +116,22 @@ def group_budgets(data: Data, tolerance: float = 0.25) -> list[np.ndarray]:
 
 def _parabola(lnN: np.ndarray, loss: np.ndarray, w: np.ndarray | None = None):
     """Weighted least-squares (c2, c1, c0) for a batch: lnN, loss (n,), w (K, n) or None."""
-    X = np.stack([lnN**2, lnN, np.ones_like(lnN)], axis=1)  # (n, 3)
+    # Centre ln N first: raw ln N is about 20, and the normal equations in (ln N)^2 would be
+    # too ill-conditioned to solve for a handful of sizes.
+    m = lnN.mean()
+    u = lnN - m
+    X = np.stack([u**2, u, np.ones_like(u)], axis=1)  # (n, 3)
     if w is None:
         w = np.ones((1, lnN.size))
     XtWX = np.einsum("ni,kn,nj->kij", X, w, X)
     XtWy = np.einsum("ni,kn,n->ki", X, w, loss)
+    p = np.full((w.shape[0], 3), np.nan)
     with np.errstate(all="ignore"):
         good = np.linalg.cond(XtWX) < 1e12
-        coef = np.full((w.shape[0], 3), np.nan)
         if good.any():
-            coef[good] = np.linalg.solve(XtWX[good], XtWy[good][..., None])[..., 0]
-    return coef
+            p[good] = np.linalg.solve(XtWX[good], XtWy[good][..., None])[..., 0]
+    p2, p1, p0 = p[:, 0], p[:, 1], p[:, 2]
+    return np.stack([p2, p1 - 2 * p2 * m, p0 - p1 * m + p2 * m * m], axis=1)
 
 
 def _line(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -186,7 +191,8 @@ def isoflop_profiles(
         ))
         if not usable:
             why = (f"only {n_sizes} model size(s), need {min_runs}" if n_sizes < min_runs
-                   else "the parabola opens downward (no minimum)")
+                   else "the parabola opens downward (no minimum)" if np.isfinite(coef).all()
+                   else "the sizes are too close together to fit a parabola")
             diags.append(Diagnostic("isoflop_unusable", f"budget {budget:.3g} FLOPs: {why}"))
             continue
         if not interior:
