@@ -1,0 +1,58 @@
+"""Run the real trainer in subprocesses, as a user or a launcher would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A tiny GPT on the synthetic Markov language: 64-token sequences, 16 per step (1024 tokens).
+TINY = [
+    "model=gpt_debug",
+    "data=synthetic",
+    "model.n_layers=2",
+    "model.d_model=32",
+    "model.n_heads=2",
+    "train.global_batch_size=16",
+    "train.lr=3e-3",
+    "train.warmup_tokens=2048",
+    "train.eval_tokens=2048",
+    "logger.wandb.mode=disabled",
+]
+
+
+def env(cache: Path) -> dict:
+    out = dict(os.environ)
+    out["SCALING_CACHE"] = str(cache)
+    out["WANDB_SILENT"] = "true"
+    out.pop("RANK", None)
+    out.pop("WORLD_SIZE", None)
+    out.pop("LOCAL_RANK", None)
+    return out
+
+
+def train_cmd(run_dir: Path, *overrides: str, nproc: int = 1) -> list[str]:
+    args = [f"run.dir={run_dir}", *TINY, *overrides]
+    if nproc == 1:
+        return [sys.executable, "-m", "scaling.train", *args]
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+        "--master_port", str(29600 + os.getpid() % 1000), "-m", "scaling.train", *args,
+    ]  # fmt: skip
+
+
+def run_train(cache: Path, run_dir: Path, *overrides: str, nproc: int = 1, timeout: int = 300):
+    return subprocess.run(
+        train_cmd(run_dir, *overrides, nproc=nproc), cwd=ROOT, env=env(cache), capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("data-cache")
