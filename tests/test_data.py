@@ -370,3 +370,17 @@ def test_conf_data_composes(name):
         cfg = compose(config_name="train", overrides=overrides)
     data = OmegaConf.to_object(cfg.data)
     assert isinstance(data, DataConfig) and data.problems() == []
+
+
+def test_config_and_manifest_stay_torch_free(tmp_path):
+    # The planner imports scaling.config (and with it scaling.data) on login nodes without torch.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, scaling.config, scaling.data\n"
+        "from scaling.data import prepare_dataset, DataConfig, apply_manifest\n"
+        f"prepare_dataset(DataConfig(name='synthetic', seq_len=8, synthetic_tokens=2000, cache_dir={str(tmp_path)!r}))\n"
+        "assert 'torch' not in sys.modules and 'webdataset' not in sys.modules, 'torch imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

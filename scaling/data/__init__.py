@@ -16,6 +16,7 @@ from typing import Any
 from scaling.data.config import BUILTIN_DATASETS, DataConfig
 from scaling.data.manifest import Manifest, ShardInfo, apply_manifest, load_manifest
 from scaling.data.prepare import default_cache_dir, prepare_dataset
+from scaling.data.tokenizer import load_tokenizer
 
 _LAZY = {"train_batches", "eval_batches", "TrainBatches"}
 
@@ -28,6 +29,7 @@ __all__ = [
     "default_cache_dir",
     "eval_batches",
     "load_manifest",
+    "load_tokenizer",
     "prepare_dataset",
     "train_batches",
     "TrainBatches",

@@ -48,6 +48,9 @@ from scaling.data.manifest import Manifest
 from scaling.errors import ConfigError, DataError
 
 DEFAULT_STREAMS = 8
+# A worker that delivers nothing for this long (a stalled network read) fails the run instead of
+# hanging it; generous, because one item is one step of every stream the worker serves.
+WORKER_TIMEOUT_S = 600
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -258,6 +261,7 @@ class TrainBatches:
         loader = torch.utils.data.DataLoader(
             _WorkerStreams(self.manifest, self.local, self.per_stream, self.step, self.num_workers),
             batch_size=None, num_workers=self.num_workers, collate_fn=_identity, prefetch_factor=4,
+            timeout=WORKER_TIMEOUT_S,
         )
         it = iter(loader)  # workers answer in turn: one item from each worker is one global step
         while True:
