@@ -111,8 +111,11 @@ def _nearest(counts: list[int], target: float) -> int:
 
 
 @lru_cache(maxsize=64)
-def _gpt_rungs(vocab_size: int, seq_len: int, count: str, tie_embeddings: bool) -> tuple[list[int], list[tuple]]:
-    widths = list(range(8, 32, 4)) + list(range(32, 4 * GPT_HEAD_DIM, 8)) + list(range(4 * GPT_HEAD_DIM, 16384 + 1, GPT_HEAD_DIM))
+def _gpt_rungs(
+    vocab_size: int, seq_len: int, count: str, tie_embeddings: bool
+) -> tuple[list[int], list[tuple]]:
+    big = 4 * GPT_HEAD_DIM  # from here on, whole heads of 64
+    widths = [*range(8, 32, 4), *range(32, big, 8), *range(big, 16384 + 1, GPT_HEAD_DIM)]
     candidates = []
     for d in widths:
         # The same arithmetic as scaling.counting for d_ff = 4 d (a test checks the two agree).
@@ -194,7 +197,9 @@ def shape_for_params(
     if family == "gpt":
         _check_sizes("GPT", (("vocab_size", vocab_size), ("seq_len", seq_len)))
         counts, shapes = _gpt_rungs(vocab_size, seq_len, count, tie_embeddings)
-        fix = "use count=nonembedding or a smaller vocabulary" if count == "total" else "pick a target inside the range"
+        fix = "pick a target inside the range"
+        if count == "total":
+            fix = "use count=nonembedding or a smaller vocabulary"
         n_layers, d_model = shapes[_pick(counts, target, f"GPT ({count})", fix)]
         return GPTConfig(
             n_layers=n_layers,

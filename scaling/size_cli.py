@@ -65,7 +65,7 @@ def report(cfg: GPTConfig | CNNConfig) -> str:
         lines += _rows(
             "training FLOPs per token (forward + backward)",
             [(c, f"{v:.4g}") for c, v in per_token.items()]
-            + [("matmuls as run, x 3", f"{3 * fwd.matmul_total / cfg.seq_len:.4g} (no embeddings; attention non-causal)")],
+            + [("matmuls as run, x 3", f"{3 * fwd.matmul_total / cfg.seq_len:.4g} (attention non-causal)")],
         )
         lines += _rows(
             f"compute-optimal budget ({TOKENS_PER_PARAM} tokens per total parameter)",
@@ -74,13 +74,14 @@ def report(cfg: GPTConfig | CNNConfig) -> str:
         )
     else:
         per_image = flops_per_sample(cfg)
+        images = TOKENS_PER_PARAM * params.total
         lines += _rows(
             "FLOPs per image",
             [
                 ("forward (2 x MACs)", f"{fwd.matmul_total:.4g}"),
                 ("training (x 3)", f"{per_image:.4g}"),
                 ("training, 1M images", f"{per_image * 1e6:.4g}"),
-                (f"training, {TOKENS_PER_PARAM} images/param", f"{per_image * TOKENS_PER_PARAM * params.total:.4g}"),
+                (f"training, {TOKENS_PER_PARAM} images/param", f"{per_image * images:.4g}"),
             ],
         )
     return "\n".join(lines)

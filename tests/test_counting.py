@@ -56,7 +56,8 @@ def test_gpt_embedding_split_and_tying():
     assert count_params(untied).nonembedding == count_params(tied).nonembedding
     assert count_params(untied).embedding - count_params(tied).embedding == 100 * 32
     model = build_model(untied)
-    nonembedding = sum(p.numel() for n, p in model.named_parameters() if n.split(".")[0] not in ("wte", "wpe", "head"))
+    embedding_names = ("wte", "wpe", "head")
+    nonembedding = sum(p.numel() for n, p in model.named_parameters() if n.split(".")[0] not in embedding_names)
     assert count_params(untied).nonembedding == nonembedding
 
 
@@ -80,14 +81,17 @@ def _measure(model: torch.nn.Module, x: torch.Tensor, backward: bool = False) ->
         out = model(x)
         if backward:
             out.sum().backward()
-    return {name: Counter({str(op): n for op, n in ops.items()}) for name, ops in counter.get_flop_counts().items()}
+    counts = counter.get_flop_counts()
+    return {name: Counter({str(op): n for op, n in ops.items()}) for name, ops in counts.items()}
 
 
 def _sum(measured: dict[str, Counter], suffix: str, op: str | None = None) -> int:
-    return sum(
-        n for name, ops in measured.items() if name.endswith(suffix) and name.count(".") >= 1 for o, n in ops.items()
-        if op is None or o == op
-    )
+    """FLOPs of the submodules whose name ends with `suffix` (not "Global" or the root)."""
+    total = 0
+    for name, ops in measured.items():
+        if "." in name and name.endswith(suffix):
+            total += sum(n for o, n in ops.items() if op is None or o == op)
+    return total
 
 
 @pytest.mark.parametrize("cfg", [c for c in GPT_GRID if not c.tie_embeddings], ids=str)

@@ -125,9 +125,15 @@ def no_build(monkeypatch):
         (gpt(d_model=100, n_heads=3), r"model.d_model=100 is not divisible by model.n_heads=3; pick d_model"),
         (gpt(n_layers=-2), r"model.n_layers=-2 must be positive; pick"),
         (cnn(width=-8), r"model.width=-8 must be positive; pick"),
-        (gpt(vocab_size=None), r"model.vocab_size is None: it comes from the data manifest; set data.\* or model.vocab_size"),
+        (
+            gpt(vocab_size=None),
+            r"model.vocab_size is None: it comes from the data manifest; set data.\* or model.vocab_size",
+        ),
         (cnn(n_classes=None), r"model.n_classes is None: it comes from the data manifest"),
-        (dataclasses.replace(gpt(), family="rnn"), r"model.family='rnn' is not a known family; use one of \['cnn', 'gpt'\]"),
+        (
+            dataclasses.replace(gpt(), family="rnn"),
+            r"model.family='rnn' is not a known family; use one of \['cnn', 'gpt'\]",
+        ),
         ("transformer", r"model.family='transformer' is not a known family"),
     ],
 )
@@ -178,7 +184,7 @@ def test_model_yaml_composes_against_the_schema(path):
     cfg = _compose_model(path.stem)
     assert isinstance(cfg, GPTConfig if cfg.family == "gpt" else CNNConfig)
     assert cfg.problems() == []
-    data_fields = ("vocab_size", "seq_len") if cfg.family == "gpt" else ("image_size", "in_channels", "n_classes")
+    data_fields = models.DATA_FIELDS[cfg.family]
     # Data-derived fields stay null in YAML: the data manifest fills them.
     assert all(getattr(cfg, key) is None for key in data_fields)
     if path.stem.endswith("_debug"):
