@@ -18,6 +18,7 @@ import sys
 from typing import Optional
 
 from scaling.data.config import BUILTIN_DATASETS, DataConfig
+from scaling.data.manifest import Manifest
 from scaling.errors import ConfigError, ScalingError
 
 
@@ -75,7 +76,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0
 
 
-def run(args: argparse.Namespace):  # -> Manifest
+def run(args: argparse.Namespace) -> "Manifest":
     from scaling.data import manifest as mf
     from scaling.data import prepare
 
