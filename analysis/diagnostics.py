@@ -5,8 +5,8 @@ to ``fit.json`` under its ``code``. Codes:
 
 - ``narrow_span_N`` / ``narrow_span_D`` / ``narrow_span_C``: the column spans less than one
   decade, so the exponent for it is poorly determined.
-- ``grid_edge``: every start that reached the best optimum lies on the edge of the start grid,
-  or the optimum lies outside the grid's box; widen the grid.
+- ``grid_edge``: the best start lies on the edge of the grid and the optimum at or beyond it,
+  or the optimum otherwise falls outside the box the grid spans; widen the grid.
 - ``param_at_bound``: a parameter sits at the optimiser's bound.
 - ``not_converged``: the best start stopped on the iteration limit, not on a tolerance.
 - ``wide_interval``: a bootstrap interval is wider than the estimate itself.

@@ -218,10 +218,17 @@ def fit_law(
         res.x[best], fun[best] = polished.x[0], polished.fun[0]
     theta = res.x[best]
     objective = float(fun[best])
-    # Starts that reach the best optimum (to rounding) share its basin; the grid-edge warning
-    # fires only if none of them is interior, since a well-covered optimum has interior starts.
-    tied = chosen[fun <= objective + 1e-9 * max(1.0, abs(objective))]
-    on_edge = _on_edge(starts, tied)
+    best_start = starts[chosen[best]]
+    on_edge = _on_edge(starts, best_start)
+    # The grid brackets the optimum when the optimum lies strictly inside the box the grid
+    # spans. A best start on the edge that moved inward is harmless; one whose optimum sits
+    # at or beyond that edge means a wider grid might find a better optimum.
+    lo_box, hi_box = starts.min(axis=0), starts.max(axis=0)
+    outside = [
+        f"{n} (grid {a:.3g}..{b:.3g}, optimum {t:.4g})"
+        for n, t, a, b in zip(form.theta_names, theta, lo_box, hi_box)
+        if b > a and (t <= a or t >= b)
+    ]
 
     lp, _ = form.log_pred(theta[None, :], cols)
     residuals = y - lp[0]
@@ -236,11 +243,13 @@ def fit_law(
         if t <= lo + 1e-6 * max(1.0, abs(lo)) or t >= hi - 1e-6 * max(1.0, abs(hi))
     )
     diags = span_diagnostics(raw)
-    if on_edge:
+    if outside:
         diags.append(Diagnostic(
             "grid_edge",
-            "every start that reached the best optimum lies on the edge of the start grid "
-            "(or the optimum lies outside it); widen the grid to be sure it is the global one",
+            f"the best start {tuple(float(v) for v in best_start)} "
+            f"{'lies on the edge of the start grid and ' if on_edge else ''}"
+            f"its optimum is at or beyond the grid's edge in {', '.join(outside)}; "
+            f"widen the grid there",
         ))
     if at_bound:
         diags.append(Diagnostic(
@@ -249,14 +258,6 @@ def fit_law(
         ))
     if not res.converged[best]:
         diags.append(Diagnostic("not_converged", "the best start hit the iteration limit"))
-    lo_box, hi_box = starts.min(axis=0), starts.max(axis=0)
-    outside = [n for n, t, a, b in zip(form.theta_names, theta, lo_box, hi_box)
-               if b > a and (t < a or t > b)]
-    if outside and not on_edge:
-        diags.append(Diagnostic(
-            "grid_edge",
-            f"the optimum lies outside the start grid in {', '.join(outside)}; widen the grid",
-        ))
 
     return FitResult(
         law=law,
@@ -270,7 +271,7 @@ def fit_law(
         n_starts=n_starts,
         n_starts_run=int(chosen.size),
         n_starts_converged=int(res.converged.sum()),
-        best_start=tuple(float(v) for v in starts[chosen[best]]),
+        best_start=tuple(float(v) for v in best_start),
         best_start_on_edge=on_edge,
         at_bound=at_bound,
         residuals=residuals,
@@ -281,13 +282,11 @@ def fit_law(
     )
 
 
-def _on_edge(starts: np.ndarray, rows: np.ndarray) -> bool:
-    """True when every start in ``rows`` has a coordinate on the grid's boundary."""
+def _on_edge(starts: np.ndarray, point: np.ndarray) -> bool:
+    """True when ``point`` has a coordinate on the boundary of the grid ``starts``."""
     lo, hi = starts.min(axis=0), starts.max(axis=0)
     varied = hi > lo  # an axis with one value has no edge to speak of
-    pts = starts[rows][:, varied]
-    edge = (np.isclose(pts, lo[varied]) | np.isclose(pts, hi[varied])).any(axis=1)
-    return bool(edge.all())
+    return bool((np.isclose(point, lo) | np.isclose(point, hi))[varied].any())
 
 
 def bootstrap(

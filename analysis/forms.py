@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 Columns = dict[str, np.ndarray]
+CHUNK_POINTS = 65536
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ class Form:
     derived: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] = field(
         default=lambda params: {}
     )
+    # Optional fused Huber objective and gradient, for the law whose 4,500-start grid makes
+    # speed matter; it must agree with the generic path (a test checks it).
+    fused: Callable | None = None
 
     @property
     def n_params(self) -> int:
@@ -83,6 +87,45 @@ def _chinchilla_derived(p):
         return {"a": beta / s, "b": alpha / s, "G": G}
 
 
+def _chinchilla_fused(theta, cols, log_loss, delta, weights):
+    """Huber objective and gradient for Chinchilla in fewer array passes than the generic
+    path: everything is taken relative to e, so ``log L_hat = e + log(1 + x1 + x2)`` with
+    ``x1 = exp(a - e - alpha log N)``, ``x2 = exp(b - e - beta log D)``. The bounds keep the
+    exponents below ~200, so no max-shift is needed against overflow."""
+    a, b, e, alpha, beta = (theta[:, i : i + 1] for i in range(5))
+    lnN, lnD = cols["lnN"], cols["lnD"]
+    x1 = alpha * lnN
+    np.subtract(a - e, x1, out=x1)
+    np.exp(x1, out=x1)
+    x2 = beta * lnD
+    np.subtract(b - e, x2, out=x2)
+    np.exp(x2, out=x2)
+    s = x1 + x2
+    s += 1.0
+    r = np.log(s)
+    np.subtract(log_loss - e, r, out=r)  # residual log L_obs - log L_hat
+    ar = np.abs(r)
+    c = np.minimum(ar, delta)
+    f = ar - 0.5 * c
+    f *= c  # Huber value per point
+    # dHuber/dr = clip(r, -delta, delta); two ufuncs are faster than np.clip or copysign.
+    np.minimum(r, delta, out=r)
+    np.maximum(r, -delta, out=r)
+    if weights is not None:
+        f *= weights
+        r *= weights
+    r /= s  # dHuber/dr * d(log L_hat)/de; times x1 or x2 gives the a and b derivatives
+    x1 *= r
+    x2 *= r
+    grad = np.empty((theta.shape[0], 5))
+    grad[:, 0] = -x1.sum(axis=1)
+    grad[:, 1] = -x2.sum(axis=1)
+    grad[:, 2] = -r.sum(axis=1)
+    grad[:, 3] = x1 @ lnN
+    grad[:, 4] = x2 @ lnD
+    return f.sum(axis=1), grad
+
+
 CHINCHILLA = Form(
     name="chinchilla",
     inputs=("N", "D"),
@@ -100,6 +143,7 @@ CHINCHILLA = Form(
         np.arange(0, 2.5, 0.5), np.arange(0, 2.5, 0.5),
     ),
     derived=_chinchilla_derived,
+    fused=_chinchilla_fused,
 )
 
 
@@ -248,6 +292,25 @@ def huber_value_and_grad(
     ``weights`` (shape ``(batch, n)`` or ``(n,)``) multiplies each point's term; the bootstrap
     passes resampling counts here instead of copying the data.
     """
+    fn = form.fused or (lambda *a: huber_value_and_grad_generic(form, *a))
+    n_rows, n_points = theta.shape[0], log_loss.shape[-1]
+    # Work through the batch in blocks of about 64k points: the temporaries then stay in
+    # cache, which makes the whole evaluation 2-4x faster than one pass over a 4,500 x 240
+    # array.
+    rows = max(1, CHUNK_POINTS // n_points)
+    if n_rows <= rows:
+        return fn(theta, cols, log_loss, delta, weights)
+    f = np.empty(n_rows)
+    grad = np.empty((n_rows, theta.shape[1]))
+    for i in range(0, n_rows, rows):
+        sl = slice(i, i + rows)
+        w = weights if weights is None or weights.ndim == 1 else weights[sl]
+        f[sl], grad[sl] = fn(theta[sl], cols, log_loss, delta, w)
+    return f, grad
+
+
+def huber_value_and_grad_generic(form, theta, cols, log_loss, delta, weights=None):
+    """:func:`huber_value_and_grad` from ``form.log_pred`` and its Jacobian."""
     lp, jac = form.log_pred(theta, cols)
     r = log_loss - lp
     ar = np.abs(r)

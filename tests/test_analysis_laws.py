@@ -89,3 +89,18 @@ def test_analytic_gradient_matches_finite_differences(name):
         fp, _ = huber_value_and_grad(form, (theta + e)[None], cols, y, 1e-3)
         fm, _ = huber_value_and_grad(form, (theta - e)[None], cols, y, 1e-3)
         assert g[0, k] == pytest.approx((fp[0] - fm[0]) / (2 * eps), rel=1e-4, abs=1e-8)
+
+
+def test_fused_chinchilla_objective_matches_generic_path():
+    from analysis.forms import CHINCHILLA, huber_value_and_grad_generic
+
+    rng = np.random.default_rng(0)
+    cols = {"lnN": np.log(np.geomspace(1e7, 1e10, 50)), "lnD": np.log(np.geomspace(1e9, 1e11, 50))}
+    y = np.log(2.0 + rng.uniform(0, 1, 50))
+    theta = CHINCHILLA.default_grid(cols)[::7]
+    w = rng.integers(0, 3, (theta.shape[0], 50)).astype(float)
+    for weights in (None, w):
+        f1, g1 = huber_value_and_grad(CHINCHILLA, theta, cols, y, 1e-3, weights)
+        f2, g2 = huber_value_and_grad_generic(CHINCHILLA, theta, cols, y, 1e-3, weights)
+        assert np.allclose(f1, f2, rtol=1e-12)
+        assert np.allclose(g1, g2, rtol=1e-9, atol=1e-12)
