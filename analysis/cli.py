@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--law", default="chinchilla", choices=LAWS, help="law to fit (default chinchilla)")
     p.add_argument("--out", required=True, help="output directory for fit.json and figures")
     p.add_argument("--bootstrap", type=int, default=0, metavar="K",
-                   help="bootstrap resamples for standard errors and intervals (0: none)")
+                   help="bootstrap resamples for standard errors and intervals (default 0: "
+                        "none; isoflop always bootstraps, 1000 resamples unless K is given)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--drop-highest-loss", type=int, default=0, metavar="K",
                    help="drop the K runs with the highest loss before fitting")
