@@ -9,7 +9,6 @@ and exits with code 75, and a relaunch resumes it.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -146,8 +145,3 @@ def _tail(path: Path, n: int) -> str:
     except OSError:
         return ""
     return "\n".join("    " + line for line in lines[-n:])
-
-
-def which_torchrun(python: str = sys.executable) -> Optional[str]:
-    p = Path(python).with_name("torchrun")
-    return str(p) if p.exists() else shutil.which("torchrun")

@@ -117,30 +117,30 @@ def squeue_states(job_ids: Iterable[str] = ()) -> Optional[dict[str, str]]:
 
 
 def read_run(run_id: str, run_dir: Path, queue: Optional[dict[str, str]]) -> RunState:
-    result = _read_json(run_dir / "result.json")
+    result = _read_json(run_dir / "result.json") or {}
     launch = _read_json(run_dir / LAUNCH_NAME) or {}
     job_id = launch.get("job_id")
-    if result is not None:
-        status = result.get("status")
+    status = result.get("status")
+    if status == "completed":
         loss = result.get("eval_loss") if result.get("eval_loss") is not None else result.get("train_loss")
-        if status == "completed":
-            return RunState(run_id, "completed", loss, job_id, tokens=result.get("tokens"))
-        if status == "failed":
-            return RunState(run_id, "failed", loss, job_id, error=result.get("error") or "failed without an error message")
+        return RunState(run_id, "completed", loss, job_id, tokens=result.get("tokens"))
     last = _last_metric(run_dir / "metrics.jsonl")
     loss = None if last is None else last.get("loss")
     tokens = None if last is None else last.get("tokens")
+    # A job still in the queue wins over an older failed result: it is being requeued or retried.
     if launch.get("launcher") == "slurm" and job_id:
-        slurm_state = None if queue is None else queue.get(str(job_id))
         if queue is None:
             # Slurm cannot be asked: never assume the job is gone, so a relaunch cannot double-submit.
             return RunState(run_id, "queued", loss, job_id, error="queue unknown (squeue failed)", tokens=tokens)
+        slurm_state = queue.get(str(job_id))
         if slurm_state in _RUNNING:
             return RunState(run_id, "running", loss, job_id, tokens=tokens)
         if slurm_state is not None:
             return RunState(run_id, "queued", loss, job_id, tokens=tokens)
     elif launch.get("launcher") == "local" and local_alive(launch):
         return RunState(run_id, "running", loss, job_id, tokens=tokens)
+    if status == "failed":
+        return RunState(run_id, "failed", loss, job_id, error=result.get("error") or "failed without an error message")
     if launch or last is not None or _has_checkpoint(run_dir):
         error = None
         if launch.get("exit_code") not in (None, 0, 75):
