@@ -94,7 +94,9 @@ def run_local(
         while pending or active:
             while pending and len(active) < slots and not stopping:
                 run = pending.pop(0)
-                threads = max(1, cores // (min(slots, len(active) + len(pending) + 1) * run.nproc))
+                # A fixed share of the cores per process: more threads for the last runs would not
+                # pay (on small CPUs, tiny models can run several times slower on 2 threads than on 1).
+                threads = max(1, cores // (slots * run.nproc))
                 cmd = train_command(run, python, [f"train.num_threads={threads}"])
                 Path(run.dir).mkdir(parents=True, exist_ok=True)
                 log = open(Path(run.dir) / "launch.log", "a")
