@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[dev]"
+	@# DeepSpeed JIT-builds its CPU communication op on first use; build it once here, so that
+	@# two processes starting together never race to build it.
+	$(PY) -c "import os, torch; torch.cuda.is_available() or os.environ.setdefault('DS_ACCELERATOR', 'cpu'); \
+	  from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null 2>&1 || true
 	touch $(STAMP)
 
 install: $(STAMP)
