@@ -22,6 +22,7 @@ Public API:
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
@@ -149,8 +150,6 @@ def _grid_array(form: Form, grid, cols) -> np.ndarray:
                 f"grid for {form.name} lacks {missing}; give values for every one of "
                 f"{form.theta_names} (log-scale parameters are logs, e.g. a = log A)"
             )
-        import itertools
-
         return np.array(
             list(itertools.product(*(np.atleast_1d(grid[k]) for k in form.theta_names))),
             dtype=float,
@@ -186,6 +185,11 @@ def fit_law(
     screen / keep: screen all starts by a few steps and run the best ``keep`` (default a
     tenth, at least 64) to convergence; ``screen=False`` runs them all.
     """
+    if not isinstance(data, Data):
+        raise AnalysisError(
+            f"data is a {type(data).__name__}; pass analysis.Data (from load_csv, load_runs "
+            f"or Data.from_arrays)"
+        )
     form = get_form(law)
     if not (isinstance(delta, (int, float)) and np.isfinite(delta) and delta > 0):
         raise AnalysisError(f"delta={delta!r} must be a positive number (default 1e-3)")
