@@ -25,7 +25,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from string import Template
 from typing import Callable, Optional
@@ -143,9 +142,8 @@ class TrainJob:
         # `scontrol requeue`, or preemption): Slurm puts it back in the queue by itself.
         print(f"run {self.run_id}: checkpoint saved; scontrol requeue {job_id}: rc={out.returncode} {out.stderr.strip()}",
               flush=True)
-        if out.returncode == 0:
-            # Wait to be stopped by the requeue, so that the job never ends as COMPLETED first.
-            time.sleep(120)
+        # Once `scontrol requeue` returns, Slurm has flagged the job for requeue: returning now ends
+        # this attempt and the job goes back to the queue (as submitit's own handler does).
         return EXIT_REQUEUE
 
     def checkpoint(self, *args, **kwargs):

@@ -267,3 +267,85 @@ def test_an_invalid_spec_submits_nothing(env, tmp_path):
         launch_study(spec(tmp_path / "bad2"), slurm(), ClusterConfig(name="nopart"), **QUIET)
     assert squeue_ids() == before
     assert not (tmp_path / "bad").exists() and not (tmp_path / "bad2").exists()
+
+
+def _release_held_jobs() -> None:
+    """Slurm holds a requeued job for about two minutes (Reason=BeginTime); release it at once."""
+    out = subprocess.run(["squeue", "-h", "-o", "%i|%T|%r"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        job, state, reason = line.split("|")
+        if state == "PENDING" and reason == "BeginTime":
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+
+
+def _wait_for_progress(metrics: Path, more_than: int) -> int:
+    deadline = time.time() + WAIT_S
+    while time.time() < deadline:
+        n = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+        if n > more_than:
+            return n
+        time.sleep(0.2)
+    raise AssertionError(f"{metrics} did not grow past {more_than} rows")
+
+
+@pytest.mark.slow
+def test_time_limit_signals_requeue_up_to_max_requeues_then_a_relaunch_resumes(env, tmp_path):
+    # The time-limit warning is SIGUSR2 to the job's tasks (`#SBATCH --signal=USR2@S`). Slurm sends
+    # it on a coarse timer (up to a minute off), so the test sends the same signal to the same
+    # tasks with `scancel --signal=USR2`. With max_requeues=1, the first signal requeues the job
+    # and the second fails it, leaving a partial run that a relaunch resumes.
+    cluster = ClusterConfig(name="local", partition="debug", time_limit_min=10, signal_delay_s=20, max_requeues=1)
+    s = spec(tmp_path / "limits", targets=(2e4,), flops=(4e11,))
+    outcome = launch_study(s, slurm(), cluster, **QUIET)
+    run = outcome.plan.runs[0]
+    job = outcome.job_ids[run.id]
+    assert "#SBATCH --signal=USR2@20" in (Path(run.dir) / "slurm" / f"{job}_submission.sh").read_text()
+    metrics = Path(run.dir) / "metrics.jsonl"
+
+    rows = _wait_for_progress(metrics, 100)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, capture_output=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        info = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+        if "Restarts=1" in info and "JobState=RUNNING" in info:
+            break
+        _release_held_jobs()
+        time.sleep(0.2)
+    assert "Restarts=1" in info and "JobState=RUNNING" in info, info
+    assert read_states({run.id: run.dir})[run.id].state in ("queued", "running")
+
+    _wait_for_progress(metrics, rows + 100)  # the requeued job resumed and trains again
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, capture_output=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and read_states({run.id: run.dir})[run.id].state != "partial":
+        time.sleep(0.2)
+    st = read_states({run.id: run.dir})[run.id]
+    assert st.state == "partial" and not (Path(run.dir) / "result.json").exists()
+
+    again = launch_study(s, slurm(), cluster, **QUIET)
+    assert again.launched == [run.id] and again.job_ids[run.id] != job
+    assert wait(s.dir) == {run.id: "completed"}
+    log = (Path(run.dir) / "train.log").read_text()
+    assert log.count("received SIGUSR2") == 2 and log.count("resumed from") == 2
+
+
+@pytest.mark.slow
+def test_a_requeued_run_continues_the_same_wandb_run(env, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    s = spec(tmp_path / "wandb", targets=(2e4,), flops=(4e11,))
+    s.overrides = ["logger.wandb.mode=offline", "train.eval_tokens=2048"]
+    outcome = launch_study(s, slurm(), CLUSTER, **QUIET)
+    run = outcome.plan.runs[0]
+    metrics = Path(run.dir) / "metrics.jsonl"
+    deadline = time.time() + WAIT_S
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) > 100):
+        time.sleep(0.2)
+    wandb_id = (Path(run.dir) / "wandb_id").read_text()
+    subprocess.run(["scontrol", "requeue", outcome.job_ids[run.id]], check=True, capture_output=True)
+    deadline = time.time() + WAIT_S
+    while time.time() < deadline and read_states({run.id: run.dir})[run.id].state not in ("completed", "failed", "partial"):
+        _release_held_jobs()
+        time.sleep(0.5)
+    result = json.loads((Path(run.dir) / "result.json").read_text())
+    assert result["status"] == "completed", result.get("error")
+    assert (Path(run.dir) / "wandb_id").read_text() == wandb_id
