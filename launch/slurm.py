@@ -51,6 +51,11 @@ def job_shape(nproc: int, cluster: ClusterConfig) -> tuple[int, int, int]:
             f"study.nproc={nproc} does not split evenly over {nodes} node(s) (cluster.nodes={cluster.nodes}, "
             f"{per_node} per node); pick nproc as a multiple of the processes per node"
         )
+    if tasks > per_node:
+        raise ConfigError(
+            f"study.nproc={nproc} on cluster.nodes={nodes} needs {tasks} tasks per node, but a node takes {per_node} "
+            f"(one per GPU); raise cluster.nodes or set it to null"
+        )
     gpus = min(cluster.gpus_per_node, tasks) if cluster.gpus_per_node > 0 else 0
     return nodes, tasks, gpus
 
