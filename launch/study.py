@@ -202,7 +202,11 @@ def main() -> None:
     register_configs()
     code = 0
 
-    @hydra.main(config_path="../conf", config_name="study_app", version_base="1.3")
+    from launch.plan import CONF_DIR
+
+    # An absolute path: a relative one would be resolved against the package when run as a
+    # console script.
+    @hydra.main(config_path=str(CONF_DIR), config_name="study_app", version_base="1.3")
     def app(dcfg) -> None:
         nonlocal code
         try:

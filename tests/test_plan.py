@@ -206,7 +206,9 @@ def test_default_study_is_an_isoflop_grid(tmp_path):
 
 
 def test_dry_run_prints_the_plan_table_and_total_compute(tmp_path):
-    cmd = [sys.executable, "-m", "launch.study", "study.name=dry", "study.data=synthetic",
+    script = Path(sys.executable).with_name("scaling-study")  # the console script, as a user runs it
+    launcher = [str(script)] if script.exists() else [sys.executable, "-m", "launch.study"]
+    cmd = [*launcher, "study.name=dry", "study.data=synthetic",
            "study.sizes.targets=[5e3,2e4]", "study.budgets.flops=[3e10]", f"study.dir={tmp_path}/dry",
            "study.throughput_flops=1e9", "study.dry_run=true"]  # fmt: skip
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
