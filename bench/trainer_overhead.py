@@ -73,7 +73,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_model(plan.cfg.model)
     t = plan.cfg.train
-    opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2))
+    opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2), foreach=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, plan.steps, schedule=t.schedule))
 
     def run_plain() -> float:

@@ -250,7 +250,8 @@ class Trainer:
             log.info("micro batch auto: %d (accumulation %d)", micro, plan.accumulation)
         t = self.cfg.train
         optimizer = torch.optim.AdamW(
-            param_groups(model, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2), eps=1e-8
+            param_groups(model, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2), eps=1e-8,
+            foreach=True,  # PyTorch picks the per-tensor loop on CPU by default, which is slower
         )
         from scaling.schedule import lr_factor
 
@@ -267,6 +268,10 @@ class Trainer:
             lr_scheduler=schedule,
             config=deepspeed_config(plan, world, self.bf16),
         )
+        if world.world_size == 1 and t.zero_stage == 0:
+            # Nothing to reduce across one process; DeepSpeed would still flatten and copy every
+            # gradient each step.
+            self.engine.enable_backward_allreduce = False
         self.state = TrainState(world_size=world.world_size)
         self.stop_requested = False
         self.row_sinks: list[Callable[[dict], None]] = []  # rank 0 only, e.g. the wandb mirror
