@@ -295,17 +295,38 @@ class ClusterConfig:
 
 
 @dataclass
+class ReportConfig:
+    """The fit and report at the end of a blocking launch (local, or Slurm with launcher.wait)."""
+
+    enabled: bool = True  # fit and write report.md, fit.json and figures/ in study.dir
+    bootstrap: int = 1000  # bootstrap resamples for the intervals
+    holdout_largest: int = 1  # runs held out (largest by compute) for the extrapolation check
+    tolerance: float = 0.25  # relative width of a compute-budget group when runs carry no budget
+
+    def problems(self, prefix: str = "report") -> list[str]:
+        out = []
+        if self.bootstrap < 0:
+            out.append(f"{prefix}.bootstrap={self.bootstrap} must be >= 0 (0 skips the intervals)")
+        if self.holdout_largest < 0:
+            out.append(f"{prefix}.holdout_largest={self.holdout_largest} must be >= 0")
+        if not 0 < self.tolerance < 1:
+            out.append(f"{prefix}.tolerance={self.tolerance} must lie in (0, 1)")
+        return out
+
+
+@dataclass
 class StudyAppConfig:
     """The whole config of `scaling-study`."""
 
     study: StudySpec = field(default_factory=StudySpec)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 def validate(cfg: StudyAppConfig) -> StudyAppConfig:
     """Collect every problem of the spec, the launcher and (for Slurm) the cluster; raise one error."""
-    problems = cfg.study.problems() + cfg.launcher.problems()
+    problems = cfg.study.problems() + cfg.launcher.problems() + cfg.report.problems()
     if cfg.launcher.name == "slurm":
         problems += cfg.cluster.problems()
     raise_if(problems)

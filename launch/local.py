@@ -106,6 +106,7 @@ def run_local(
                 proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
                 write_launch(run.dir, launcher="local", pid=proc.pid, pid_start=proc_start(proc.pid), nproc=run.nproc)
                 active.append(_Active(run, proc, log))
+                _show_running(bar, active, codes)
             if stopping and pending:
                 pending.clear()
             time.sleep(0.1)
@@ -121,13 +122,22 @@ def run_local(
                     _report_failure(a.run, code, echo)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(failed=sum(1 for c in codes.values() if c not in (0, EXIT_REQUEUE)), refresh=False)
+                    _show_running(bar, active, codes)
     finally:
         if bar is not None:
             bar.close()
         for s, h in old.items():
             signal.signal(s, h)
     return codes
+
+
+def _show_running(bar: Any, active: list, codes: dict[str, int]) -> None:
+    """The bar's tail: failures so far and the runs in flight."""
+    if bar is None:
+        return
+    failed = sum(1 for c in codes.values() if c not in (0, EXIT_REQUEUE))
+    running = ", ".join(a.run.id for a in active)
+    bar.set_postfix_str(f"failed={failed}" + (f" running: {running}" if running else ""), refresh=True)
 
 
 def _report_failure(run: RunSpec, code: int, echo: Callable[[str], None]) -> None:

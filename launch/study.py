@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from launch.config import ClusterConfig, LauncherConfig, StudyAppConfig, StudySpec
+from launch.config import ClusterConfig, LauncherConfig, ReportConfig, StudyAppConfig, StudySpec
 from launch.plan import Plan, format_plan, make_plan, throughput_for, write_plan
 from launch.state import archive_failed, read_states
 from scaling.errors import ScalingError
@@ -188,9 +188,42 @@ def _main(dcfg) -> int:
     print(f"study {outcome.plan.study}: {summarize(outcome)}")
     if cfg.launcher.name == "slurm" and not cfg.launcher.wait:
         print(f"follow it with: scaling-status {outcome.plan.dir}")
-    if cfg.launcher.name == "local":
-        return 0 if outcome.complete else 1
-    return 0
+        return 0
+    if cfg.report.enabled:
+        report_study(outcome.plan.dir, cfg.report)
+    return 0 if outcome.complete else 1
+
+
+def report_study(study_dir: str, cfg: ReportConfig, echo: Callable[[str], None] = print) -> None:
+    """Fit the study's completed runs and write report.md, fit.json and figures/; print a short
+    summary and where the report is. Refits from the run directories every time."""
+    import time
+
+    from analysis.errors import AnalysisError
+    from analysis.study import analyse_study, write_study_outputs
+
+    t0 = time.time()
+    echo(f"fitting {study_dir} ...")
+    try:
+        analysis = analyse_study(study_dir, n_boot=cfg.bootstrap, holdout=cfg.holdout_largest,
+                                 tolerance=cfg.tolerance)
+    except AnalysisError as e:
+        raise ScalingError(f"cannot fit the study: {e}") from None
+    paths = write_study_outputs(study_dir, analysis)
+    if analysis.iso is not None:
+        iso = analysis.iso
+        echo(f"  IsoFLOP (approach 2): N_opt ~ C^{iso.a:.3f} [{iso.a_interval[0]:.3f}, {iso.a_interval[1]:.3f}], "
+             f"D_opt ~ C^{iso.b:.3f} [{iso.b_interval[0]:.3f}, {iso.b_interval[1]:.3f}]")
+    if analysis.fit is not None:
+        p, d = analysis.fit.params, analysis.fit.derived
+        echo(f"  L(N, D) = {p['E']:.3f} + {p['A']:.4g}/N^{p['alpha']:.3f} + {p['B']:.4g}/D^{p['beta']:.3f}; "
+             f"a = {d['a']:.3f}, b = {d['b']:.3f}")
+    if analysis.holdout is not None:
+        h = analysis.holdout
+        echo(f"  extrapolation: held-out largest run predicted within {100 * h.max_abs_rel_error:.2f}%")
+    for problem in analysis.problems:
+        echo(f"  note: {problem}")
+    echo(f"report: {paths['report.md']} (fitted in {time.time() - t0:.1f}s)")
 
 
 def main() -> None:

@@ -576,6 +576,15 @@ def start_wandb(plan: RunPlan, state: TrainState) -> Any:
     )  # fmt: skip
 
 
+def _wandb_call(fn: Callable, *args: Any, **kwargs: Any) -> None:
+    """The dashboard is a mirror: a wandb error (say, its service process killed by the same
+    signal that stops the run) is logged, never allowed to fail the run."""
+    try:
+        fn(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001
+        log.warning("wandb: %s: %s (metrics.jsonl is unaffected)", type(e).__name__, e)
+
+
 def scrub_secrets(obj: Any) -> Any:
     """Drop keys that look like credentials before a config is written or uploaded."""
     if isinstance(obj, dict):
@@ -667,13 +676,12 @@ def train(cfg: TrainAppConfig) -> int:
         try:
             if wandb_run is not None:
                 # The dashboard mirrors metrics.jsonl: every row written is also logged.
-                trainer.row_sinks.append(
-                    lambda row: wandb_run.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
-                )
+                trainer.row_sinks.append(lambda row: _wandb_call(wandb_run.log, {k: v for k, v in row.items()
+                                                                                if k != "step"}, step=row["step"]))
             result = trainer.fit()
         finally:
             if wandb_run is not None:
-                wandb_run.finish()
+                _wandb_call(wandb_run.finish)
         if world.is_main:
             write_json_atomic(run_dir / "result.json", result)
             log.info("completed %s: train loss %.4f, eval loss %.4f, %.1f s", plan.run_id, result["train_loss"],

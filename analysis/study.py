@@ -1,0 +1,317 @@
+"""The end of a study: fit its runs and write `report.md`, `fit.json` and the figures.
+
+    analysis = analyse_study(study_dir)          # pure: fits, no files written
+    paths = write_study_outputs(study_dir, analysis)
+
+Three views of the same runs, as in Hoffmann et al. (2022):
+- IsoFLOP profiles (approach 2): per compute budget, a parabola of loss in ln N; its minima give
+  N_opt ~ C^a and D_opt ~ C^b.
+- The parametric law (approach 3): L(N, D) = E + A/N^alpha + B/D^beta, with bootstrap intervals,
+  and the compute-optimal allocation it implies for budgets beyond the study's own.
+- An extrapolation check: the largest run (by compute) is held out, the law is refitted on the
+  rest, and its prediction is compared with the measured loss.
+
+`fit.json` is the parametric fit in the `scaling-fit` schema (law, params, stderr, interval,
+n_points, objective, diagnostics, derived), with the IsoFLOP analysis under `isoflop` and the
+extrapolation check under `holdout`.
+
+Reads `plan.json` (written by the planner) as plain JSON for the budgets and the plan table;
+imports nothing from the training or launch code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from analysis.data import Data
+from analysis.errors import AnalysisError
+
+FIGURE_NAMES = ("loss_vs_compute", "isoflop", "optimal_allocation", "residuals", "predicted_vs_actual")
+BEYOND = (10.0, 100.0, 1000.0)  # budgets beyond the study's largest, for the allocation table
+
+
+@dataclass
+class StudyAnalysis:
+    study: str
+    study_dir: str
+    plan: dict | None
+    data: Data
+    skipped: list
+    iso: Any = None  # IsoFLOPResult
+    fit: Any = None  # FitResult
+    boot: Any = None  # BootstrapResult
+    holdout: Any = None  # HoldoutResult
+    optimal: dict | None = None  # compute_optimal for budgets beyond the study
+    problems: list[str] = field(default_factory=list)  # analyses that could not run, and why
+
+
+def _with_plan_budgets(data: Data, plan: dict | None) -> Data:
+    """Group runs by the IsoFLOP budget the planner gave them, not by a tolerance on C."""
+    if not plan:
+        return data
+    budgets = {r["id"]: r.get("budget_flops") for r in plan.get("runs", [])}
+    b = np.array([budgets.get(rid) or np.nan for rid in data.run_id], dtype=float)
+    return Data.from_arrays(data.N, data.D, data.loss, data.C, run_id=list(data.run_id), budget=b,
+                            source=data.source)
+
+
+def analyse_study(
+    study_dir: str | Path, *, n_boot: int = 1000, holdout: int = 1, tolerance: float = 0.25, seed: int = 0
+) -> StudyAnalysis:
+    """Fit everything the study's completed runs support. An analysis that cannot run (too few
+    runs, a single budget) is recorded in `problems` instead of stopping the others."""
+    from analysis.extrapolate import holdout_check
+    from analysis.fit import bootstrap, compute_optimal, fit_law
+    from analysis.io import load_runs
+    from analysis.isoflop import isoflop_profiles
+
+    study_dir = Path(study_dir)
+    plan_path = study_dir / "plan.json"
+    plan = json.loads(plan_path.read_text()) if plan_path.exists() else None
+    n_key = "params_nonembedding" if plan and plan.get("n_count") == "nonembedding" else "params"
+    data, skipped = load_runs(study_dir, n_key=n_key)
+    data = _with_plan_budgets(data, plan)
+    out = StudyAnalysis(study=(plan or {}).get("study", study_dir.name), study_dir=str(study_dir), plan=plan,
+                        data=data, skipped=skipped)
+    try:
+        out.iso = isoflop_profiles(data, tolerance=tolerance, n_boot=n_boot, seed=seed)
+    except AnalysisError as e:
+        out.problems.append(f"IsoFLOP profiles: {e}")
+    try:
+        out.fit = fit_law(data, law="chinchilla")
+        if n_boot:
+            out.boot = bootstrap(data, out.fit, n_resamples=n_boot, seed=seed)
+        C = float(data.C.max()) * np.array(BEYOND)
+        out.optimal = compute_optimal(out.fit, C, boot=out.boot)
+    except AnalysisError as e:
+        out.problems.append(f"Chinchilla fit: {e}")
+    if holdout:
+        try:
+            out.holdout = holdout_check(data, k=holdout, by="C", law="chinchilla")
+        except AnalysisError as e:
+            out.problems.append(f"extrapolation check: {e}")
+    return out
+
+
+def study_json(a: StudyAnalysis) -> dict:
+    """The study's `fit.json`."""
+    from analysis.report import fit_to_json, isoflop_to_json
+
+    doc: dict = fit_to_json(a.fit, a.boot, a.holdout, source=a.study_dir, skipped=a.skipped) if a.fit else {
+        "law": "chinchilla", "params": None, "diagnostics": [], "n_points": int(len(a.data.N)),
+    }  # fmt: skip
+    doc["study"] = a.study
+    if a.iso is not None:
+        doc["isoflop"] = isoflop_to_json(a.iso)
+    if a.optimal is not None:
+        doc["beyond_study"] = _jsonable(a.optimal)
+    doc["problems"] = list(a.problems)
+    return doc
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    return obj
+
+
+def study_figures(a: StudyAnalysis) -> dict[str, Any]:
+    """Figures by name; each is a matplotlib Figure (no pyplot, no display needed)."""
+    from analysis import plots
+
+    figs = {}
+    fig, (ax,) = plots.new_figure()
+    plots.plot_loss_vs_compute(ax, a.data, a.fit)
+    figs["loss_vs_compute"] = fig
+    if a.iso is not None:
+        fig, (ax,) = plots.new_figure()
+        plots.plot_isoflop(ax, a.iso)
+        figs["isoflop"] = fig
+        fig, axes = plots.new_figure(ncols=2)
+        plots.plot_optimal(axes, a.iso)
+        figs["optimal_allocation"] = fig
+    if a.fit is not None:
+        fig, (ax,) = plots.new_figure()
+        plots.plot_residuals(ax, a.data, a.fit)
+        figs["residuals"] = fig
+        fig, (ax,) = plots.new_figure()
+        plots.plot_predicted_vs_actual(ax, a.data, a.fit, a.holdout)
+        figs["predicted_vs_actual"] = fig
+    return figs
+
+
+# ---- report.md ------------------------------------------------------------------------------------
+def _g(x: Any, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    x = float(x)
+    if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-2):
+        return f"{x:.{digits}g}"
+    return f"{x:.{digits + 1}g}"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _interval(boot: Any, name: str) -> str:
+    if boot is None or name not in getattr(boot, "interval", {}):
+        return ""
+    lo, hi = boot.interval[name]
+    return f"[{_g(lo)}, {_g(hi)}]"
+
+
+def render_report(a: StudyAnalysis, figures: list[str]) -> str:
+    """report.md as text."""
+    parts = [f"# Scaling study `{a.study}`", ""]
+    results = _results(a)
+    parts += [_summary(a), ""]
+    if a.plan:
+        parts += ["## Plan", "", _plan_table(a.plan), ""]
+        rules = a.plan.get("rules") or {}
+        if rules:
+            parts += ["Hyperparameter rules: " + "; ".join(f"{k} = {v}" for k, v in rules.items()), ""]
+    parts += ["## Results", "", results, ""]
+    if a.skipped:
+        parts += ["Skipped runs:", ""] + [f"- `{s.run_id}` ({s.status}): {s.reason}" for s in a.skipped] + [""]
+    if a.iso is not None:
+        parts += ["## IsoFLOP profiles (approach 2)", "", _iso_section(a.iso), ""]
+    if a.fit is not None:
+        parts += ["## Parametric law (approach 3)", "", _fit_section(a), ""]
+    if a.optimal is not None:
+        parts += ["## Compute-optimal allocation beyond the study", "", _optimal_section(a), ""]
+    if a.holdout is not None:
+        parts += ["## Extrapolation check", "", _holdout_section(a.holdout), ""]
+    parts += ["## Diagnostics", "", _diagnostics(a), ""]
+    if figures:
+        parts += ["## Figures", ""] + [f"![{name}](figures/{name}.png)" for name in figures] + [""]
+    return "\n".join(parts)
+
+
+def _summary(a: StudyAnalysis) -> str:
+    n = len(a.data.N)
+    lines = [f"{n} completed runs; N from {_g(a.data.N.min())} to {_g(a.data.N.max())} parameters, "
+             f"C from {_g(a.data.C.min())} to {_g(a.data.C.max())} FLOPs."]
+    if a.iso is not None:
+        lines.append(f"IsoFLOP: N_opt ~ C^{a.iso.a:.3f}, D_opt ~ C^{a.iso.b:.3f} ({a.iso.n_used} budgets used).")
+    if a.fit is not None:
+        p = a.fit.params
+        lines.append(f"Fitted L(N, D) = {p['E']:.3f} + {_g(p['A'])}/N^{p['alpha']:.3f} + {_g(p['B'])}/D^{p['beta']:.3f}; "
+                     f"a = {a.fit.derived['a']:.3f}, b = {a.fit.derived['b']:.3f}.")
+    if a.holdout is not None:
+        lines.append(f"The held-out largest run is predicted within {100 * a.holdout.max_abs_rel_error:.2f}%.")
+    return " ".join(lines)
+
+
+def _plan_table(plan: dict) -> str:
+    rows = []
+    for r in plan.get("runs", []):
+        rows.append([f"`{r['id']}`", _g(r.get("N")), _g(r.get("D")), _g(r.get("C")),
+                     _g(r.get("budget_flops")), str(r.get("batch")), _g(r.get("lr")), str(r.get("steps")),
+                     str(r.get("nproc"))])
+    return _table(["run", "N", "D", "C", "budget", "batch", "LR", "steps", "processes"], rows)
+
+
+def _results(a: StudyAnalysis) -> str:
+    d = a.data
+    order = np.lexsort((d.N, d.C))
+    rows = [[f"`{d.run_id[i]}`", _g(d.N[i]), _g(d.D[i]), _g(d.C[i]), f"{d.loss[i]:.4f}"] for i in order]
+    return _table(["run", "N", "D", "C", "eval loss"], rows)
+
+
+def _iso_section(iso: Any) -> str:
+    rows = [[_g(p.budget), str(p.n_runs), _g(p.N_opt), _g(p.D_opt), f"{p.L_min:.4f}",
+             "yes" if p.interior else "**no**", "yes" if p.usable else "no"] for p in iso.profiles]
+    text = _table(["budget C", "sizes", "N_opt", "D_opt", "L_min", "interior", "used"], rows)
+    text += (f"\n\nN_opt ~ C^a with a = {iso.a:.3f} (95% interval [{iso.a_interval[0]:.3f}, {iso.a_interval[1]:.3f}]); "
+             f"D_opt ~ C^b with b = {iso.b:.3f} ([{iso.b_interval[0]:.3f}, {iso.b_interval[1]:.3f}]). "
+             f"Chinchilla's approach 2 found a = 0.49, b = 0.51.")
+    return text
+
+
+def _fit_section(a: StudyAnalysis) -> str:
+    fit, boot = a.fit, a.boot
+    rows = []
+    for name, value in list(fit.params.items()) + list(fit.derived.items()):
+        se = boot.stderr.get(name) if boot is not None else None
+        rows.append([name, _g(value), _g(se) if se is not None else "", _interval(boot, name)])
+    text = "L(N, D) = E + A / N^alpha + B / D^beta, Huber (delta 1e-3) on log loss, L-BFGS from a grid of starts.\n\n"
+    text += _table(["parameter", "estimate", "bootstrap stderr", "95% interval"], rows)
+    text += (f"\n\n{fit.n_points} runs, objective {fit.objective:.3g}, RMSE of log loss {fit.rmse_log:.4f}, "
+             f"R^2 {fit.r2_log:.4f}" + (f", {boot.n_resamples} bootstrap resamples." if boot is not None else "."))
+    return text
+
+
+def _optimal_section(a: StudyAnalysis) -> str:
+    o = a.optimal
+    rows = []
+    for i, C in enumerate(np.atleast_1d(o["C"])):
+        def cell(key: str) -> str:
+            v = _g(np.atleast_1d(o[key])[i])
+            iv = o.get(f"{key}_interval")
+            if iv is None:
+                return v
+            lo, hi = np.atleast_1d(iv[0])[i], np.atleast_1d(iv[1])[i]
+            return f"{v} [{_g(lo)}, {_g(hi)}]"
+
+        rows.append([_g(C), cell("N_opt"), cell("D_opt"), cell("tokens_per_param"), cell("loss")])
+    text = _table(["budget C", "N_opt", "D_opt", "tokens per parameter", "predicted loss"], rows)
+    text += "\n\nFrom the parametric law under C = 6 N D, with 95% bootstrap intervals."
+    if a.iso is not None:
+        Cs = np.atleast_1d(o["C"])
+        text += " The IsoFLOP fit gives N_opt = " + ", ".join(_g(v) for v in a.iso.N_opt(Cs)) + " at the same budgets."
+    return text
+
+
+def _holdout_section(h: Any) -> str:
+    rows = [[f"`{r}`", _g(n), _g(d), _g(c), f"{act:.4f}", f"{pred:.4f}", f"{100 * e:+.2f}%"]
+            for r, n, d, c, act, pred, e in zip(h.run_id, h.N, h.D, h.C, h.actual, h.predicted, h.rel_error)]
+    text = f"The {h.k} largest run(s) by {h.by} held out; the law refitted on the rest predicts:\n\n"
+    return text + _table(["run", "N", "D", "C", "actual", "predicted", "relative error"], rows)
+
+
+def _diagnostics(a: StudyAnalysis) -> str:
+    items = []
+    for source, obj in (("IsoFLOP", a.iso), ("fit", a.fit), ("bootstrap", a.boot)):
+        for d in getattr(obj, "diagnostics", ()) or ():
+            items.append(f"- {source}: `{d.code}`: {d.message}")
+    items += [f"- {p}" for p in a.problems]
+    if a.plan:
+        items += [f"- plan: {n}" for n in a.plan.get("notes", [])]
+    return "\n".join(items) if items else "None."
+
+
+def write_study_outputs(study_dir: str | Path, a: StudyAnalysis) -> dict[str, Path]:
+    """Write figures/, fit.json and report.md (each atomically). Returns their paths."""
+    from analysis.io import write_json_atomic
+
+    study_dir = Path(study_dir)
+    fig_dir = study_dir / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, fig in study_figures(a).items():
+        for ext in ("png", "pdf"):
+            tmp = fig_dir / f".{name}.tmp.{ext}"
+            fig.savefig(tmp, dpi=120)
+            tmp.replace(fig_dir / f"{name}.{ext}")
+        written[name] = fig_dir / f"{name}.png"
+    write_json_atomic(study_dir / "fit.json", study_json(a))
+    written["fit.json"] = study_dir / "fit.json"
+    report = render_report(a, [n for n in FIGURE_NAMES if n in written])
+    tmp = study_dir / ".report.md.tmp"
+    tmp.write_text(report)
+    tmp.replace(study_dir / "report.md")
+    written["report.md"] = study_dir / "report.md"
+    return written

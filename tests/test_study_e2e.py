@@ -1,0 +1,69 @@
+"""The main job, reduced: `scaling-study` plans, trains, fits and reports a small IsoFLOP study
+through the same code path as `make study` (2 budgets x 3 sizes, tiny budgets)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+REDUCED = [
+    "study.budgets.flops=[1e10,3e10]",
+    "study.sizes.per_budget=3",
+    "study.sizes.span=4",
+    "report.bootstrap=100",
+]
+
+
+def _study(tmp: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, SCALING_CACHE=str(cache), WANDB_MODE="offline", WANDB_SILENT="true")
+    cmd = [sys.executable, "-m", "launch.study", f"study.dir={tmp / 'study'}", *REDUCED, *extra]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    tmp = tmp_path_factory.mktemp("e2e")
+    proc = _study(tmp, tmp / "cache")
+    return tmp, proc
+
+
+def test_reduced_study_trains_fits_and_reports(study):
+    tmp, proc = study
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    out = tmp / "study"
+    plan = json.loads((out / "plan.json").read_text())
+    assert len({r["budget_flops"] for r in plan["runs"]}) == 2
+    assert len(plan["runs"]) >= 5
+    for r in plan["runs"]:
+        assert json.loads((Path(r["dir"]) / "result.json").read_text())["status"] == "completed"
+    fit = json.loads((out / "fit.json").read_text())
+    assert fit["law"] == "chinchilla" and set(fit["params"]) == {"E", "A", "B", "alpha", "beta"}
+    assert {"a", "b", "G"} <= set(fit["derived"])
+    assert "isoflop" in fit and "holdout" in fit
+    report = (out / "report.md").read_text()
+    for section in ("## Plan", "## Results", "## IsoFLOP profiles", "## Parametric law",
+                    "## Compute-optimal allocation", "## Extrapolation check", "## Diagnostics"):
+        assert section in report, section
+    for name in ("loss_vs_compute", "isoflop", "optimal_allocation"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 1000
+        assert f"figures/{name}.png" in report
+    assert f"report: {out / 'report.md'}" in proc.stdout
+
+
+def test_rerun_trains_nothing_and_refits(study):
+    tmp, first = study
+    assert first.returncode == 0
+    runs = sorted((tmp / "study" / "runs").glob("*/metrics.jsonl"))
+    before = {p: p.stat().st_mtime_ns for p in runs}
+    fit_before = (tmp / "study" / "fit.json").stat().st_mtime_ns
+    again = _study(tmp, tmp / "cache")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "launching 0" in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in runs} == before  # no run retrained
+    assert (tmp / "study" / "fit.json").stat().st_mtime_ns > fit_before  # refitted
