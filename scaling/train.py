@@ -512,6 +512,34 @@ class Trainer:
         return self._all_reduce([float(self.stop_requested)], op="max")[0] > 0
 
 
+class Timing:
+    """Where a run's wall time goes, in seconds, for the benchmarks: `startup_s` is from the
+    process's start (interpreter and imports) to the trainer's first line."""
+
+    def __init__(self) -> None:
+        self.marks: dict[str, float] = {"startup_s": time.time() - _process_start_time()}
+        self._last = time.time()
+
+    def mark(self, name: str) -> None:
+        now = time.time()
+        self.marks[name] = round(now - self._last, 3)
+        self._last = now
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in self.marks.items()}
+
+
+def _process_start_time() -> float:
+    """The wall-clock time this process started (Linux /proc); now, where unknown."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
+
+
 class StopRequested(Exception):
     """A stop signal arrived; a checkpoint has been saved."""
 
@@ -644,6 +672,7 @@ def train(cfg: TrainAppConfig) -> int:
         return EXIT_COMPLETED
     stop = {"flag": False}
     trainer: Trainer | None = None
+    timing = Timing()
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.warning("received %s: saving a checkpoint and stopping", signal.Signals(signum).name)
@@ -658,12 +687,14 @@ def train(cfg: TrainAppConfig) -> int:
         _configure_device(cfg, world)
         manifest = prepare_dataset(cfg.data)
         plan = plan_run(cfg, manifest, world)
+        timing.mark("setup_s")  # torch, data preparation, counting
         import deepspeed
 
         if not _dist_ready():
             deepspeed.init_distributed(dist_backend="nccl" if os.environ.get("DS_ACCELERATOR") != "cpu" else "gloo")
         trainer = Trainer(plan, manifest, world)
         trainer.stop_requested = stop["flag"]
+        timing.mark("deepspeed_init_s")  # DeepSpeed import, process group, model, engine
         resumed = trainer.resume()
         plan = trainer.plan
         if world.is_main:
@@ -673,15 +704,19 @@ def train(cfg: TrainAppConfig) -> int:
             elif (run_dir / "metrics.jsonl").exists():
                 (run_dir / "metrics.jsonl").unlink()  # rows of a run that never checkpointed
         wandb_run = start_wandb(plan, trainer.state) if world.is_main else None
+        timing.mark("resume_and_wandb_s")
         try:
             if wandb_run is not None:
                 # The dashboard mirrors metrics.jsonl: every row written is also logged.
                 trainer.row_sinks.append(lambda row: _wandb_call(wandb_run.log, {k: v for k, v in row.items()
                                                                                 if k != "step"}, step=row["step"]))
             result = trainer.fit()
+            timing.mark("train_s")  # the training loop, evaluation included
         finally:
             if wandb_run is not None:
                 _wandb_call(wandb_run.finish)
+        timing.mark("finish_s")
+        result["timing"] = timing.as_dict()
         if world.is_main:
             write_json_atomic(run_dir / "result.json", result)
             log.info("completed %s: train loss %.4f, eval loss %.4f, %.1f s", plan.run_id, result["train_loss"],
