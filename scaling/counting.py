@@ -183,7 +183,7 @@ def flops_per_token(cfg: GPTConfig, convention: str = "6n") -> float:
 # CNN
 
 
-def _cnn_blocks(cfg: CNNConfig) -> list[tuple[int, int, int, bool]]:
+def cnn_blocks(cfg: CNNConfig) -> list[tuple[int, int, int, bool]]:
     """(c_in, c_out, stride, has a projection shortcut) for every residual block, in order."""
     blocks = []
     c_in = cfg.width
@@ -199,7 +199,7 @@ def _cnn_blocks(cfg: CNNConfig) -> list[tuple[int, int, int, bool]]:
 def _cnn_params(cfg: CNNConfig) -> ParamCount:
     _require(cfg, ("in_channels", "n_classes"), "counting CNN parameters")
     total = 9 * cfg.in_channels * cfg.width + 2 * cfg.width  # stem conv (no bias) and its norm
-    for c_in, c_out, _, proj in _cnn_blocks(cfg):
+    for c_in, c_out, _, proj in cnn_blocks(cfg):
         total += 9 * c_in * c_out + 9 * c_out * c_out + 2 * (2 * c_out)  # two convs, two norms
         if proj:
             total += c_in * c_out + 2 * c_out  # 1x1 conv and its norm
@@ -216,7 +216,7 @@ def _cnn_forward(cfg: CNNConfig) -> FlopTerms:
     norm = relu = residual = 0
     norm += w * s * s
     relu += w * s * s
-    for c_in, c_out, stride, proj in _cnn_blocks(cfg):
+    for c_in, c_out, stride, proj in cnn_blocks(cfg):
         s = (s + 1) // 2 if stride == 2 else s
         elements = c_out * s * s  # one output map of this block
         matmul["block_convs"] += 2 * 9 * c_in * c_out * s * s + 2 * 9 * c_out * c_out * s * s

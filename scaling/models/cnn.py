@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from scaling.config import CNNConfig
+from scaling.counting import cnn_blocks
 
 
 def norm_groups(channels: int) -> int:
@@ -66,16 +67,10 @@ class CNN(nn.Module):
         self.stem = nn.Sequential(
             nn.Conv2d(cfg.in_channels, cfg.width, 3, padding=1, bias=False), norm(cfg.width), nn.ReLU()
         )
-        blocks = []
-        c_in = cfg.width
-        for stage in range(cfg.n_stages):
-            c_out = cfg.width * 2**stage
-            for i in range(cfg.depth):
-                stride = 2 if (stage > 0 and i == 0) else 1
-                blocks.append(BasicBlock(c_in, c_out, stride))
-                c_in = c_out
+        # The layout is shared with the analytic count, so the two cannot drift apart.
+        blocks = [BasicBlock(c_in, c_out, stride) for c_in, c_out, stride, _ in cnn_blocks(cfg)]
         self.blocks = nn.ModuleList(blocks)
-        self.head = nn.Linear(c_in, cfg.n_classes)
+        self.head = nn.Linear(cfg.width * 2 ** (cfg.n_stages - 1), cfg.n_classes)
         self._init_weights()
 
     def _init_weights(self) -> None:
