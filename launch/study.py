@@ -186,8 +186,9 @@ def _main(dcfg) -> int:
     if outcome.dry_run or outcome.script is not None:
         return 0
     print(f"study {outcome.plan.study}: {summarize(outcome)}")
-    if cfg.launcher.name == "slurm" and not cfg.launcher.wait:
-        print(f"follow it with: scaling-status {outcome.plan.dir}")
+    if cfg.launcher.name == "slurm" and not cfg.launcher.wait and not outcome.complete:
+        # Launching does not block; relaunching once the jobs are done fits and reports.
+        print(f"follow it with: scaling-status {outcome.plan.dir}; relaunch when done to fit and report")
         return 0
     if cfg.report.enabled:
         report_study(outcome.plan.dir, cfg.report)

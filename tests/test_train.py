@@ -160,3 +160,15 @@ def test_lr_schedules():
     wsd = [lr_factor(s, 100, schedule="wsd", decay_fraction=0.2, min_lr_ratio=0.0) for s in range(100)]
     assert wsd[:80] == [1.0] * 80 and wsd[-1] == pytest.approx(0.0)
     assert all(a >= b for a, b in zip(wsd, wsd[1:]))
+
+
+def test_the_cnn_trains_through_the_same_loop_counting_images(data_cache, tmp_path):
+    run = tmp_path / "cnn"
+    proc = run_train(data_cache, run, "train.tokens=2048", "train.global_batch_size=64", "train.eval_tokens=256",
+                     "train.lr=3e-3", base=["model=cnn_debug", "data=digits", "logger.wandb.mode=disabled"])
+    _ok(proc)
+    result = read_result(run)
+    assert result["family"] == "cnn" and result["tokens"] == 2048 and result["steps"] == 32
+    rows = read_metrics(run / "metrics.jsonl")
+    assert rows[-1]["tokens"] == 2048  # images, not pixels
+    assert rows[0]["loss"] > rows[-1]["loss"]

@@ -36,8 +36,8 @@ def env(cache: Path) -> dict:
     return out
 
 
-def train_cmd(run_dir: Path, *overrides: str, nproc: int = 1) -> list[str]:
-    args = [f"run.dir={run_dir}", *TINY, *overrides]
+def train_cmd(run_dir: Path, *overrides: str, nproc: int = 1, base: list[str] = TINY) -> list[str]:
+    args = [f"run.dir={run_dir}", *base, *overrides]
     if nproc == 1:
         return [sys.executable, "-m", "scaling.train", *args]
     return [
@@ -46,9 +46,10 @@ def train_cmd(run_dir: Path, *overrides: str, nproc: int = 1) -> list[str]:
     ]  # fmt: skip
 
 
-def run_train(cache: Path, run_dir: Path, *overrides: str, nproc: int = 1, timeout: int = 300):
+def run_train(cache: Path, run_dir: Path, *overrides: str, nproc: int = 1, timeout: int = 300,
+              base: list[str] = TINY):
     return subprocess.run(
-        train_cmd(run_dir, *overrides, nproc=nproc), cwd=ROOT, env=env(cache), capture_output=True, text=True,
+        train_cmd(run_dir, *overrides, nproc=nproc, base=base), cwd=ROOT, env=env(cache), capture_output=True, text=True,
         timeout=timeout,
     )  # fmt: skip
 
