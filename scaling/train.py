@@ -324,6 +324,9 @@ class Trainer:
         """Load the latest complete checkpoint, if any. Returns whether the run resumed."""
         import torch
 
+        if self.world.is_main:  # saves that a kill interrupted: never complete, never read
+            for torn in (self.run_dir / "checkpoints").glob(".tmp-*"):
+                shutil.rmtree(torn, ignore_errors=True)
         ckpts = checkpoint_dirs(self.run_dir)
         if not ckpts:
             return False

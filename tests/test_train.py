@@ -102,8 +102,13 @@ def test_resume_after_sigkill_is_exact(data_cache, tmp_path):
     assert saved and len(saved) <= 2  # keep_checkpoints=2
     resumed_from = int(saved[-1].name.removeprefix("step"))
     assert 4 <= resumed_from < 24
+    # A save killed half-way leaves only a hidden folder, which a resume must ignore.
+    torn = run / "checkpoints" / ".tmp-step00000099"
+    torn.mkdir(exist_ok=True)
+    (torn / "zero_pp_rank_0_mp_rank_00_model_states.pt").write_bytes(b"truncated")
 
     _ok(run_train(data_cache, run, *budget))
+    assert not torn.exists()
     want, got = read_metrics(straight / "metrics.jsonl"), read_metrics(run / "metrics.jsonl")
     assert [r["step"] for r in got] == list(range(1, 25))
     for a, b in zip(want, got):
