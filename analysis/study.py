@@ -268,7 +268,9 @@ def _optimal_section(a: StudyAnalysis) -> str:
 
         rows.append([_g(C), cell("N_opt"), cell("D_opt"), cell("tokens_per_param"), cell("loss")])
     text = _table(["budget C", "N_opt", "D_opt", "tokens per parameter", "predicted loss"], rows)
-    text += "\n\nFrom the parametric law under C = 6 N D, with 95% bootstrap intervals."
+    text += ("\n\nFrom the parametric law under C = 6 N D, with 95% bootstrap intervals. The runs' own C follows "
+             "the plan's FLOP convention, which may count more than 6 N D (attention, embeddings), so these "
+             "budgets are on the 6 N D scale.")
     if a.iso is not None:
         Cs = np.atleast_1d(o["C"])
         text += " The IsoFLOP fit gives N_opt = " + ", ".join(_g(v) for v in a.iso.N_opt(Cs)) + " at the same budgets."

@@ -204,8 +204,8 @@ def pick_micro_batch(model: Any, plan: RunPlan, device: Any, sample: tuple) -> i
             loss.backward()
             model.zero_grad(set_to_none=True)
             release_memory()
-            # Keep headroom for the optimizer state, which the probe does not allocate.
-            return max(d for d in range(1, mb + 1) if per_rank % d == 0 and d <= max(1, int(mb * 0.85)) or d == 1)
+            # The probe allocates no optimizer state: keep 15% headroom for it.
+            return max(d for d in range(1, mb + 1) if per_rank % d == 0 and d <= max(1, int(mb * 0.85)))
         except Exception as e:  # noqa: BLE001 - accelerate decides which errors mean out of memory
             model.zero_grad(set_to_none=True)
             release_memory()
