@@ -51,6 +51,26 @@ class StudyAnalysis:
     problems: list[str] = field(default_factory=list)  # analyses that could not run, and why
 
 
+def _only_planned(data: Data, plan: dict | None) -> tuple[Data, list]:
+    """Runs of the current plan only: a spec edited since an earlier launch leaves run folders
+    behind that belong to another study."""
+    from analysis.io import SkippedRun
+
+    if not plan:
+        return data, []
+    planned = {r["id"] for r in plan.get("runs", [])}
+    keep = [i for i, rid in enumerate(data.run_id) if rid in planned]
+    stale = [SkippedRun(rid, rid, "not in plan", "left by an earlier version of the study spec")
+             for rid in data.run_id if rid not in planned]
+    if not stale:
+        return data, []
+    if not keep:
+        raise AnalysisError("none of the completed runs belongs to the current plan.json; relaunch the study")
+    return Data.from_arrays(data.N[keep], data.D[keep], data.loss[keep], data.C[keep],
+                            run_id=[data.run_id[i] for i in keep], budget=data.budget[keep],
+                            source=data.source), stale
+
+
 def _with_plan_budgets(data: Data, plan: dict | None) -> Data:
     """Group runs by the IsoFLOP budget the planner gave them, not by a tolerance on C."""
     if not plan:
@@ -76,9 +96,10 @@ def analyse_study(
     plan = json.loads(plan_path.read_text()) if plan_path.exists() else None
     n_key = "params_nonembedding" if plan and plan.get("n_count") == "nonembedding" else "params"
     data, skipped = load_runs(study_dir, n_key=n_key)
+    data, stale = _only_planned(data, plan)
     data = _with_plan_budgets(data, plan)
     out = StudyAnalysis(study=(plan or {}).get("study", study_dir.name), study_dir=str(study_dir), plan=plan,
-                        data=data, skipped=skipped)
+                        data=data, skipped=skipped + stale)
     try:
         out.iso = isoflop_profiles(data, tolerance=tolerance, n_boot=n_boot, seed=seed)
     except AnalysisError as e:
@@ -235,9 +256,11 @@ def _iso_section(iso: Any) -> str:
     rows = [[_g(p.budget), str(p.n_runs), _g(p.N_opt), _g(p.D_opt), f"{p.L_min:.4f}",
              "yes" if p.interior else "**no**", "yes" if p.usable else "no"] for p in iso.profiles]
     text = _table(["budget C", "sizes", "N_opt", "D_opt", "L_min", "interior", "used"], rows)
-    text += (f"\n\nN_opt ~ C^a with a = {iso.a:.3f} (95% interval [{iso.a_interval[0]:.3f}, {iso.a_interval[1]:.3f}]); "
-             f"D_opt ~ C^b with b = {iso.b:.3f} ([{iso.b_interval[0]:.3f}, {iso.b_interval[1]:.3f}]). "
-             f"Chinchilla's approach 2 found a = 0.49, b = 0.51.")
+    def iv(pair: tuple[float, float]) -> str:
+        return f" (95% interval [{pair[0]:.3f}, {pair[1]:.3f}])" if all(math.isfinite(v) for v in pair) else ""
+
+    text += (f"\n\nN_opt ~ C^a with a = {iso.a:.3f}{iv(iso.a_interval)}; D_opt ~ C^b with b = {iso.b:.3f}"
+             f"{iv(iso.b_interval)}. Chinchilla's approach 2 found a = 0.49, b = 0.51.")
     return text
 
 

@@ -163,7 +163,7 @@ def launch_study(
 
             outcome.job_ids = submit_runs(plan, todo, cluster, launcher, echo=echo)
 
-    if launcher.name == "slurm" and launcher.wait and outcome.launched:
+    if launcher.name == "slurm" and launcher.wait and (outcome.launched or outcome.skipped_active):
         from launch.status import follow
 
         follow(study_dir, poll_s=launcher.poll_s, echo=echo)
@@ -186,13 +186,19 @@ def _main(dcfg) -> int:
     if outcome.dry_run or outcome.script is not None:
         return 0
     print(f"study {outcome.plan.study}: {summarize(outcome)}")
-    if cfg.launcher.name == "slurm" and not cfg.launcher.wait and not outcome.complete:
-        # Launching does not block; relaunching once the jobs are done fits and reports.
+    if cfg.launcher.name == "slurm" and not cfg.launcher.wait and (outcome.launched or outcome.skipped_active):
+        # Launching does not block; relaunching once the jobs have ended fits and reports.
         print(f"follow it with: scaling-status {outcome.plan.dir}; relaunch when done to fit and report")
         return 0
     if cfg.report.enabled:
         report_study(outcome.plan.dir, cfg.report)
     return 0 if outcome.complete else 1
+
+
+def _interval(pair: tuple[float, float]) -> str:
+    import math
+
+    return f" [{pair[0]:.3f}, {pair[1]:.3f}]" if all(math.isfinite(v) for v in pair) else ""
 
 
 def report_study(study_dir: str, cfg: ReportConfig, echo: Callable[[str], None] = print) -> None:
@@ -213,8 +219,8 @@ def report_study(study_dir: str, cfg: ReportConfig, echo: Callable[[str], None] 
     paths = write_study_outputs(study_dir, analysis)
     if analysis.iso is not None:
         iso = analysis.iso
-        echo(f"  IsoFLOP (approach 2): N_opt ~ C^{iso.a:.3f} [{iso.a_interval[0]:.3f}, {iso.a_interval[1]:.3f}], "
-             f"D_opt ~ C^{iso.b:.3f} [{iso.b_interval[0]:.3f}, {iso.b_interval[1]:.3f}]")
+        echo(f"  IsoFLOP (approach 2): N_opt ~ C^{iso.a:.3f}{_interval(iso.a_interval)}, "
+             f"D_opt ~ C^{iso.b:.3f}{_interval(iso.b_interval)}")
     if analysis.fit is not None:
         p, d = analysis.fit.params, analysis.fit.derived
         echo(f"  L(N, D) = {p['E']:.3f} + {p['A']:.4g}/N^{p['alpha']:.3f} + {p['B']:.4g}/D^{p['beta']:.3f}; "

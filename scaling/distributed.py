@@ -45,6 +45,19 @@ def _slurm_master_addr() -> str:
         return nodelist if "[" not in nodelist and "," not in nodelist else "127.0.0.1"
 
 
+def _tasks_on_this_node(env: dict) -> int:
+    """This node's task count from SLURM_STEP_TASKS_PER_NODE ("2(x3),1" style), or 0."""
+    spec = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE") or ""
+    counts: list[int] = []
+    try:
+        for part in spec.split(","):
+            n, _, rep = part.partition("(x")
+            counts += [int(n)] * (int(rep.rstrip(")")) if rep else 1)
+        return counts[int(env.get("SLURM_NODEID", "0"))]
+    except (ValueError, IndexError):
+        return 0
+
+
 def detect_world() -> World:
     """Read the process's place in the world from the environment and export the variables
     DeepSpeed expects. torchrun wins over Slurm when both are set (torchrun inside an allocation)."""
@@ -60,17 +73,26 @@ def detect_world() -> World:
         env.setdefault("MASTER_ADDR", "127.0.0.1")
         env.setdefault("MASTER_PORT", "29500")
         return world
-    ntasks = int(env.get("SLURM_NTASKS", env.get("SLURM_NPROCS", "1")))
+    # Only srun sets the step's task count: a plain process inside an sbatch allocation of many
+    # tasks (a local launcher on a compute node, say) is a world of one.
+    ntasks = int(env.get("SLURM_STEP_NUM_TASKS", "1"))
     if "SLURM_PROCID" in env and ntasks > 1:
+        nnodes = int(env.get("SLURM_STEP_NUM_NODES", env.get("SLURM_NNODES", "1")))
         world = World(
             rank=int(env["SLURM_PROCID"]),
             world_size=ntasks,
             local_rank=int(env.get("SLURM_LOCALID", "0")),
-            local_world_size=int(env.get("SLURM_NTASKS_PER_NODE", "0").split("(")[0] or 0)
-            or max(1, ntasks // int(env.get("SLURM_NNODES", "1"))),
+            local_world_size=_tasks_on_this_node(env) or max(1, ntasks // nnodes),
             launcher="slurm",
         )
-        env.setdefault("MASTER_ADDR", _slurm_master_addr())
+        if "MASTER_ADDR" not in env:
+            addr = _slurm_master_addr()
+            if nnodes > 1 and addr == "127.0.0.1":
+                raise RuntimeError(
+                    "a multi-node Slurm step, but the first node's address could not be found (scontrol "
+                    "show hostnames failed); export MASTER_ADDR in the job script"
+                )
+            env["MASTER_ADDR"] = addr
         # Every task derives the same port from the job id, so no task has to tell the others.
         env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
     else:

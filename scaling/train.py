@@ -32,8 +32,8 @@ from scaling.config import TrainAppConfig, register_configs, to_dataclass, to_di
 from scaling.distributed import World, detect_world
 from scaling.errors import ConfigError, ScalingError
 from scaling.rundir import (
-    EXIT_COMPLETED, EXIT_CONFIG, EXIT_FAILED, EXIT_REQUEUE, append_metrics, checkpoint_dirs, read_result,
-    truncate_metrics, write_atomic, write_json_atomic,
+    EXIT_COMPLETED, EXIT_CONFIG, EXIT_FAILED, EXIT_REQUEUE, append_metrics, checkpoint_dirs, read_metrics,
+    read_result, truncate_metrics, write_atomic, write_json_atomic,
 )  # fmt: skip
 
 log = logging.getLogger("scaling.train")
@@ -246,6 +246,14 @@ class Trainer:
             model.to(self.device)
             sample = self._eval_batches(8)[0]
             micro = pick_micro_batch(model, plan, self.device, sample)
+            if world.world_size > 1:  # GPUs with less free memory decide: configs must agree
+                import torch.distributed as dist
+
+                agreed = torch.tensor([micro], device=self.device)
+                dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+                micro = int(agreed.item())
+                while plan.per_rank_batch % micro:
+                    micro -= 1
             self.plan = plan = replace(plan, micro_batch=micro, accumulation=plan.per_rank_batch // micro)
             log.info("micro batch auto: %d (accumulation %d)", micro, plan.accumulation)
         t = self.cfg.train
@@ -455,13 +463,22 @@ class Trainer:
                     if "eval_loss" in row or time.time() - last_progress > PROGRESS_EVERY_S:
                         self._log_progress(row)
                         last_progress = time.time()
+            saved = False
             if due(ckpt_every) and not last:
                 self.state.wall_time_s = time.time() - start_time
                 self.save_checkpoint()
-            if self._stop_agreed():
+                saved = True
+            # On the last step the run is about to finish: finishing beats a checkpoint that a
+            # requeue would resume with nothing left to train.
+            if not last and self._stop_agreed():
                 self.state.wall_time_s = time.time() - start_time
-                self.save_checkpoint()
+                if not saved:
+                    self.save_checkpoint()
                 raise StopRequested()
+        if last_eval is None:  # resumed from a checkpoint taken at the very end
+            last_eval = self.evaluate(eval_set)
+            rows = read_metrics(self.metrics_path)
+            train_loss = rows[-1]["loss"] if rows else float("nan")
         self.state.wall_time_s = time.time() - start_time
         return {
             "status": "completed",
@@ -594,8 +611,8 @@ def start_wandb(plan: RunPlan, state: TrainState) -> Any:
 
     run_dir = Path(plan.cfg.run.dir)
     id_file = run_dir / "wandb_id"
-    if not state.wandb_id:
-        state.wandb_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:16]
+    if not state.wandb_id:  # a run started from scratch gets a wandb run of its own
+        state.wandb_id = uuid.uuid4().hex[:16]
     write_atomic(id_file, state.wandb_id + "\n")
     config = scrub_secrets(to_dict(plan.cfg))
     config["counts"] = {"N": plan.params, "N_nonembedding": plan.params_nonembedding, "D": plan.tokens,
@@ -673,6 +690,9 @@ def train(cfg: TrainAppConfig) -> int:
     if prior is not None and prior.get("status") == "completed":
         log.info("run %s already completed (eval loss %s); nothing to train", run_dir, prior.get("eval_loss"))
         return EXIT_COMPLETED
+    if prior is not None and world.is_main:
+        # A retry: keep the old error beside the run, and let this attempt's outcome be recorded.
+        os.replace(run_dir / "result.json", run_dir / "result.previous-failure.json")
     stop = {"flag": False}
     trainer: Trainer | None = None
     timing = Timing()
@@ -694,7 +714,19 @@ def train(cfg: TrainAppConfig) -> int:
         import deepspeed
 
         if not _dist_ready():
-            deepspeed.init_distributed(dist_backend="nccl" if os.environ.get("DS_ACCELERATOR") != "cpu" else "gloo")
+            backend = "nccl" if os.environ.get("DS_ACCELERATOR") != "cpu" else "gloo"
+            if world.launcher == "single":
+                # A file store private to this process: no TCP port to race other runs for.
+                import tempfile
+
+                store = Path(tempfile.mkdtemp(prefix="scaling-dist-")) / "store"
+                import atexit
+
+                atexit.register(shutil.rmtree, store.parent, True)
+                deepspeed.init_distributed(dist_backend=backend, init_method=f"file://{store}", rank=0,
+                                           world_size=1)
+            else:
+                deepspeed.init_distributed(dist_backend=backend)
         trainer = Trainer(plan, manifest, world)
         trainer.stop_requested = stop["flag"]
         timing.mark("deepspeed_init_s")  # DeepSpeed import, process group, model, engine
@@ -706,7 +738,12 @@ def train(cfg: TrainAppConfig) -> int:
                 truncate_metrics(run_dir / "metrics.jsonl", trainer.state.step)
             elif (run_dir / "metrics.jsonl").exists():
                 (run_dir / "metrics.jsonl").unlink()  # rows of a run that never checkpointed
-        wandb_run = start_wandb(plan, trainer.state) if world.is_main else None
+        wandb_run = None
+        if world.is_main:
+            try:
+                wandb_run = start_wandb(plan, trainer.state)
+            except Exception as e:  # noqa: BLE001 - the dashboard is a mirror, not the record
+                log.warning("wandb could not start (%s: %s); training without a dashboard", type(e).__name__, e)
         timing.mark("resume_and_wandb_s")
         try:
             if wandb_run is not None:
@@ -752,8 +789,24 @@ def _dist_ready() -> bool:
 
 
 def _write_failure(run_dir: Path, world: World, error: str, step: int | None) -> None:
-    if world.is_main:
-        write_json_atomic(run_dir / "result.json", {"status": "failed", "error": error, "step": step})
+    """Record a failure. Every failing rank tries, and the first error written wins: the rank
+    that failed first has the cause, the others only see a peer disappear."""
+    import json
+    import tempfile
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".result.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump({"status": "failed", "error": error, "step": step, "rank": world.rank}, f, indent=2)
+    try:
+        if world.world_size == 1:
+            os.replace(tmp, run_dir / "result.json")
+        else:
+            os.link(tmp, run_dir / "result.json")  # atomic create-if-absent
+    except FileExistsError:
+        pass
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _to_yaml(obj: dict) -> str:

@@ -69,3 +69,24 @@ def test_rerun_trains_nothing_and_refits(study):
     assert "launching 0" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in runs} == before  # no run retrained
     assert (tmp / "study" / "fit.json").stat().st_mtime_ns > fit_before  # refitted
+
+
+def test_runs_left_by_an_older_spec_are_not_fitted(study):
+    import shutil
+
+    tmp, first = study
+    assert first.returncode == 0
+    runs = tmp / "study" / "runs"
+    n_before = json.loads((tmp / "study" / "fit.json").read_text())["n_points"]
+    stale = runs / "gpt-N1K-D1M-C1.0e10-s0-000000"
+    shutil.copytree(next(p for p in runs.iterdir() if p.is_dir()), stale)
+    result = json.loads((stale / "result.json").read_text())
+    (stale / "result.json").write_text(json.dumps(result | {"run_id": stale.name}))
+    try:
+        again = _study(tmp, tmp / "cache")
+        assert again.returncode == 0, again.stderr[-3000:]
+        fit = json.loads((tmp / "study" / "fit.json").read_text())
+        assert fit["n_points"] == n_before
+        assert "not in plan" in (tmp / "study" / "report.md").read_text()
+    finally:
+        shutil.rmtree(stale)
