@@ -112,6 +112,18 @@ class BudgetsConfig:
     min_steps: int = 10  # a run with fewer optimizer steps than this does not fit its budget
 
 
+def _positive_counts(values: list[Any], key: str) -> list[str]:
+    """Problems with a list of counts such as [1e5, "3M"]: unparsable or not positive."""
+    out = []
+    for i, v in enumerate(values):
+        try:
+            if parse_count(v, f"{key}[{i}]") <= 0:
+                out.append(f"{key}[{i}]={v} must be positive")
+        except ConfigError as e:
+            out += e.problems
+    return out
+
+
 @dataclass
 class StudySpec:
     """A study: a family on a dataset, a set of sizes, budgets and seeds. `dir` holds the plan and
@@ -170,12 +182,7 @@ class StudySpec:
                 f"{prefix}.sizes is empty: the size list has no entries; list sizes as "
                 f"{prefix}.sizes.targets=[1e5,3e5,1e6] or a ladder {prefix}.sizes.ladder={{min:1e5,max:1e6,n:4}}"
             )
-        for i, t in enumerate(s.targets):
-            try:
-                if parse_count(t, f"{prefix}.sizes.targets[{i}]") <= 0:
-                    out.append(f"{prefix}.sizes.targets[{i}]={t} must be positive")
-            except ConfigError as e:
-                out += e.problems
+        out += _positive_counts(s.targets, f"{prefix}.sizes.targets")
         if s.ladder is not None:
             lad = s.ladder
             try:
@@ -200,12 +207,7 @@ class StudySpec:
         for i, m in enumerate(b.tokens_per_param):
             if not m > 0:
                 out.append(f"{prefix}.budgets.tokens_per_param[{i}]={m} must be positive")
-        for i, c in enumerate(b.flops):
-            try:
-                if parse_count(c, f"{prefix}.budgets.flops[{i}]") <= 0:
-                    out.append(f"{prefix}.budgets.flops[{i}]={c} must be positive")
-            except ConfigError as e:
-                out += e.problems
+        out += _positive_counts(b.flops, f"{prefix}.budgets.flops")
         if not 0 < b.flop_tolerance < 1:
             out.append(f"{prefix}.budgets.flop_tolerance={b.flop_tolerance} must lie in (0, 1), e.g. 0.05")
         if b.min_steps < 1:
