@@ -159,7 +159,7 @@ def test_relaunch_submits_nothing_for_a_completed_study_and_exactly_a_deleted_ru
     before = squeue_ids()
     again = launch_study(s, slurm(), CLUSTER, **QUIET)
     assert again.launched == [] and again.job_ids == {}
-    assert squeue_ids() == before
+    assert squeue_ids() <= before  # nothing new queued (finished jobs may leave the queue meanwhile)
 
     victim = first.plan.runs[0]
     shutil.rmtree(victim.dir)
