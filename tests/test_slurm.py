@@ -265,7 +265,7 @@ def test_an_invalid_spec_submits_nothing(env, tmp_path):
         launch_study(spec(tmp_path / "bad", flops=(1e6,)), slurm(), CLUSTER, **QUIET)
     with pytest.raises(ConfigError, match="cluster.partition is unset"):
         launch_study(spec(tmp_path / "bad2"), slurm(), ClusterConfig(name="nopart"), **QUIET)
-    assert squeue_ids() == before
+    assert squeue_ids() <= before  # nothing queued (finished jobs may leave the queue meanwhile)
     assert not (tmp_path / "bad").exists() and not (tmp_path / "bad2").exists()
 
 
