@@ -780,6 +780,15 @@ def train(cfg: TrainAppConfig) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if _dist_ready():
+            # Left to interpreter shutdown, gloo's threads can abort the process ("terminate called
+            # without an active exception") after the run has finished.
+            import torch.distributed as dist
+
+            try:
+                dist.destroy_process_group()
+            except Exception as e:  # noqa: BLE001 - the run's outcome is already recorded
+                log.warning("could not tear down the process group: %s", e)
 
 
 def _dist_ready() -> bool:
