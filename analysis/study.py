@@ -221,19 +221,31 @@ def render_report(a: StudyAnalysis, figures: list[str]) -> str:
     return "\n".join(parts)
 
 
-def _summary(a: StudyAnalysis) -> str:
-    n = len(a.data.N)
-    lines = [f"{n} completed runs; N from {_g(a.data.N.min())} to {_g(a.data.N.max())} parameters, "
-             f"C from {_g(a.data.C.min())} to {_g(a.data.C.max())} FLOPs."]
+def _pair(pair: tuple[float, float]) -> str:
+    """" [lo, hi]" for an interval, or nothing when the bootstrap gave none."""
+    return f" [{pair[0]:.3f}, {pair[1]:.3f}]" if all(math.isfinite(v) for v in pair) else ""
+
+
+def headline(a: StudyAnalysis) -> list[str]:
+    """The study's findings in a few sentences: the report's summary and the command's output."""
+    lines = []
     if a.iso is not None:
-        lines.append(f"IsoFLOP: N_opt ~ C^{a.iso.a:.3f}, D_opt ~ C^{a.iso.b:.3f} ({a.iso.n_used} budgets used).")
+        lines.append(f"IsoFLOP (approach 2): N_opt ~ C^{a.iso.a:.3f}{_pair(a.iso.a_interval)}, "
+                     f"D_opt ~ C^{a.iso.b:.3f}{_pair(a.iso.b_interval)} ({a.iso.n_used} budgets used).")
     if a.fit is not None:
         p = a.fit.params
         lines.append(f"Fitted L(N, D) = {p['E']:.3f} + {_g(p['A'])}/N^{p['alpha']:.3f} + {_g(p['B'])}/D^{p['beta']:.3f}; "
                      f"a = {a.fit.derived['a']:.3f}, b = {a.fit.derived['b']:.3f}.")
     if a.holdout is not None:
         lines.append(f"The held-out largest run is predicted within {100 * a.holdout.max_abs_rel_error:.2f}%.")
-    return " ".join(lines)
+    return lines
+
+
+def _summary(a: StudyAnalysis) -> str:
+    n = len(a.data.N)
+    runs = (f"{n} completed runs; N from {_g(a.data.N.min())} to {_g(a.data.N.max())} parameters, "
+            f"C from {_g(a.data.C.min())} to {_g(a.data.C.max())} FLOPs.")
+    return " ".join([runs, *headline(a)])
 
 
 def _plan_table(plan: dict) -> str:
@@ -256,11 +268,8 @@ def _iso_section(iso: Any) -> str:
     rows = [[_g(p.budget), str(p.n_runs), _g(p.N_opt), _g(p.D_opt), f"{p.L_min:.4f}",
              "yes" if p.interior else "**no**", "yes" if p.usable else "no"] for p in iso.profiles]
     text = _table(["budget C", "sizes", "N_opt", "D_opt", "L_min", "interior", "used"], rows)
-    def iv(pair: tuple[float, float]) -> str:
-        return f" (95% interval [{pair[0]:.3f}, {pair[1]:.3f}])" if all(math.isfinite(v) for v in pair) else ""
-
-    text += (f"\n\nN_opt ~ C^a with a = {iso.a:.3f}{iv(iso.a_interval)}; D_opt ~ C^b with b = {iso.b:.3f}"
-             f"{iv(iso.b_interval)}. Chinchilla's approach 2 found a = 0.49, b = 0.51.")
+    text += (f"\n\nN_opt ~ C^a with a = {iso.a:.3f}{_pair(iso.a_interval)}; D_opt ~ C^b with b = {iso.b:.3f}"
+             f"{_pair(iso.b_interval)} (95% intervals). Chinchilla's approach 2 found a = 0.49, b = 0.51.")
     return text
 
 

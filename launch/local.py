@@ -19,8 +19,7 @@ from typing import Any, Callable, Optional
 
 from launch.plan import RunSpec
 from launch.state import proc_start, update_launch, write_launch
-
-EXIT_REQUEUE = 75
+from scaling.rundir import EXIT_REQUEUE
 
 
 def cpu_count() -> int:
@@ -141,9 +140,9 @@ def _show_running(bar: Any, active: list, codes: dict[str, int]) -> None:
 
 
 def _report_failure(run: RunSpec, code: int, echo: Callable[[str], None]) -> None:
-    from launch.state import _read_json
+    from scaling.rundir import read_json
 
-    result = _read_json(Path(run.dir) / "result.json") or {}
+    result = read_json(Path(run.dir) / "result.json") or {}
     error = result.get("error")
     if not error:
         tail = _tail(Path(run.dir) / "launch.log", 5)

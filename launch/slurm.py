@@ -33,8 +33,8 @@ from launch.config import ClusterConfig, LauncherConfig
 from launch.plan import Plan, RunSpec
 from launch.state import write_launch
 from scaling.errors import ConfigError
+from scaling.rundir import EXIT_REQUEUE
 
-EXIT_REQUEUE = 75
 TEMPLATE = Path(__file__).resolve().parent.parent / "slurm" / "train.sbatch"
 
 

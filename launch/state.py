@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
+from scaling.rundir import read_json, write_atomic
+
 LAUNCH_NAME = "launch.json"
 STATES = ("planned", "queued", "running", "partial", "completed", "failed")
 ACTIVE = ("queued", "running")
@@ -43,13 +45,6 @@ class RunState:
     job_id: Optional[str] = None
     error: Optional[str] = None
     tokens: Optional[float] = None  # tokens trained so far (from metrics.jsonl) or in total
-
-
-def _read_json(path: Path) -> Optional[dict]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _last_metric(path: Path) -> Optional[dict]:
@@ -117,8 +112,8 @@ def squeue_states(job_ids: Iterable[str] = ()) -> Optional[dict[str, str]]:
 
 
 def read_run(run_id: str, run_dir: Path, queue: Optional[dict[str, str]]) -> RunState:
-    result = _read_json(run_dir / "result.json") or {}
-    launch = _read_json(run_dir / LAUNCH_NAME) or {}
+    result = read_json(run_dir / "result.json") or {}
+    launch = read_json(run_dir / LAUNCH_NAME) or {}
     job_id = launch.get("job_id")
     status = result.get("status")
     if status == "completed":
@@ -154,7 +149,7 @@ def read_states(run_dirs: dict[str, str | Path], queue: Optional[dict[str, str]]
     if queue is None and ask_queue:
         uses_slurm = False
         for d in run_dirs.values():
-            launch = _read_json(Path(d) / LAUNCH_NAME)
+            launch = read_json(Path(d) / LAUNCH_NAME)
             if launch and launch.get("launcher") == "slurm":
                 uses_slurm = True
                 break
@@ -164,7 +159,6 @@ def read_states(run_dirs: dict[str, str | Path], queue: Optional[dict[str, str]]
 
 def write_launch(run_dir: str | Path, **record) -> None:
     """Record a launch in run_dir/launch.json (atomically) and append it to the study's history."""
-    from scaling.rundir import write_atomic
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -176,10 +170,9 @@ def write_launch(run_dir: str | Path, **record) -> None:
 
 
 def update_launch(run_dir: str | Path, **fields) -> None:
-    from scaling.rundir import write_atomic
 
     path = Path(run_dir) / LAUNCH_NAME
-    record = _read_json(path) or {}
+    record = read_json(path) or {}
     record.update(fields)
     write_atomic(path, json.dumps(record, indent=1) + "\n")
 

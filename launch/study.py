@@ -31,8 +31,6 @@ from launch.plan import Plan, format_plan, make_plan, throughput_for, write_plan
 from launch.state import archive_failed, read_states
 from scaling.errors import ScalingError
 
-EXIT_REQUEUE = 75
-
 
 @dataclass
 class LaunchOutcome:
@@ -195,19 +193,13 @@ def _main(dcfg) -> int:
     return 0 if outcome.complete else 1
 
 
-def _interval(pair: tuple[float, float]) -> str:
-    import math
-
-    return f" [{pair[0]:.3f}, {pair[1]:.3f}]" if all(math.isfinite(v) for v in pair) else ""
-
-
 def report_study(study_dir: str, cfg: ReportConfig, echo: Callable[[str], None] = print) -> None:
     """Fit the study's completed runs and write report.md, fit.json and figures/; print a short
     summary and where the report is. Refits from the run directories every time."""
     import time
 
     from analysis.errors import AnalysisError
-    from analysis.study import analyse_study, write_study_outputs
+    from analysis.study import analyse_study, headline, write_study_outputs
 
     t0 = time.time()
     echo(f"fitting {study_dir} ...")
@@ -217,17 +209,8 @@ def report_study(study_dir: str, cfg: ReportConfig, echo: Callable[[str], None] 
     except AnalysisError as e:
         raise ScalingError(f"cannot fit the study: {e}") from None
     paths = write_study_outputs(study_dir, analysis)
-    if analysis.iso is not None:
-        iso = analysis.iso
-        echo(f"  IsoFLOP (approach 2): N_opt ~ C^{iso.a:.3f}{_interval(iso.a_interval)}, "
-             f"D_opt ~ C^{iso.b:.3f}{_interval(iso.b_interval)}")
-    if analysis.fit is not None:
-        p, d = analysis.fit.params, analysis.fit.derived
-        echo(f"  L(N, D) = {p['E']:.3f} + {p['A']:.4g}/N^{p['alpha']:.3f} + {p['B']:.4g}/D^{p['beta']:.3f}; "
-             f"a = {d['a']:.3f}, b = {d['b']:.3f}")
-    if analysis.holdout is not None:
-        h = analysis.holdout
-        echo(f"  extrapolation: held-out largest run predicted within {100 * h.max_abs_rel_error:.2f}%")
+    for line in headline(analysis):
+        echo(f"  {line}")
     for problem in analysis.problems:
         echo(f"  note: {problem}")
     echo(f"report: {paths['report.md']} (fitted in {time.time() - t0:.1f}s)")

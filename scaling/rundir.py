@@ -18,12 +18,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-RESULT_KEYS = (
-    "status", "family", "params", "params_nonembedding", "tokens", "flops", "flops_convention",
-    "train_loss", "eval_loss", "steps", "world_size", "zero_stage", "wall_time_s",
-)  # fmt: skip
-METRIC_KEYS = ("step", "tokens", "flops", "loss", "lr", "tokens_per_s")
-
 EXIT_COMPLETED = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
@@ -113,16 +107,3 @@ def checkpoint_dirs(run_dir: Path | str) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step"))
-
-
-def run_state(run_dir: Path | str) -> str:
-    """completed | failed | partial (has a checkpoint) | started | planned."""
-    run_dir = Path(run_dir)
-    result = read_result(run_dir)
-    if result is not None:
-        return "completed" if result.get("status") == "completed" else "failed"
-    if checkpoint_dirs(run_dir):
-        return "partial"
-    if (run_dir / "config.yaml").exists():
-        return "started"
-    return "planned"
