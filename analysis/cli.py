@@ -6,6 +6,10 @@ Examples::
     scaling-fit --csv chinchilla_fig4.csv --law chinchilla --drop-highest-loss 5 --out out/
     scaling-fit studies/my_study --law isoflop --out out/
 
+A study folder with a plan.json is fitted on the runs that plan lists, as the study's report
+is; run folders left by an earlier version of the spec are listed as "not in plan", and
+``--include-unplanned`` fits them too.
+
 Exit codes: 0 on success; 2 for bad input or arguments (with a one-line message).
 This is the only module in the package that writes files.
 """
@@ -13,6 +17,7 @@ This is the only module in the package that writes files.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -49,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which parameter count is N when reading a study folder")
     p.add_argument("--tolerance", type=float, default=0.25,
                    help="isoflop: relative width of a compute-budget group (default 0.25)")
+    p.add_argument("--include-unplanned", action="store_true",
+                   help="study folder: also fit run folders its plan.json does not list")
     p.add_argument("--skip-bad-rows", action="store_true",
                    help="drop CSV rows with missing or non-positive values instead of failing")
     p.add_argument("--no-plots", action="store_true", help="write fit.json only")
@@ -75,15 +82,27 @@ def _run(args: argparse.Namespace) -> int:
         raise AnalysisError("give exactly one input: --csv FILE or a study FOLDER")
     if args.bootstrap < 0 or args.drop_highest_loss < 0 or args.holdout_largest < 0:
         raise AnalysisError("--bootstrap, --drop-highest-loss and --holdout-largest must be >= 0")
-    skipped = []
+    if args.csv and args.include_unplanned:
+        raise AnalysisError("--include-unplanned applies to a study FOLDER's plan.json; drop it "
+                            "with --csv")
+    skipped, run_dirs = [], None
     if args.csv:
         data = io.load_csv(args.csv, skip_bad=args.skip_bad_rows)
         source = args.csv
     else:
-        data, skipped = io.load_runs(args.folder, n_key=args.n_key)
+        run_dirs, not_in_plan = io.select_runs(args.folder, args.include_unplanned)
+        # Printed before loading, so they are seen even when no planned run has finished.
+        for s in not_in_plan:
+            print(f"not in plan: {s.path} ("
+                  + ("fitted, --include-unplanned" if args.include_unplanned
+                     else "left out; --include-unplanned fits it") + ")")
+        data, skipped = io.load_runs(args.folder, n_key=args.n_key, run_dirs=run_dirs)
+        if not args.include_unplanned:
+            skipped += not_in_plan
         source = args.folder
     for s in skipped:
-        print(f"skipped {s.status} run {s.run_id}: {s.reason}")
+        if s.status != io.NOT_IN_PLAN:
+            print(f"skipped {s.status} run {s.run_id}: {s.reason}")
     for r in data.rejected:
         print(f"skipped bad row {r}")
     if args.drop_highest_loss:
@@ -92,7 +111,7 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.law == "isoflop":
-        return _run_isoflop(args, data, out, source, skipped)
+        return _run_isoflop(args, data, out, source, skipped, run_dirs)
 
     from analysis.extrapolate import holdout_check
     from analysis.fit import bootstrap, fit_law
@@ -115,7 +134,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_isoflop(args, data, out: Path, source: str, skipped) -> int:
+def _run_isoflop(args, data, out: Path, source: str, skipped, run_dirs) -> int:
     from analysis import io, report
     from analysis.isoflop import isoflop_profiles, training_envelope
 
@@ -123,7 +142,7 @@ def _run_isoflop(args, data, out: Path, source: str, skipped) -> int:
                            seed=args.seed)
     envelope = None
     if args.folder:
-        curves = io.load_curves(args.folder, n_key=args.n_key)
+        curves = io.load_curves(args.folder, n_key=args.n_key, run_dirs=run_dirs)
         if len(curves) >= 2:
             envelope = training_envelope(curves)
     doc = report.isoflop_to_json(iso, envelope, source=source, skipped=skipped)
@@ -158,7 +177,8 @@ def _fit_figures(out, data, fit, boot, holdout) -> list[Path]:
     fig, (ax,) = plots.new_figure()
     plots.plot_predicted_vs_actual(ax, data, fit, holdout)
     written += _save(fig, out, "predicted_vs_actual")
-    if fit.law in ("chinchilla", "kaplan_nd"):
+    # A degenerate fit (alpha = beta = 0) has no compute-optimal allocation to draw.
+    if fit.law in ("chinchilla", "kaplan_nd") and all(map(math.isfinite, fit.derived.values())):
         fig, axes = plots.new_figure(ncols=2)
         plots.plot_optimal(axes, fit, boot=boot,
                            C=_geomspace(data.C.min(), data.C.max() * 1e4))

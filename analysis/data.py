@@ -51,11 +51,11 @@ class Data:
         cols = {"N": N, "D": D, "loss": loss}
         arrays = {k: np.atleast_1d(np.asarray(v, dtype=float)) for k, v in cols.items()}
         n = arrays["N"].shape[0]
-        arrays["C"] = (
-            6.0 * arrays["N"] * arrays["D"]
-            if C is None
-            else np.atleast_1d(np.asarray(C, dtype=float))
-        )
+        if C is None:
+            with np.errstate(over="ignore"):  # an overflow is reported below, by row
+                arrays["C"] = 6.0 * arrays["N"] * arrays["D"]
+        else:
+            arrays["C"] = np.atleast_1d(np.asarray(C, dtype=float))
         for k, v in arrays.items():
             if v.shape != (n,):
                 raise DataError(f"column {k} has shape {v.shape}, expected ({n},) like N")
@@ -67,7 +67,7 @@ class Data:
             if budget is None
             else np.atleast_1d(np.asarray(budget, dtype=float))
         )
-        problems = bad_rows(arrays, ids)
+        problems = bad_rows(arrays, ids, c_derived=C is None)
         if problems:
             raise DataError(
                 f"{len(problems)} bad row(s) in {source or 'data'}: "
@@ -107,16 +107,24 @@ class Data:
         return getattr(self, name)
 
 
-def bad_rows(arrays: dict[str, np.ndarray], ids: tuple[str, ...]) -> list[str]:
-    """One message per row holding a NaN, infinite or non-positive value."""
+def bad_rows(arrays: dict[str, np.ndarray], ids: tuple[str, ...], c_derived: bool = False) -> list[str]:
+    """One message per row holding a NaN, infinite or non-positive value.
+
+    With ``c_derived`` (C computed as ``6 N D``), a C that overflows while N and D are finite
+    is reported as the overflow of the N and D given, since the caller never gave a C.
+    """
     problems = []
     n = len(ids)
     for i in range(n):
         bad = [
-            f"{k}={arrays[k][i]!r}"
+            f"{k}={float(arrays[k][i])!r}"  # float: numpy 2 would print np.float64(...)
             for k in ("N", "D", "loss", "C")
             if k in arrays and not (np.isfinite(arrays[k][i]) and arrays[k][i] > 0)
         ]
+        if c_derived and bad == ["C=inf"]:
+            bad = [f"C = 6*N*D overflows to inf with N={float(arrays['N'][i])!r}, "
+                   f"D={float(arrays['D'][i])!r} "
+                   f"(C is derived from N and D; check their units, or pass C)"]
         if bad:
             problems.append(f"row {ids[i]}: " + ", ".join(bad))
     return problems

@@ -34,6 +34,7 @@ from analysis import laws
 from analysis.data import Data
 from analysis.diagnostics import (
     Diagnostic,
+    fit_quality_diagnostics,
     interval_diagnostics,
     require_distinct,
     require_points,
@@ -238,6 +239,8 @@ def fit_law(
     residuals = y - lp[0]
     ss_res = float(np.sum(residuals**2))
     ss_tot = float(np.sum((y - y.mean()) ** 2))
+    rmse_log = float(np.sqrt(ss_res / len(data)))
+    r2_log = float(1.0 - ss_res / ss_tot) if ss_tot > 0 else float("nan")
     public = form.to_public(theta[None, :])[0]
     params = {k: float(v) for k, v in zip(form.param_names, public)}
     derived = {k: float(v) for k, v in form.derived({k: np.asarray(v) for k, v in params.items()}).items()}
@@ -262,6 +265,7 @@ def fit_law(
         ))
     if not res.converged[best]:
         diags.append(Diagnostic("not_converged", "the best start hit the iteration limit"))
+    diags += fit_quality_diagnostics(r2_log, rmse_log)
 
     return FitResult(
         law=law,
@@ -279,8 +283,8 @@ def fit_law(
         best_start_on_edge=on_edge,
         at_bound=at_bound,
         residuals=residuals,
-        rmse_log=float(np.sqrt(ss_res / len(data))),
-        r2_log=float(1.0 - ss_res / ss_tot) if ss_tot > 0 else float("nan"),
+        rmse_log=rmse_log,
+        r2_log=r2_log,
         derived=MappingProxyType(derived),
         diagnostics=tuple(diags),
     )
@@ -410,8 +414,12 @@ def compute_optimal(
     Carr = np.atleast_1d(np.asarray(C, dtype=float))
     if not (np.isfinite(Carr).all() and (Carr > 0).all()):
         raise AnalysisError(f"compute budget C={C!r} must be positive finite FLOPs")
-    N_opt, D_opt, loss = _optimal_from_params(law, params, Carr)
-    a_b = _exponents(law, params)
+    # numpy scalars and no warnings: a degenerate fit (alpha = beta = 0, which a poor_fit
+    # diagnostic flags) has no optimum, and gives NaN here instead of a ZeroDivisionError.
+    p64 = {k: np.float64(v) for k, v in params.items()}
+    with np.errstate(all="ignore"):
+        N_opt, D_opt, loss = _optimal_from_params(law, p64, Carr)
+        a_b = _exponents(law, p64)
     out = {"C": Carr, "N_opt": N_opt, "D_opt": D_opt, "tokens_per_param": D_opt / N_opt,
            "loss": loss, "a": a_b[0], "b": a_b[1]}
     if boot is not None:

@@ -5,6 +5,10 @@ Run-directory contract (written by the trainer): each run directory holds ``resu
 ``eval_loss``, optional ``run_id`` and ``budget_flops``) and ``metrics.jsonl`` (one JSON object
 per logged step with ``step``, ``tokens``, ``flops``, ``loss``, ...). A directory without
 ``result.json`` is an unfinished run.
+
+A study folder made by the planner also holds ``plan.json`` (format ``scaling-plan/1``, with
+``runs[].id`` and ``runs[].dir``). :func:`read_plan_run_ids` reads the ids it plans, as plain JSON,
+so the analysis never imports the planner (which pulls in Hydra and the trainer's config).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass
+from io import StringIO
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +29,11 @@ from analysis.data import Data
 from analysis.errors import DataError
 
 OPTIONAL_CSV = ("C", "run_id", "budget_flops")
+PLAN_NAME = "plan.json"
+PLAN_FORMAT = "scaling-plan/1"
+RERUN = "rerun the run or delete its folder"  # the fix for a run whose result.json is unusable
+SHOW_SKIPPED = 10  # skipped runs an error lists one by one
+NOT_IN_PLAN = "not in plan"  # the SkippedRun status of a run folder the current plan does not list
 
 
 @dataclass(frozen=True)
@@ -52,19 +62,53 @@ def _positive(value) -> bool:
         value) and value > 0
 
 
+def _read_text(path: Path) -> str:
+    """The file's text. Raises DataError naming the file when it is binary or not UTF-8.
+
+    A NUL byte is checked first: it is valid UTF-8, so a binary file (a pickle, a zip, a
+    spreadsheet saved as .xlsx) would otherwise be parsed into a nonsense header.
+    """
+    raw = path.read_bytes()
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise DataError(f"{str(path)!r} is a binary file, not text (a NUL byte at offset {nul})")
+    try:
+        # utf-8-sig: spreadsheet programs start a UTF-8 CSV with a byte-order mark.
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            f"{str(path)!r} is not UTF-8 text: byte 0x{raw[exc.start]:02x} at line {line} "
+            f"(offset {exc.start}) cannot be decoded"
+        ) from None
+
+
+def _to_float(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        return float("nan")
+
+
 def load_csv(path: str | os.PathLike, skip_bad: bool = False) -> Data:
     """Read a CSV with columns ``N``, ``D``, ``loss`` and optionally ``C``, ``run_id``,
     ``budget_flops``.
 
     A row with a missing, non-numeric, NaN, infinite or non-positive N, D, loss or C is
     rejected: by default the whole file is, with every bad row named by its line number;
-    with ``skip_bad=True`` those rows are dropped and listed in ``Data.rejected``.
+    with ``skip_bad=True`` those rows are dropped and listed in ``Data.rejected``. So is a row
+    without C whose ``6 N D`` overflows a float (N or D in the wrong units, say).
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"CSV file {str(path)!r} does not exist; pass the path to a CSV file")
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
+    try:
+        text = _read_text(path)
+    except DataError as exc:
+        raise DataError(f"{exc}; scaling-fit reads a CSV file saved as UTF-8 text, with a "
+                        f"header N,D,loss") from None
+    reader = csv.DictReader(StringIO(text, newline=""))
+    try:
         header = [h.strip() for h in (reader.fieldnames or [])]
         missing = [c for c in ("N", "D", "loss") if c not in header]
         if missing:
@@ -73,6 +117,9 @@ def load_csv(path: str | os.PathLike, skip_bad: bool = False) -> Data:
                 f"header with N, D, loss (and optionally C)"
             )
         rows = [{(k or "").strip(): v for k, v in r.items()} for r in reader]
+    except csv.Error as exc:
+        raise DataError(f"{str(path)!r} is not a readable CSV at line {reader.line_num}: {exc}; "
+                        f"fix that line") from None
     has_c = "C" in header
     good: dict[str, list] = {"N": [], "D": [], "loss": [], "C": [], "run_id": [], "budget": []}
     problems = []
@@ -82,19 +129,24 @@ def load_csv(path: str | os.PathLike, skip_bad: bool = False) -> Data:
         vals, bad = {}, []
         for k in ("N", "D", "loss") + (("C",) if has_c else ()):
             raw = (r.get(k) or "").strip()
-            try:
-                v = float(raw)
-            except ValueError:
-                v = float("nan")
-            if not _positive(v):
+            v = _to_float(raw)
+            if math.isinf(v) and "inf" not in raw.lower():
+                bad.append(f"{k}={raw!r} overflows a float (the largest is about 1.8e308)")
+            elif not _positive(v):
                 bad.append(f"{k}={raw!r}" if raw else f"{k} missing")
             vals[k] = v
+        if not bad and not has_c:
+            # C is derived, so an overflow is the fault of the N and D the user gave.
+            vals["C"] = 6.0 * vals["N"] * vals["D"]
+            if not math.isfinite(vals["C"]):
+                bad.append(f"C = 6*N*D overflows to inf with N={r['N'].strip()!r}, "
+                           f"D={r['D'].strip()!r} (the file has no C column, so C is derived "
+                           f"from N and D; check their units, or give a C column)")
         if bad:
             problems.append(f"{name}: " + ", ".join(bad))
             continue
-        for k in ("N", "D", "loss"):
+        for k in ("N", "D", "loss", "C"):
             good[k].append(vals[k])
-        good["C"].append(vals["C"] if has_c else 6.0 * vals["N"] * vals["D"])
         good["run_id"].append(r.get("run_id") or f"line{line}")
         try:
             good["budget"].append(float(r.get("budget_flops") or "nan"))
@@ -103,7 +155,7 @@ def load_csv(path: str | os.PathLike, skip_bad: bool = False) -> Data:
     if problems and not skip_bad:
         raise DataError(
             f"{path.name}: {len(problems)} bad row(s): " + "; ".join(problems)
-            + ". N, D, loss and C must be positive numbers; fix or delete those rows "
+            + ". N, D, loss and C must be positive finite numbers; fix or delete those rows "
             "(or pass skip_bad=True / --skip-bad-rows)"
         )
     if not good["N"]:
@@ -140,48 +192,148 @@ def find_run_dirs(folder: str | os.PathLike) -> list[Path]:
     return found
 
 
+def read_result(run_dir: str | os.PathLike) -> dict | None:
+    """A run's result.json as a dict, or None when the run has none yet (it is unfinished).
+
+    Raises DataError naming the file when it is binary, not UTF-8, not JSON, or JSON that is
+    not an object (``[1, 2]``, ``"x"``): the trainer always writes an object.
+    """
+    path = Path(run_dir) / "result.json"
+    if not path.is_file():
+        return None
+    return _read_json_object(path, "with status, params, tokens, flops and eval_loss")
+
+
+def _read_json_object(path: Path, holding: str) -> dict:
+    """The JSON object in ``path``. Raises DataError naming the file when it is binary, not
+    UTF-8, not JSON, or JSON that is not an object (``holding`` says what it should hold)."""
+    try:
+        value = json.loads(_read_text(path))
+    except OSError as exc:
+        raise DataError(f"{str(path)!r} cannot be read: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{str(path)!r} is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{str(path)!r} holds a JSON {_json_kind(value)}, not an object {holding}")
+    return value
+
+
+def _json_kind(value) -> str:
+    kinds = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
+def read_plan_run_ids(study_dir: str | os.PathLike) -> set[str] | None:
+    """The run ids that ``study_dir/plan.json`` plans, or None when the folder has no plan.json.
+
+    A run id is both ``runs[].id`` and the name of ``runs[].dir`` (the planner puts each run in
+    ``STUDY/runs/<id>``; the name survives the study folder being moved). Raises DataError
+    naming the file when it is not a plan of format ``scaling-plan/1``.
+    """
+    path = Path(study_dir) / PLAN_NAME
+    if not path.is_file():
+        return None
+    fix = "rewrite it by running scaling-study on the study spec, or move it away to fit every run"
+    try:
+        plan = _read_json_object(path, "with the planned 'runs'")
+    except DataError as exc:
+        raise DataError(f"{exc}; {fix}") from None
+    if plan.get("format", PLAN_FORMAT) != PLAN_FORMAT:
+        raise DataError(f"{str(path)!r} has format {plan['format']!r}; this analysis reads "
+                        f"{PLAN_FORMAT!r}; {fix}")
+    runs = plan.get("runs")
+    if not isinstance(runs, list) or not all(isinstance(r, dict) and isinstance(r.get("id"), str)
+                                             for r in runs):
+        raise DataError(f"{str(path)!r} needs 'runs', a list of objects each with a string 'id'; "
+                        f"{fix}")
+    ids = {r["id"] for r in runs}
+    ids |= {Path(r["dir"]).name for r in runs if isinstance(r.get("dir"), str)}
+    return ids
+
+
+def select_runs(
+    folder: str | os.PathLike, include_unplanned: bool = False
+) -> tuple[list[Path], list[SkippedRun]]:
+    """The run directories to analyse under ``folder``, and those left out as not in its plan.
+
+    With a ``plan.json`` in ``folder``, only the runs it plans are analysed: a spec edited since
+    an earlier launch leaves run folders behind that belong to another study. The others come
+    back as :class:`SkippedRun` with status ``"not in plan"``; ``include_unplanned=True``
+    analyses them too (and still lists them). Without a plan.json every run is analysed.
+    """
+    dirs = find_run_dirs(folder)
+    planned = read_plan_run_ids(folder)
+    if planned is None:
+        return dirs, []
+    unplanned = [d for d in dirs if d.name not in planned]
+    left_out = [SkippedRun(d.name, str(d), NOT_IN_PLAN, f"{PLAN_NAME} does not list it")
+                for d in unplanned]
+    if include_unplanned:
+        return dirs, left_out
+    return [d for d in dirs if d.name in planned], left_out
+
+
 def load_runs(
     folder: str | os.PathLike,
     n_key: str = "params",
     loss_key: str = "eval_loss",
+    run_dirs: list[Path] | None = None,
 ) -> tuple[Data, list[SkippedRun]]:
     """Read every run's result.json under a study folder into :class:`Data`.
 
     N = ``result[n_key]`` (``params`` or ``params_nonembedding``), D = ``tokens``,
     C = ``flops``, loss = ``result[loss_key]`` (``eval_loss`` by default, falling back to
-    ``train_loss`` when absent). Failed runs, unfinished runs (no result.json) and runs with
-    missing or non-positive values are skipped and returned, each with its reason.
+    ``train_loss`` when absent). Failed runs, unfinished runs (no result.json) and runs whose
+    result.json is unreadable, not an object, lacks a key or holds a missing or non-positive
+    value are skipped and returned, each with its reason (naming the file). ``run_dirs``
+    (from :func:`select_runs`) limits the runs read; by default all of :func:`find_run_dirs`.
     """
     if n_key not in ("params", "params_nonembedding"):
         raise DataError(f"n_key={n_key!r}; use 'params' or 'params_nonembedding'")
     rows: dict[str, list] = {"N": [], "D": [], "loss": [], "C": [], "run_id": [], "budget": []}
     skipped: list[SkippedRun] = []
-    for run in find_run_dirs(folder):
+    for run in find_run_dirs(folder) if run_dirs is None else run_dirs:
         run_id = run.name
         result_path = run / "result.json"
-        if not result_path.is_file():
+        try:
+            res = read_result(run)
+        except DataError as exc:
+            skipped.append(SkippedRun(run_id, str(run), "invalid", f"{exc}; {RERUN}"))
+            continue
+        if res is None:
             skipped.append(SkippedRun(run_id, str(run), "unfinished", "no result.json"))
             continue
-        try:
-            res = json.loads(result_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            skipped.append(SkippedRun(run_id, str(run), "invalid", f"unreadable result.json: {exc}"))
-            continue
         run_id = str(res.get("run_id") or run_id)
+        if "status" not in res:
+            skipped.append(SkippedRun(run_id, str(run), "invalid",
+                                      f"{str(result_path)!r} lacks the key 'status'; the trainer "
+                                      f"writes it on every exit, so {RERUN}"))
+            continue
         status = res.get("status")
         if status != "completed":
             reason = res.get("error") or f"status={status!r}"
             skipped.append(SkippedRun(run_id, str(run), "failed" if status == "failed"
                                       else "unfinished", str(reason)))
             continue
-        loss = res.get(loss_key)
-        if loss is None and loss_key == "eval_loss":
-            loss = res.get("train_loss")
-        vals = {"N": res.get(n_key), "D": res.get("tokens"), "loss": loss, "C": res.get("flops")}
-        bad = [f"{k}={v!r}" for k, v in vals.items() if not _positive(v)]
+        # eval_loss falls back to train_loss when the run had no eval (null or absent).
+        loss_from = ("train_loss" if loss_key == "eval_loss" and res.get(loss_key) is None
+                     else loss_key)
+        keys = {"N": n_key, "D": "tokens", "C": "flops", "loss": loss_from}
+        missing = [k for k in (n_key, "tokens", "flops") if k not in res]
+        if loss_from not in res:
+            missing.append(loss_key if loss_from == loss_key else f"{loss_key} or {loss_from}")
+        if missing:
+            skipped.append(SkippedRun(
+                run_id, str(run), "invalid",
+                f"{str(result_path)!r} is completed but lacks " + ", ".join(missing)
+                + f"; a completed run records them, so {RERUN}"))
+            continue
+        vals = {k: res[key] for k, key in keys.items()}
+        bad = [f"{keys[k]}={v!r}" for k, v in vals.items() if not _positive(v)]
         if bad:
             skipped.append(SkippedRun(run_id, str(run), "invalid",
-                                      "result.json has " + ", ".join(bad)))
+                                      f"{str(result_path)!r} has " + ", ".join(bad)
+                                      + f"; each must be a positive finite number; {RERUN}"))
             continue
         for k, v in vals.items():
             rows[k].append(float(v))
@@ -192,40 +344,52 @@ def load_runs(
         counts = {}
         for s in skipped:
             counts[s.status] = counts.get(s.status, 0) + 1
+        # The caller never gets the skipped list back here, so the reasons go in the message.
+        shown = [f"{s.run_id} ({s.status}): {s.reason}" for s in skipped[:SHOW_SKIPPED]]
+        if len(skipped) > SHOW_SKIPPED:
+            shown.append(f"and {len(skipped) - SHOW_SKIPPED} more")
         raise DataError(
             f"no completed runs under {str(folder)!r} (skipped: {counts or 'no run directories found'}); "
             f"expected run directories with result.json, e.g. STUDY/runs/<run_id>/result.json"
+            + "".join(f"; {line}" for line in shown)
         )
     data = Data.from_arrays(rows["N"], rows["D"], rows["loss"], rows["C"],
                             run_id=rows["run_id"], budget=rows["budget"], source=str(folder))
     return data, skipped
 
 
-def load_curves(folder: str | os.PathLike, n_key: str = "params") -> list[Curve]:
-    """Training curves (loss against FLOPs) of every completed run under ``folder``.
+def load_curves(
+    folder: str | os.PathLike, n_key: str = "params", run_dirs: list[Path] | None = None
+) -> list[Curve]:
+    """Training curves (loss against FLOPs) of every completed run under ``folder`` (or in
+    ``run_dirs``, as for :func:`load_runs`).
 
-    Rows of metrics.jsonl without a positive finite ``flops`` and ``loss`` are ignored (a
-    partly written last line, say); runs without any usable row are left out.
+    Runs :func:`load_runs` skips are left out here without a word (it has named them). Rows of
+    metrics.jsonl that are not objects with a positive finite ``flops`` and ``loss`` are ignored
+    (a partly written last line, say); runs without any usable row are left out.
     """
     curves = []
-    for run in find_run_dirs(folder):
+    for run in find_run_dirs(folder) if run_dirs is None else run_dirs:
         try:
-            res = json.loads((run / "result.json").read_text())
-        except (OSError, json.JSONDecodeError):
+            res = read_result(run)
+        except DataError:
             continue
-        if res.get("status") != "completed" or not _positive(res.get(n_key)):
+        if res is None or res.get("status") != "completed" or not _positive(res.get(n_key)):
             continue
         pts = []
         metrics = run / "metrics.jsonl"
         if not metrics.is_file():
             continue
-        for line in metrics.read_text().splitlines():
+        # Undecodable bytes become U+FFFD, so that line fails to parse and is ignored.
+        for line in metrics.read_text(errors="replace").splitlines():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a torn last line from a run killed mid-write
-            if _positive(row.get("flops")) and _positive(row.get("loss")):
-                pts.append((float(row["flops"]), float(row.get("tokens") or 0.0),
+            if (isinstance(row, dict) and _positive(row.get("flops"))
+                    and _positive(row.get("loss"))):
+                tokens = row.get("tokens")
+                pts.append((float(row["flops"]), float(tokens) if _positive(tokens) else 0.0,
                             float(row["loss"])))
         if not pts:
             continue

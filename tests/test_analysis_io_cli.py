@@ -19,7 +19,8 @@ TRUE = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 
 
 def write_study(root: Path, budgets=(1e17, 1e18, 1e19, 1e20), n_sizes=7, seed=0) -> Path:
-    """A study folder as the trainer writes it, plus one failed and one unfinished run."""
+    """A study folder as the planner and the trainer write it, plus one failed and one
+    unfinished run."""
     rng = np.random.default_rng(seed)
     runs = root / "runs"
     for budget in budgets:
@@ -49,7 +50,11 @@ def write_study(root: Path, budgets=(1e17, 1e18, 1e19, 1e20), n_sizes=7, seed=0)
         {"status": "failed", "error": "CUDA out of memory", "params": 10}))
     (runs / "pending").mkdir()
     (runs / "pending" / "metrics.jsonl").write_text('{"step": 0, "flops": 1.0, "loss": 9.0}\n')
-    (root / "plan.json").write_text("{}")
+    # The planner's plan.json, reduced to what the analysis reads: every run above is planned.
+    ids = sorted(p.name for p in runs.iterdir())
+    (root / "plan.json").write_text(json.dumps({
+        "format": "scaling-plan/1", "study": "synthetic",
+        "runs": [{"id": i, "dir": str(runs / i)} for i in ids]}))
     return root
 
 
