@@ -119,6 +119,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     num_threads: Optional[int] = None  # CPU threads per process; None: cores / local processes
     nan_check: bool = True
+    # Load checkpoints written by older versions (pickled state) as they are: arbitrary code runs
+    # if a file was crafted, so only for checkpoints you or your job wrote. Off by default.
+    trust_checkpoint: bool = False
 
     def problems(self, prefix: str = "train") -> list[str]:
         out = []

@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+from scaling.errors import ScalingError
+
 EXIT_COMPLETED = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
@@ -66,7 +68,41 @@ def read_json(path: Path | str) -> Any | None:
 
 
 def read_result(run_dir: Path | str) -> dict | None:
-    return read_json(Path(run_dir) / "result.json")
+    """The result, or None when it is absent or unreadable (for status views that must never fail)."""
+    raw = read_json(Path(run_dir) / "result.json")
+    return raw if isinstance(raw, dict) else None
+
+
+class RunFileError(ScalingError):
+    """A file of a run directory exists but is not what the contract says; names the file."""
+
+
+RESULT_STATUSES = ("completed", "failed")
+COMPLETED_KEYS = ("params", "tokens", "flops", "eval_loss", "steps")
+
+
+def load_result(run_dir: Path | str) -> dict | None:
+    """The validated result, None when there is none yet, or RunFileError naming the file and what
+    is wrong: not UTF-8 JSON, not an object, an unknown status, or a completed result missing keys."""
+    path = Path(run_dir) / "result.json"
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        return None
+    except UnicodeDecodeError:
+        raise RunFileError(f"{path} is not UTF-8 text (a binary or corrupt file)") from None
+    try:
+        raw = json.loads(text)
+    except ValueError as e:
+        raise RunFileError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise RunFileError(f"{path} holds a JSON {type(raw).__name__}, not an object")
+    if raw.get("status") not in RESULT_STATUSES:
+        raise RunFileError(f"{path} has status {raw.get('status')!r}; expected one of {RESULT_STATUSES}")
+    missing = [k for k in COMPLETED_KEYS if k not in raw] if raw["status"] == "completed" else []
+    if missing:
+        raise RunFileError(f"{path} is a completed result without {missing}")
+    return raw
 
 
 def append_metrics(path: Path | str, row: dict) -> None:

@@ -30,15 +30,21 @@ from typing import Any, Callable
 
 from scaling.config import TrainAppConfig, register_configs, to_dataclass, to_dict
 from scaling.distributed import World, detect_world
-from scaling.errors import ConfigError, ScalingError
+from scaling.errors import ConfigError, DataError, ScalingError, raise_if
+from scaling.runid import RUN_ID_RULE, config_differences, config_hash, data_checksum, result_config
 from scaling.rundir import (
-    EXIT_COMPLETED, EXIT_CONFIG, EXIT_FAILED, EXIT_REQUEUE, append_metrics, checkpoint_dirs, read_metrics,
-    read_result, truncate_metrics, write_atomic, write_json_atomic,
+    EXIT_COMPLETED, EXIT_CONFIG, EXIT_FAILED, EXIT_REQUEUE, RunFileError, append_metrics, checkpoint_dirs,
+    load_result, read_metrics, truncate_metrics, write_atomic, write_json_atomic,
 )  # fmt: skip
+from scaling.runlock import RunLock, RunLocked
 
 log = logging.getLogger("scaling.train")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+# Ctrl-C stops like SIGTERM (checkpoint, exit 75); a second Ctrl-C stops at once.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+STOP_NAME = "stopped.json"  # written by the main rank when a stop signal ended the run cleanly
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process killed by Ctrl-C
+LOG_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
 PROGRESS_EVERY_S = 10.0  # how often a progress line is printed; every step goes to metrics.jsonl
 SECRET_MARKERS = ("api_key", "apikey", "token_secret", "password", "secret")
 
@@ -276,13 +282,20 @@ class Trainer:
             lr_scheduler=schedule,
             config=deepspeed_config(plan, world, self.bf16),
         )
+        from scaling.checkpoint import make_safe_engine
+
+        # Checkpoints are read with torch.load(weights_only=True): nothing in a run directory is
+        # unpickled (scaling/checkpoint.py).
+        self.engine.checkpoint_engine = make_safe_engine(self.engine._config, trust=t.trust_checkpoint)
         if world.world_size == 1 and t.zero_stage == 0:
             # Nothing to reduce across one process; DeepSpeed would still flatten and copy every
             # gradient each step.
             self.engine.enable_backward_allreduce = False
         self.state = TrainState(world_size=world.world_size)
+        self.identity = {"config_hash": config_hash(self.cfg), "data_checksum": data_checksum(manifest)}
         self.stop_requested = False
         self.row_sinks: list[Callable[[dict], None]] = []  # rank 0 only, e.g. the wandb mirror
+        self.lease: Any = None  # the run directory's lease (rank 0), see scaling/runlock.py
 
     # ---- distributed helpers -------------------------------------------------------------
     def _all_reduce(self, values: list[float], op: str = "sum") -> list[float]:
@@ -304,7 +317,7 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """Every rank writes into a hidden folder; rank 0 renames it into place when all are done,
         so a kill during a save leaves the previous checkpoint as the latest complete one."""
-        import torch
+        from scaling import checkpoint
 
         root = self.run_dir / "checkpoints"
         name = f"step{self.state.step:08d}"
@@ -313,9 +326,11 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         self._barrier()
-        self.engine.save_checkpoint(str(tmp), tag="state", client_state={"train_state": asdict(self.state)},
-                                    save_latest=False)
-        torch.save(_rng_state(), tmp / f"rng_rank{self.world.rank}.pt")
+        meta = {
+            "run_id": self.plan.run_id, "step": self.state.step, "parent": None, **self.identity,
+            "train_state": asdict(self.state), "config": result_config(self.cfg),
+        }  # fmt: skip
+        checkpoint.save(self.engine, tmp, self.world.rank, self.world.is_main, meta)
         self._barrier()
         final = root / name
         if self.world.is_main:
@@ -329,29 +344,64 @@ class Trainer:
         return final
 
     def resume(self) -> bool:
-        """Load the latest complete checkpoint, if any. Returns whether the run resumed."""
-        import torch
+        """Load the newest checkpoint that loads on every rank, if any; one that fails (torn,
+        truncated, missing a file, unsafe) is reported with its path, set aside, and the one before
+        is tried. Returns whether the run resumed; raises CheckpointError when none loads, naming
+        each one tried."""
+        from scaling import checkpoint
 
         if self.world.is_main:  # saves that a kill interrupted: never complete, never read
             for torn in (self.run_dir / "checkpoints").glob(".tmp-*"):
                 shutil.rmtree(torn, ignore_errors=True)
+        self._barrier()
         ckpts = checkpoint_dirs(self.run_dir)
-        if not ckpts:
-            return False
-        path = ckpts[-1]
-        _, client = self.engine.load_checkpoint(str(path), tag="state", load_optimizer_states=True,
-                                                load_lr_scheduler_states=True)
-        if client is None:
-            raise ScalingError(f"checkpoint {path} could not be loaded; delete it to fall back to the one before")
-        self.state = TrainState(**client["train_state"])
-        rng_file = path / f"rng_rank{self.world.rank}.pt"
-        if rng_file.exists():
-            _set_rng_state(torch.load(rng_file, weights_only=False))
-        if self.state.world_size != self.world.world_size:
-            log.warning("resuming a run saved with %d processes on %d", self.state.world_size, self.world.world_size)
-            self.state.world_size = self.world.world_size
-        log.info("resumed from %s at step %d", path, self.state.step)
-        return True
+        failures: list[str] = []
+        for path in reversed(ckpts):
+            error = ""
+            try:
+                loaded = checkpoint.load(self.engine, path, self.world.rank, trust=self.cfg.train.trust_checkpoint)
+            except checkpoint.CheckpointError as e:
+                error = str(e)
+            # Every rank must resume from the same step: a file torn on one rank fails them all.
+            if self._all_reduce([float(bool(error))], op="max")[0] > 0:
+                failures.append(error or f"{path}: failed to load on another rank")
+                log.error("checkpoint %s could not be loaded: %s; trying the one before", path,
+                          error or "failed on another rank")  # fmt: skip
+                self._barrier()
+                if self.world.is_main:
+                    checkpoint.set_aside(path)
+                continue
+            self._check_identity(loaded.meta, path)
+            self.state = TrainState(**{k: v for k, v in loaded.meta["train_state"].items()
+                                       if k in TrainState.__dataclass_fields__})  # fmt: skip
+            if self.state.world_size != self.world.world_size:
+                log.warning("resuming a run saved with %d processes on %d", self.state.world_size,
+                            self.world.world_size)  # fmt: skip
+                self.state.world_size = self.world.world_size
+            log.info("resumed from %s at step %d", path, self.state.step)
+            return True
+        if failures:
+            raise checkpoint.CheckpointError(
+                "no checkpoint could be loaded:\n" + "\n".join(f"  - {f}" for f in failures)
+                + "\nmove the checkpoints folder aside to train from scratch"
+            )
+        return False
+
+    def _check_identity(self, meta: dict, path: Path) -> None:
+        """A resume is the same run or nothing: the checkpoint's config and data must be this run's."""
+        problems = []
+        if "config_hash" in meta and meta["config_hash"] != self.identity["config_hash"]:
+            diffs = config_differences(meta.get("config", {}), result_config(self.cfg))
+            problems.append(
+                f"checkpoint {path} was written by a run with another config ({'; '.join(diffs) or 'hash differs'}); "
+                f"resume with the config it was trained with, or pick a new run.dir"
+            )
+        if "data_checksum" in meta and meta["data_checksum"] != self.identity["data_checksum"]:
+            problems.append(
+                f"checkpoint {path} was trained on other data (data checksum {meta['data_checksum']}, now "
+                f"{self.identity['data_checksum']}); restore the data it was trained on, or pick a new run.dir"
+            )
+        raise_if(problems)
 
     # ---- evaluation --------------------------------------------------------------------------
     def _eval_batches(self, n: int) -> list:
@@ -435,6 +485,11 @@ class Trainer:
             plan.tokens_per_step, plan.micro_batch, plan.accumulation, self.world.world_size, t.zero_stage,
         )  # fmt: skip
         while self.state.step < plan.steps:
+            if self.lease is not None and self.lease.lost:
+                raise ScalingError(
+                    f"another trainer took over {self.run_dir} (this one did not refresh its lease in time); "
+                    f"stopping without writing, so the two never share the directory"
+                )
             x, y = next(batches)
             lr = self.scheduler.get_last_lr()[0]
             train_loss = self.train_step(x, y)
@@ -564,40 +619,53 @@ class StopRequested(Exception):
     """A stop signal arrived; a checkpoint has been saved."""
 
 
-def _rng_state() -> dict:
-    import numpy as np
-    import torch
-
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    import numpy as np
-    import torch
-
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 # ---- wandb ----------------------------------------------------------------------------------------
+WANDB_PROBE_TIMEOUT_S = 3.0  # mode=auto: how long the wandb server may take to accept a connection
+
+
 def _wandb_mode(mode: str) -> str:
+    """The mode wandb runs in. `auto` honours WANDB_DISABLED and WANDB_MODE, goes online only with
+    credentials and a server that answers within WANDB_PROBE_TIMEOUT_S, and is offline otherwise:
+    it never blocks a run on the network."""
     if mode != "auto":
         return mode
+    if os.environ.get("WANDB_DISABLED", "").strip().lower() in ("1", "true", "yes"):
+        return "disabled"
+    env_mode = os.environ.get("WANDB_MODE", "").strip().lower()
+    if env_mode in ("offline", "dryrun"):
+        return "offline"
+    if env_mode in ("disabled", "online"):
+        return env_mode
+    if not _wandb_credentials():
+        return "offline"
+    url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    if not _reachable(url, WANDB_PROBE_TIMEOUT_S):
+        log.warning("wandb: %s did not answer within %.0f s; logging offline (upload later with `wandb sync`)",
+                    url, WANDB_PROBE_TIMEOUT_S)  # fmt: skip
+        return "offline"
+    return "online"
+
+
+def _wandb_credentials() -> bool:
     if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    netrc = Path.home() / ".netrc"
+        return True
     try:
-        if "api.wandb.ai" in netrc.read_text():
-            return "online"
+        return "api.wandb.ai" in (Path.home() / ".netrc").read_text()
     except OSError:
-        pass
-    return "offline"
+        return False
+
+
+def _reachable(url: str, timeout_s: float) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname or "", port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
 
 
 def start_wandb(plan: RunPlan, state: TrainState) -> Any:
@@ -643,26 +711,28 @@ def scrub_secrets(obj: Any) -> Any:
 
 
 # ---- entry points ---------------------------------------------------------------------------------
-def _setup_logging(run_dir: Path, world: World) -> None:
+def _setup_logging(world: World) -> None:
     root = logging.getLogger("scaling")
     root.handlers.clear()
     root.propagate = False
     root.setLevel(logging.INFO if world.is_main else logging.WARNING)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     stream = logging.StreamHandler(sys.stderr)
-    stream.setFormatter(fmt)
+    stream.setFormatter(LOG_FORMAT)
     root.addHandler(stream)
-    if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        file = logging.FileHandler(run_dir / "train.log")
-        file.setFormatter(fmt)
-        root.addHandler(file)
     # DeepSpeed and torch are chatty at INFO and with deprecation warnings.
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+
+
+def _log_to_file(run_dir: Path, world: World) -> None:
+    """train.log in the run directory, once this trainer holds it."""
+    if world.is_main:
+        file = logging.FileHandler(run_dir / "train.log")
+        file.setFormatter(LOG_FORMAT)
+        logging.getLogger("scaling").addHandler(file)
 
 
 def _configure_device(cfg: TrainAppConfig, world: World) -> None:
@@ -681,63 +751,184 @@ def _configure_device(cfg: TrainAppConfig, world: World) -> None:
         torch.cuda.set_device(world.local_rank)
 
 
+class RunRefused(ConfigError):
+    """This trainer may not use the run directory (held by another trainer, not writable, or
+    holding another run). Nothing in the directory is written."""
+
+
+def _agree(world: World, flag: bool) -> bool:
+    """Whether `flag` is true on any rank (a collective: every rank calls it)."""
+    if world.world_size == 1 or not _dist_ready():
+        return flag
+    import torch
+    import torch.distributed as dist
+
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def _init_process_group(world: World) -> None:
+    import deepspeed
+
+    if _dist_ready():
+        return
+    backend = "nccl" if os.environ.get("DS_ACCELERATOR") != "cpu" else "gloo"
+    if world.launcher == "single":
+        # A file store private to this process: no TCP port to race other runs for.
+        import atexit
+        import tempfile
+
+        store = Path(tempfile.mkdtemp(prefix="scaling-dist-")) / "store"
+        atexit.register(shutil.rmtree, store.parent, True)
+        deepspeed.init_distributed(dist_backend=backend, init_method=f"file://{store}", rank=0, world_size=1)
+    else:
+        deepspeed.init_distributed(dist_backend=backend)
+
+
+def _take_run_dir(run_dir: Path, world: World) -> RunLock | None:
+    """The main rank takes the run directory's lease; every rank learns whether it got it."""
+    lock, refusal = None, ""
+    if world.is_main:
+        try:
+            lock = RunLock(run_dir).acquire()
+            if lock.takeover:
+                log.warning("took over the run directory's lease: %s", lock.takeover)
+        except RunLocked as e:
+            refusal = str(e)
+    if _agree(world, bool(refusal)):
+        raise RunRefused(refusal or f"run directory {run_dir} is in use by another trainer (see rank 0's log)")
+    return lock
+
+
+def _prior_result(run_dir: Path, world: World) -> dict | None:
+    """The result of an earlier attempt, if any. A malformed result.json is reported and kept
+    aside (never silently trained over); the run then resumes or starts as if it had none."""
+    try:
+        return load_result(run_dir)
+    except RunFileError as e:
+        _agree(world, False)  # every rank has read the file before the main rank moves it
+        if world.is_main:
+            aside = run_dir / f"result.unreadable-{time.strftime('%Y%m%d-%H%M%S')}.json"
+            os.replace(run_dir / "result.json", aside)
+            log.error("%s; kept aside as %s, and the run resumes from its checkpoints (if any)", e, aside.name)
+        return None
+
+
+def _recorded_config(run_dir: Path) -> dict | None:
+    """The result-affecting config in the run's config.yaml (the record of what it trained with)."""
+    from omegaconf import OmegaConf
+
+    from scaling.config import from_dict
+
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+        return result_config(from_dict(raw))
+    except Exception:  # noqa: BLE001 - an unreadable record cannot vouch for anything
+        return None
+
+
+def _check_same_run(run_dir: Path, cfg: TrainAppConfig, identity: dict, prior: dict | None) -> None:
+    """A rerun or a resume is the same run or nothing: refuse (naming the keys that differ) when
+    the directory's result or newest checkpoint records another config or other data."""
+    from scaling.checkpoint import CheckpointError, read_meta
+
+    current = result_config(cfg)
+    records: list[tuple[str, dict]] = []
+    if prior is not None and prior.get("status") == "completed":
+        records.append(("result.json", prior))
+    ckpts = checkpoint_dirs(run_dir)
+    if ckpts:
+        try:
+            records.append((f"checkpoint {ckpts[-1].name}", read_meta(ckpts[-1])))
+        except CheckpointError:
+            pass  # judged when it is loaded (and fallen back from)
+    recorded_yaml = _recorded_config(run_dir) if (ckpts or records) else None
+    problems = []
+    for where, rec in records:
+        if rec.get("config_hash", identity["config_hash"]) != identity["config_hash"]:
+            diffs = config_differences(rec.get("config") or recorded_yaml or {}, current)
+            problems.append(
+                f"{run_dir} holds a run with another config ({where}): {'; '.join(diffs) or 'the config hash differs'}; "
+                f"rerun with the config it was trained with, or pick a new run.dir"
+            )
+        if rec.get("data_checksum", identity["data_checksum"]) != identity["data_checksum"]:
+            problems.append(
+                f"{run_dir} holds a run trained on other data ({where}: data checksum {rec['data_checksum']}, now "
+                f"{identity['data_checksum']}); restore the data it was trained on, or pick a new run.dir"
+            )
+    if not problems and recorded_yaml is not None and not any("config_hash" in r for _, r in records):
+        diffs = config_differences(recorded_yaml, current)  # a run of an older version: its config.yaml
+        if diffs:
+            problems.append(
+                f"{run_dir} holds a run with another config (config.yaml): {'; '.join(diffs)}; rerun with the "
+                f"config it was trained with, or pick a new run.dir"
+            )
+    if problems:
+        raise RunRefused(problems)
+
+
 def train(cfg: TrainAppConfig) -> int:
     """Run one training run to completion, failure or a stop signal. Returns the exit code."""
     world = detect_world()
     run_dir = Path(cfg.run.dir)
-    _setup_logging(run_dir, world)
-    prior = read_result(run_dir)
-    if prior is not None and prior.get("status") == "completed":
-        log.info("run %s already completed (eval loss %s); nothing to train", run_dir, prior.get("eval_loss"))
-        return EXIT_COMPLETED
-    if prior is not None and world.is_main:
-        # A retry: keep the old error beside the run, and let this attempt's outcome be recorded.
-        os.replace(run_dir / "result.json", run_dir / "result.previous-failure.json")
-    stop = {"flag": False}
+    _setup_logging(world)
+    stop: dict[str, Any] = {"flag": False}
     trainer: Trainer | None = None
+    lock: RunLock | None = None
     timing = Timing()
 
     def on_signal(signum: int, _frame: Any) -> None:
+        if signum == signal.SIGINT and stop["flag"]:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without waiting for the checkpoint
         log.warning("received %s: saving a checkpoint and stopping", signal.Signals(signum).name)
-        stop["flag"] = True
+        stop["flag"], stop["signal"] = True, signal.Signals(signum).name
         if trainer is not None:
             trainer.stop_requested = True
 
     previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
     try:
+        _configure_device(cfg, world)
+        _init_process_group(world)
+        lock = _take_run_dir(run_dir, world)
+        _log_to_file(run_dir, world)
+        prior = _prior_result(run_dir, world)
         from scaling.data import prepare_dataset
 
-        _configure_device(cfg, world)
-        manifest = prepare_dataset(cfg.data)
+        try:
+            manifest = prepare_dataset(cfg.data)
+        except DataError as e:  # missing or unreadable data is a config error: nothing has started
+            raise ConfigError(str(e)) from None
         plan = plan_run(cfg, manifest, world)
+        identity = {"config_hash": config_hash(plan.cfg), "data_checksum": data_checksum(manifest)}
+        _check_same_run(run_dir, plan.cfg, identity, prior)
+        if prior is not None and prior.get("status") == "completed":
+            log.info("run %s already completed (eval loss %s); nothing to train", run_dir, prior.get("eval_loss"))
+            return EXIT_COMPLETED
+        if world.is_main:
+            (run_dir / STOP_NAME).unlink(missing_ok=True)
+            if prior is not None:  # a retry: keep the old error beside the run
+                os.replace(run_dir / "result.json", run_dir / "result.previous-failure.json")
+        epochs = manifest.epochs(plan.tokens)
+        unique_units = manifest.unique_samples("train") * plan.samples_per_seq
+        if epochs > 1:
+            log.warning("this run repeats its training data: %.2f epochs over %s unique %s", epochs,
+                        f"{unique_units:,}", "tokens" if plan.samples_per_seq > 1 else "samples")  # fmt: skip
         timing.mark("setup_s")  # torch, data preparation, counting
-        import deepspeed
-
-        if not _dist_ready():
-            backend = "nccl" if os.environ.get("DS_ACCELERATOR") != "cpu" else "gloo"
-            if world.launcher == "single":
-                # A file store private to this process: no TCP port to race other runs for.
-                import tempfile
-
-                store = Path(tempfile.mkdtemp(prefix="scaling-dist-")) / "store"
-                import atexit
-
-                atexit.register(shutil.rmtree, store.parent, True)
-                deepspeed.init_distributed(dist_backend=backend, init_method=f"file://{store}", rank=0,
-                                           world_size=1)
-            else:
-                deepspeed.init_distributed(dist_backend=backend)
         trainer = Trainer(plan, manifest, world)
         trainer.stop_requested = stop["flag"]
+        trainer.lease = lock
         timing.mark("deepspeed_init_s")  # DeepSpeed import, process group, model, engine
         resumed = trainer.resume()
         plan = trainer.plan
         if world.is_main:
-            write_atomic(run_dir / "config.yaml", _to_yaml(scrub_secrets(to_dict(plan.cfg))))
             if resumed:
                 truncate_metrics(run_dir / "metrics.jsonl", trainer.state.step)
-            elif (run_dir / "metrics.jsonl").exists():
-                (run_dir / "metrics.jsonl").unlink()  # rows of a run that never checkpointed
+            else:
+                # config.yaml records what the run trains with: written when it starts, never after.
+                write_atomic(run_dir / "config.yaml", _to_yaml(scrub_secrets(to_dict(plan.cfg))))
+                (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # rows of a run that never checkpointed
         wandb_run = None
         if world.is_main:
             try:
@@ -756,6 +947,7 @@ def train(cfg: TrainAppConfig) -> int:
             if wandb_run is not None:
                 _wandb_call(wandb_run.finish)
         timing.mark("finish_s")
+        result |= {**identity, "run_id_rule": RUN_ID_RULE, "epochs": round(epochs, 4), "unique_tokens": unique_units}
         result["timing"] = timing.as_dict()
         if world.is_main:
             write_json_atomic(run_dir / "result.json", result)
@@ -763,8 +955,19 @@ def train(cfg: TrainAppConfig) -> int:
                      result["eval_loss"], result["wall_time_s"])
         return EXIT_COMPLETED
     except StopRequested:
-        log.warning("stopped at step %d; run again on %s to resume", trainer.state.step if trainer else 0, run_dir)
+        step = trainer.state.step if trainer else 0
+        if world.is_main:
+            # torchrun reports any non-zero exit of a worker as its own exit 1: this record tells a
+            # launcher that the stop was clean and the run should be requeued.
+            write_json_atomic(run_dir / STOP_NAME, {"status": "stopped", "step": step, "signal": stop.get("signal")})
+        log.warning("stopped at step %d; run again on %s to resume", step, run_dir)
         return EXIT_REQUEUE
+    except KeyboardInterrupt:
+        log.error("interrupted twice: stopped at once, without a checkpoint; a rerun resumes from the last one")
+        return EXIT_INTERRUPTED
+    except RunRefused as e:
+        log.error("%s", e)
+        return EXIT_CONFIG
     except ConfigError as e:
         log.error("%s", e)
         _write_failure(run_dir, world, str(e), None)
@@ -780,6 +983,8 @@ def train(cfg: TrainAppConfig) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if lock is not None:
+            lock.release()
         if _dist_ready():
             # Left to interpreter shutdown, gloo's threads can abort the process ("terminate called
             # without an active exception") after the run has finished.
@@ -803,6 +1008,11 @@ def _write_failure(run_dir: Path, world: World, error: str, step: int | None) ->
     import json
     import tempfile
 
+    try:
+        if (load_result(run_dir) or {}).get("status") == "completed":
+            return  # a finished run's record is never replaced by a later attempt's error
+    except RunFileError:
+        pass
     run_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".result.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
@@ -862,8 +1072,15 @@ def main() -> None:
             return
         code["rc"] = train(cfg)
 
-    app()
-    sys.exit(code.get("rc", EXIT_CONFIG))
+    try:
+        app()
+    except SystemExit as e:
+        # Hydra exits 1 on its own errors (a misspelled key, a wrong type, an unknown choice), before
+        # the task runs: that is a config error. Its --help and --cfg exit 0.
+        if "rc" not in code and e.code not in (0, None):
+            sys.exit(EXIT_CONFIG)
+        raise
+    sys.exit(code.get("rc", EXIT_COMPLETED))
 
 
 if __name__ == "__main__":
