@@ -3,7 +3,8 @@ one after another or several at once where the cores allow, with a progress bar 
 log file per run (`RUN_DIR/launch.log`).
 
 Ctrl-C (or SIGTERM to the launcher) is forwarded to the runs as SIGTERM: each saves a checkpoint
-and exits with code 75, and a relaunch resumes it.
+and exits with code 75 (under torchrun, which exits 1, the run's stop record says so), and a
+relaunch resumes it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, Callable, Optional
 
 from launch.plan import RunSpec
 from launch.state import proc_start, update_launch, write_launch
-from scaling.rundir import EXIT_REQUEUE
+from scaling.rundir import EXIT_REQUEUE, exit_status
 
 
 def cpu_count() -> int:
@@ -53,6 +54,7 @@ class _Active:
     run: RunSpec
     proc: subprocess.Popen
     log: Any
+    started: float
 
 
 def run_local(
@@ -104,7 +106,7 @@ def run_local(
                 # Its own process group, so a signal reaches torchrun's workers too.
                 proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
                 write_launch(run.dir, launcher="local", pid=proc.pid, pid_start=proc_start(proc.pid), nproc=run.nproc)
-                active.append(_Active(run, proc, log))
+                active.append(_Active(run, proc, log, time.time()))
                 _show_running(bar, active, codes)
             if stopping and pending:
                 pending.clear()
@@ -115,6 +117,7 @@ def run_local(
                     continue
                 active.remove(a)
                 a.log.close()
+                code = exit_status(a.run.dir, code, a.started)
                 codes[a.run.id] = code
                 update_launch(a.run.dir, exit_code=code, ended=time.time())
                 if code not in (0, EXIT_REQUEUE):

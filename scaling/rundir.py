@@ -3,7 +3,9 @@
     DIR/config.yaml       the fully resolved config (no secrets)
     DIR/metrics.jsonl     one JSON object per logged step, append-only
     DIR/result.json       written atomically when the run ends: completed or failed
-    DIR/checkpoints/      step00000123/ folders; a folder exists only once complete
+    DIR/checkpoints/      step00000123/ folders; a folder exists only once complete (scaling/checkpoint.py)
+    DIR/lock.json         the lease of the trainer using the directory (scaling/runlock.py)
+    DIR/stopped.json      the last attempt stopped cleanly on a signal (resume by running again)
     DIR/train.log         the run's log (rank 0)
 
 Torch-free: launchers and status commands read run directories on login nodes.
@@ -24,6 +26,21 @@ EXIT_COMPLETED = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: interrupted by a signal after saving a checkpoint; run again to resume
+STOP_NAME = "stopped.json"  # written by the trainer's main rank when a stop signal ended the run cleanly
+
+
+def exit_status(run_dir: Path | str, code: int, started: float) -> int:
+    """A launcher's view of a trainer's exit code. torchrun turns any non-zero exit of a worker
+    (75 included) into its own exit 1; a stop record written since `started` says the stop was
+    clean, so the run is to be requeued, not counted as failed."""
+    if code in (EXIT_COMPLETED, EXIT_REQUEUE):
+        return code
+    try:
+        if (Path(run_dir) / STOP_NAME).stat().st_mtime >= started - 1:
+            return EXIT_REQUEUE
+    except OSError:
+        pass
+    return code
 
 
 def write_atomic(path: Path | str, text: str) -> None:

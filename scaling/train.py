@@ -33,7 +33,7 @@ from scaling.distributed import World, detect_world
 from scaling.errors import ConfigError, DataError, ScalingError, raise_if
 from scaling.runid import RUN_ID_RULE, config_differences, config_hash, data_checksum, result_config
 from scaling.rundir import (
-    EXIT_COMPLETED, EXIT_CONFIG, EXIT_FAILED, EXIT_REQUEUE, RunFileError, append_metrics, checkpoint_dirs,
+    EXIT_COMPLETED, EXIT_CONFIG, EXIT_FAILED, EXIT_REQUEUE, STOP_NAME, RunFileError, append_metrics, checkpoint_dirs,
     load_result, read_metrics, truncate_metrics, write_atomic, write_json_atomic,
 )  # fmt: skip
 from scaling.runlock import RunLock, RunLocked
@@ -42,7 +42,6 @@ log = logging.getLogger("scaling.train")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Ctrl-C stops like SIGTERM (checkpoint, exit 75); a second Ctrl-C stops at once.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
-STOP_NAME = "stopped.json"  # written by the main rank when a stop signal ended the run cleanly
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process killed by Ctrl-C
 LOG_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
 PROGRESS_EVERY_S = 10.0  # how often a progress line is printed; every step goes to metrics.jsonl

@@ -1,0 +1,257 @@
+"""A run directory that cannot be hijacked, shared, silently reconfigured or fed stale data: the real
+trainer, real files and real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from scaling.rundir import (
+    EXIT_CONFIG, EXIT_FAILED, EXIT_REQUEUE, STOP_NAME, checkpoint_dirs, exit_status, read_metrics, read_result,
+)  # fmt: skip
+from trainer_utils import ROOT, data_cache, env, run_train, train_cmd  # noqa: F401 - fixture
+
+CKPT = ("train.checkpoint_every_tokens=4096", "train.keep_checkpoints=3")  # every 4 steps
+
+
+def _ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _start(cache: Path, run: Path, *overrides: str, nproc: int = 1, **kw) -> subprocess.Popen:
+    return subprocess.Popen(train_cmd(run, *overrides, nproc=nproc), cwd=ROOT, env=kw.get("env") or env(cache),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=kw.get("session", False))  # fmt: skip
+
+
+def _wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        rows = read_metrics(run / "metrics.jsonl")
+        if rows and rows[-1]["step"] >= step:
+            return
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "trainer exited"
+        time.sleep(0.02)
+    raise AssertionError(f"step {step} not reached")
+
+
+def _same_curve(a: Path, b: Path, steps: int) -> None:
+    want, got = read_metrics(a / "metrics.jsonl"), read_metrics(b / "metrics.jsonl")
+    assert [r["step"] for r in got] == list(range(1, steps + 1))
+    for x, y in zip(want, got):
+        for key in ("loss", "lr"):
+            assert y[key] == pytest.approx(x[key], abs=1e-6), (x["step"], key)
+    assert read_result(b)["eval_loss"] == pytest.approx(read_result(a)["eval_loss"], abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def straight(data_cache, tmp_path_factory) -> Path:
+    """An uninterrupted 24-step run to compare interrupted ones with."""
+    run = tmp_path_factory.mktemp("straight") / "run"
+    _ok(run_train(data_cache, run, "train.tokens=24576"))
+    return run
+
+
+class _Payload:
+    """Unpickling this runs a shell command: what a crafted checkpoint file would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_pickle_in_any_checkpoint_file_is_never_executed(data_cache, tmp_path):
+    import torch
+
+    run = tmp_path / "run"
+    # ZeRO-1 writes model and optimizer states to separate files; checkpoints at steps 4, 8 and 12.
+    _ok(run_train(data_cache, run, "train.tokens=16384", "train.zero_stage=1", *CKPT))
+    (run / "result.json").unlink()  # so that a rerun resumes from the checkpoints
+    marker = tmp_path / "pwned"
+    c4, c8, c12 = checkpoint_dirs(run)
+    torch.save({"module": _Payload(marker)}, c12 / "state" / "mp_rank_00_model_states.pt")
+    torch.save({"optimizer_state_dict": _Payload(marker)}, c8 / "state" / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    (c4 / "rng_rank0.json").unlink()  # an older checkpoint's pickled RNG file
+    torch.save({"torch": _Payload(marker)}, c4 / "rng_rank0.pt")
+
+    proc = run_train(data_cache, run, "train.tokens=16384", "train.zero_stage=1", *CKPT)
+    assert not marker.exists(), "a pickle in a checkpoint was executed"
+    assert proc.returncode == EXIT_FAILED, proc.stderr[-3000:]
+    error = read_result(run)["error"]
+    assert "no checkpoint could be loaded" in error
+    for path in (c12 / "state" / "mp_rank_00_model_states.pt", c8 / "state", c4 / "rng_rank0.json"):
+        assert str(path) in error, path
+    assert "train.trust_checkpoint=true" in error
+    assert "Traceback" not in proc.stderr
+
+
+def test_two_trainers_never_share_a_run_directory(data_cache, tmp_path):
+    run = tmp_path / "run"
+    budget = "train.tokens=2e6"  # far more than the test waits for: the first is stopped below
+    first = _start(data_cache, run, budget)
+    try:
+        _wait_for_step(run, 2, first)
+        second = run_train(data_cache, run, budget)
+        assert second.returncode == EXIT_CONFIG, second.stderr[-2000:]
+        assert "in use by another trainer" in second.stderr and f"pid {first.pid}" in second.stderr
+        assert first.poll() is None  # the holder trains on, undisturbed
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=60) == EXIT_REQUEUE, first.stderr.read()
+    finally:
+        first.kill()
+    steps = [r["step"] for r in read_metrics(run / "metrics.jsonl")]
+    assert steps == list(range(1, len(steps) + 1))  # one writer: no duplicate or interleaved steps
+    assert not (run / "lock.json").exists()  # released on exit
+
+
+def test_a_resume_or_rerun_with_another_config_or_data_is_refused(data_cache, tmp_path):
+    from scaling.data import prepare_dataset
+    from scaling.data.config import DataConfig
+
+    data = tmp_path / "data"
+    shutil.copytree(prepare_dataset(DataConfig(name="synthetic", cache_dir=str(data_cache))).location, data)
+    run = tmp_path / "run"
+    base = ("train.tokens=16384", f"data.path={data}", *CKPT)
+    proc = _start(data_cache, run, *base)
+    _wait_for_step(run, 6, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == EXIT_REQUEUE
+    recorded = (run / "config.yaml").read_text()
+
+    for override, key in (("train.lr=1e-3", "train.lr: 0.003 -> 0.001"), ("model.d_model=64", "model.d_model")):
+        refused = run_train(data_cache, run, *base, override)
+        assert refused.returncode == EXIT_CONFIG, refused.stderr[-2000:]
+        assert key in refused.stderr
+    assert (run / "config.yaml").read_text() == recorded  # the record never lies
+
+    # The same data, rebuilt with another split: other shards, another checksum.
+    other = prepare_dataset(DataConfig(name="synthetic", split_seed=1, cache_dir=str(data_cache))).location
+    shutil.rmtree(data)
+    shutil.copytree(other, data)
+    refused = run_train(data_cache, run, *base)
+    assert refused.returncode == EXIT_CONFIG and "trained on other data" in refused.stderr, refused.stderr[-2000:]
+    shutil.rmtree(data)
+    shutil.copytree(prepare_dataset(DataConfig(name="synthetic", cache_dir=str(data_cache))).location, data)
+
+    _ok(run_train(data_cache, run, *base))  # the same config and data resume
+    again = run_train(data_cache, run, *base, "model.d_model=64")
+    assert again.returncode == EXIT_CONFIG and "model.d_model: 32 -> 64" in again.stderr, again.stderr[-2000:]
+    assert read_result(run)["status"] == "completed"  # a refused rerun writes nothing
+    _ok(run_train(data_cache, run, *base, "train.num_threads=1", "train.keep_checkpoints=1"))  # non-result keys
+
+
+def test_ctrl_c_checkpoints_and_a_rerun_matches_an_uninterrupted_run(data_cache, tmp_path, straight):
+    run = tmp_path / "run"
+    proc = _start(data_cache, run, "train.tokens=24576")
+    _wait_for_step(run, 9, proc)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == EXIT_REQUEUE, proc.stderr.read()
+    assert "KeyboardInterrupt" not in proc.stderr.read()
+    assert checkpoint_dirs(run) and (run / STOP_NAME).exists()
+    _ok(run_train(data_cache, run, "train.tokens=24576"))
+    assert not (run / STOP_NAME).exists()
+    _same_curve(straight, run, 24)
+
+
+def test_a_truncated_latest_checkpoint_falls_back_to_the_one_before(data_cache, tmp_path, straight):
+    run = tmp_path / "run"
+    proc = _start(data_cache, run, "train.tokens=24576", *CKPT)
+    _wait_for_step(run, 14, proc)
+    proc.kill()
+    proc.wait()
+    latest = checkpoint_dirs(run)[-1]
+    model = latest / "state" / "mp_rank_00_model_states.pt"
+    model.write_bytes(model.read_bytes()[:1000])
+    resumed = run_train(data_cache, run, "train.tokens=24576", *CKPT)
+    _ok(resumed)
+    assert str(model) in resumed.stderr and "trying the one before" in resumed.stderr
+    assert (latest.parent / f"unreadable-{latest.name}").is_dir()  # kept for inspection
+    _same_curve(straight, run, 24)
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [(b"{\x00garbage", "not valid JSON"), (b"[1, 2]", "not an object"), (b'{"status": "completed"}', "without")],
+    ids=["garbage", "not-an-object", "missing-keys"],
+)
+def test_a_malformed_result_is_reported_and_kept_aside(data_cache, tmp_path, content, problem):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "result.json").write_bytes(content)
+    proc = run_train(data_cache, run, "train.tokens=4096")
+    _ok(proc)
+    assert f"{run / 'result.json'}" in proc.stderr and problem in proc.stderr
+    (aside,) = run.glob("result.unreadable-*.json")
+    assert aside.read_bytes() == content
+    assert read_result(run)["status"] == "completed"
+
+
+def test_a_read_only_run_directory_is_named(data_cache, tmp_path):
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs root and unshare to mount a read-only folder")
+    run = tmp_path / "ro"
+    run.mkdir()
+    cmd = " ".join(train_cmd(run, "train.tokens=4096"))
+    script = f"mount --bind {run} {run} && mount -o remount,bind,ro {run} && exec {cmd}"
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=ROOT, env=env(data_cache), capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    if "mount:" in proc.stderr:
+        pytest.skip(f"cannot mount here: {proc.stderr.strip()[:200]}")
+    assert proc.returncode == EXIT_CONFIG, proc.stderr[-2000:]
+    assert f"run directory {run} is not writable" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["train.tokns=5", "train.lr=fast", "model=nope", "data.path=/nonexistent/shards", "train.zero_stage=7"],
+    ids=["misspelled", "wrong-type", "unknown-choice", "missing-data", "bad-value"],
+)
+def test_every_config_error_exits_2(data_cache, tmp_path, override):
+    proc = run_train(data_cache, tmp_path / "run", "train.tokens=4096", override)
+    assert proc.returncode == EXIT_CONFIG, proc.stderr[-2000:]
+
+
+def test_wandb_mode_auto_honours_the_environment_and_never_waits_on_the_network(data_cache, tmp_path, monkeypatch):
+    from scaling.train import _wandb_mode
+
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_DISABLED", "true")
+    assert _wandb_mode("auto") == "disabled"
+    monkeypatch.delenv("WANDB_DISABLED")
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    t0 = time.time()
+    assert _wandb_mode("auto") == "offline" and time.time() - t0 < 5
+
+    # The real trainer, a key set and WANDB_MODE=offline: the local run is written, offline.
+    e = env(data_cache) | {"WANDB_API_KEY": "x" * 40, "WANDB_MODE": "offline"}
+    e.pop("WANDB_DISABLED", None)
+    run = tmp_path / "run"
+    proc = subprocess.run(train_cmd(run, "train.tokens=4096", "logger.wandb.mode=auto"), cwd=ROOT, env=e,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    _ok(proc)
+    assert list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert not list((run / "wandb").glob("run-*"))  # no online run directory
+
+
+def test_under_torchrun_a_clean_stop_is_a_requeue_for_the_launcher(data_cache, tmp_path):
+    run = tmp_path / "run"
+    started = time.time()
+    proc = _start(data_cache, run, "train.tokens=65536", nproc=2, session=True)
+    _wait_for_step(run, 3, proc, timeout=180)
+    os.killpg(proc.pid, signal.SIGTERM)
+    code = proc.wait(timeout=120)
+    assert checkpoint_dirs(run) and read_result(run) is None
+    assert json.loads((run / STOP_NAME).read_text())["status"] == "stopped"
+    assert exit_status(run, code, started) == EXIT_REQUEUE
+    assert exit_status(tmp_path / "elsewhere", 1, started) == 1  # a real failure stays one
+

@@ -1,0 +1,95 @@
+"""Stable run ids: a new config key with a default moves no id, studies planned under the first rule
+keep their directories, and the planner and the trainer hash the same resolved config."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+import scaling.config as schema
+import scaling.runid as runid
+from launch.config import register_configs, to_dataclass
+from launch.plan import CONF_DIR, make_plan
+from scaling.runid import flatten
+
+LEGACY = Path(__file__).parent / "data" / "plan_v1"
+
+
+@dataclass
+class TrainConfigPlus(schema.TrainConfig):
+    label_smoothing: float = 0.0  # a future key whose default keeps today's behaviour
+
+
+@dataclass
+class AppPlus(schema.TrainAppConfig):
+    train: TrainConfigPlus = field(default_factory=TrainConfigPlus)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("SCALING_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def study_spec(name: str, study_dir: Path):
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        dcfg = compose(config_name="study_app", overrides=[f"study={name}", f"study.dir={study_dir}"])
+    return to_dataclass(dcfg).study
+
+
+def test_a_new_config_key_with_a_default_moves_no_run_id(tmp_path, monkeypatch):
+    spec = study_spec("isoflop_tiny", tmp_path / "s")
+    before = [r.id for r in make_plan(spec).runs]
+
+    for module in (schema, runid):
+        monkeypatch.setattr(module, "TrainAppConfig", AppPlus)
+    monkeypatch.setattr(schema, "TrainConfig", TrainConfigPlus)
+    plan = make_plan(spec)
+    assert [r.id for r in plan.runs] == before
+    # The key really is in the resolved config the ids are computed from (rule 1 hashed it).
+    cfg = runid.flatten(schema.to_dict(AppPlus(model=schema.GPTConfig())))
+    assert "train.label_smoothing" in cfg
+
+
+@pytest.mark.parametrize("study", ["isoflop_tiny", "cnn_digits"])
+def test_a_study_planned_under_rule_1_relaunches_into_its_own_run_directories(tmp_path, study):
+    # The ids that the planner of rule 1 gave these studies (recorded with that version).
+    legacy_ids = (LEGACY / f"{study}.ids").read_text().split()
+    spec = study_spec(study, tmp_path / "s")
+    fresh = [r.id for r in make_plan(spec).runs]
+    assert len(fresh) == len(legacy_ids) and not set(fresh) & set(legacy_ids)  # rule 2 names them anew
+    for rid in legacy_ids:  # a study folder of the old version, its runs finished
+        (tmp_path / "s" / "runs" / rid).mkdir(parents=True)
+    assert [r.id for r in make_plan(spec).runs] == legacy_ids
+
+
+def test_the_planner_and_the_trainer_hash_the_same_resolved_config(tmp_path):
+    from launch.plan import compose_train
+    from scaling.config import to_dataclass as train_dataclass
+    from scaling.data import prepare_dataset
+    from scaling.distributed import World
+    from scaling.runid import config_hash
+    from scaling.train import plan_run
+
+    for study in ("isoflop_tiny", "cnn_digits"):
+        plan = make_plan(study_spec(study, tmp_path / study))
+        for run in plan.runs[:3]:
+            cfg = train_dataclass(compose_train(run.overrides))  # exactly what scaling-train composes
+            trainer_plan = plan_run(cfg, prepare_dataset(cfg.data), World(rank=0, world_size=1, local_rank=0, local_world_size=1, launcher="single"))
+            assert config_hash(trainer_plan.cfg) == run.config_hash == run.id.rsplit("-", 1)[1]
+
+
+def test_the_hash_covers_result_keys_that_differ_from_the_defaults_only():
+    base = schema.TrainAppConfig(model=schema.GPTConfig(seq_len=64, vocab_size=65))
+    keys = runid.result_config(base)
+    assert keys == {"model.family": "gpt", "model.seq_len": 64, "model.vocab_size": 65}
+    lr = dataclasses.replace(base, train=dataclasses.replace(base.train, lr=1e-3))
+    threads = dataclasses.replace(base, train=dataclasses.replace(base.train, num_threads=1, checkpoint_every_tokens=8))
+    assert runid.config_hash(lr) != runid.config_hash(base)
+    assert runid.config_hash(threads) == runid.config_hash(base)
+    assert runid.config_differences(runid.result_config(base), runid.result_config(lr)) == ["train.lr: 0.003 -> 0.001"]
+    assert set(flatten({"a": {"b": 1, "c": {"d": 2}}})) == {"a.b", "a.c.d"}
