@@ -293,6 +293,7 @@ class Trainer:
         self.state = TrainState(world_size=world.world_size)
         self.identity = {"config_hash": config_hash(self.cfg), "data_checksum": data_checksum(manifest)}
         self.stop_requested = False
+        self.stop_signal = ""  # the signal's name, set by the handler in train()
         self.row_sinks: list[Callable[[dict], None]] = []  # rank 0 only, e.g. the wandb mirror
         self.lease: Any = None  # the run directory's lease (rank 0), see scaling/runlock.py
 
@@ -581,9 +582,12 @@ class Trainer:
 
     def _stop_agreed(self) -> bool:
         # Saving is collective, so every rank must agree to stop at the same step.
-        if self.world.world_size == 1:
-            return self.stop_requested
-        return self._all_reduce([float(self.stop_requested)], op="max")[0] > 0
+        agreed = self.stop_requested
+        if self.world.world_size > 1:
+            agreed = self._all_reduce([float(self.stop_requested)], op="max")[0] > 0
+        if agreed:  # logged here, not in the signal handler: logging there can deadlock or lose the signal
+            log.warning("received %s: saving a checkpoint and stopping", self.stop_signal or "a stop on another rank")
+        return agreed
 
 
 class Timing:
@@ -879,12 +883,12 @@ def train(cfg: TrainAppConfig) -> int:
     timing = Timing()
 
     def on_signal(signum: int, _frame: Any) -> None:
+        # Only flags here: the trainer checks them between steps and logs.
         if signum == signal.SIGINT and stop["flag"]:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without waiting for the checkpoint
-        log.warning("received %s: saving a checkpoint and stopping", signal.Signals(signum).name)
         stop["flag"], stop["signal"] = True, signal.Signals(signum).name
         if trainer is not None:
-            trainer.stop_requested = True
+            trainer.stop_requested, trainer.stop_signal = True, stop["signal"]
 
     previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
     try:
@@ -916,7 +920,7 @@ def train(cfg: TrainAppConfig) -> int:
                         f"{unique_units:,}", "tokens" if plan.samples_per_seq > 1 else "samples")  # fmt: skip
         timing.mark("setup_s")  # torch, data preparation, counting
         trainer = Trainer(plan, manifest, world)
-        trainer.stop_requested = stop["flag"]
+        trainer.stop_requested, trainer.stop_signal = stop["flag"], stop.get("signal", "")
         trainer.lease = lock
         timing.mark("deepspeed_init_s")  # DeepSpeed import, process group, model, engine
         resumed = trainer.resume()

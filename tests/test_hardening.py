@@ -255,3 +255,87 @@ def test_under_torchrun_a_clean_stop_is_a_requeue_for_the_launcher(data_cache, t
     assert exit_status(run, code, started) == EXIT_REQUEUE
     assert exit_status(tmp_path / "elsewhere", 1, started) == 1  # a real failure stays one
 
+
+
+def _plant_lease(run: Path, age_s: float, **holder) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    lock = run / "lock.json"
+    lock.write_text(json.dumps({"token": "other", "host": "node-b", "pid": 1, "refreshed": time.time() - age_s,
+                                **holder}))  # fmt: skip
+    os.utime(lock, (time.time() - age_s, time.time() - age_s))
+
+
+def test_a_lease_is_refused_while_fresh_and_taken_over_when_its_holder_is_gone(tmp_path, monkeypatch):
+    from scaling.errors import ScalingError
+    from scaling.runlock import LEASE_TIMEOUT_S, RunLock, RunLocked
+
+    for var in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_RESTART_COUNT"):
+        monkeypatch.delenv(var, raising=False)
+    fresh = tmp_path / "fresh"
+    _plant_lease(fresh, 5, slurm_job_id="41")
+    with pytest.raises(RunLocked, match="pid 1 on node-b, Slurm job 41"):
+        RunLock(fresh).acquire()
+    assert json.loads((fresh / "lock.json").read_text())["token"] == "other"  # untouched
+    assert issubclass(RunLocked, ScalingError)
+
+    cases = {
+        "stale": ({}, LEASE_TIMEOUT_S + 5, {}),
+        "dead pid on this host": ({"host": __import__("socket").gethostname(), "pid": 2**22 + 7}, 5, {}),
+        "requeued Slurm job": ({"slurm_job_id": "42", "slurm_restarts": 0}, 5,
+                               {"SLURM_JOB_ID": "42", "SLURM_RESTART_COUNT": "1"}),
+    }  # fmt: skip
+    for name, (holder, age, environ) in cases.items():
+        run = tmp_path / name.replace(" ", "-")
+        _plant_lease(run, age, **holder)
+        for k, v in environ.items():
+            monkeypatch.setenv(k, v)
+        lock = RunLock(run).acquire()
+        try:
+            assert lock.takeover, name
+            assert json.loads((run / "lock.json").read_text())["token"] == lock.token
+        finally:
+            lock.release()
+            for k in environ:
+                monkeypatch.delenv(k)
+        assert not (run / "lock.json").exists()
+
+    # The same job id at the same restart count is another step of the same job: refused.
+    run = tmp_path / "same-start"
+    _plant_lease(run, 5, slurm_job_id="43", slurm_restarts=1)
+    monkeypatch.setenv("SLURM_JOB_ID", "43")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    with pytest.raises(RunLocked):
+        RunLock(run).acquire()
+
+
+def test_a_holder_refreshes_its_lease_and_notices_a_takeover(tmp_path):
+    from scaling.runlock import RunLock
+
+    lock = RunLock(tmp_path / "run", refresh_s=0.05).acquire()
+    try:
+        first = json.loads((tmp_path / "run" / "lock.json").read_text())["refreshed"]
+        time.sleep(0.3)
+        assert json.loads((tmp_path / "run" / "lock.json").read_text())["refreshed"] > first
+        _plant_lease(tmp_path / "run", 0)  # another trainer took it over
+        deadline = time.time() + 5
+        while not lock.lost and time.time() < deadline:
+            time.sleep(0.02)
+        assert lock.lost
+    finally:
+        lock.release()
+    assert json.loads((tmp_path / "run" / "lock.json").read_text())["token"] == "other"  # not ours to remove
+
+
+def test_a_second_ctrl_c_stops_at_once(data_cache, tmp_path):
+    run = tmp_path / "run"
+    # A model large enough that a step (and a checkpoint) outlasts the gap between the two signals.
+    proc = _start(data_cache, run, "train.tokens=2e6", "model.d_model=256", "model.n_layers=4", "model.n_heads=4")
+    _wait_for_step(run, 1, proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)  # the first is handled (a step of this model takes seconds): the run will checkpoint
+    proc.send_signal(signal.SIGINT)
+    code = proc.wait(timeout=60)
+    rest = proc.stderr.read()
+    assert code == 130, rest
+    assert "interrupted twice" in rest
+    assert not checkpoint_dirs(run)
