@@ -294,6 +294,7 @@ class Trainer:
         self.identity = {"config_hash": config_hash(self.cfg), "data_checksum": data_checksum(manifest)}
         self.stop_requested = False
         self.stop_signal = ""  # the signal's name, set by the handler in train()
+        self.seconds = {"steps_s": 0.0, "eval_s": 0.0}  # this attempt's time in optimizer steps and evaluation
         self.row_sinks: list[Callable[[dict], None]] = []  # rank 0 only, e.g. the wandb mirror
         self.lease: Any = None  # the run directory's lease (rank 0), see scaling/runlock.py
 
@@ -415,6 +416,8 @@ class Trainer:
         import torch
         import torch.nn.functional as F
 
+        t0 = time.perf_counter()
+
         self.engine.eval()
         total, count = 0.0, 0.0
         with torch.no_grad():
@@ -425,6 +428,7 @@ class Trainer:
                 count += y.numel()
         self.engine.train()
         total, count = self._all_reduce([total, count])
+        self.seconds["eval_s"] += time.perf_counter() - t0
         return total / count
 
     def _forward(self, x: Any) -> Any:
@@ -492,7 +496,9 @@ class Trainer:
                 )
             x, y = next(batches)
             lr = self.scheduler.get_last_lr()[0]
+            t0 = time.perf_counter()
             train_loss = self.train_step(x, y)
+            self.seconds["steps_s"] += time.perf_counter() - t0
             self.state.step += 1
             window_tokens += plan.tokens_per_step
             if t.nan_check and not math.isfinite(train_loss):
@@ -951,7 +957,7 @@ def train(cfg: TrainAppConfig) -> int:
                 _wandb_call(wandb_run.finish)
         timing.mark("finish_s")
         result |= {**identity, "run_id_rule": RUN_ID_RULE, "epochs": round(epochs, 4), "unique_tokens": unique_units}
-        result["timing"] = timing.as_dict()
+        result["timing"] = timing.as_dict() | {k: round(v, 3) for k, v in trainer.seconds.items()}
         if world.is_main:
             write_json_atomic(run_dir / "result.json", result)
             log.info("completed %s: train loss %.4f, eval loss %.4f, %.1f s", plan.run_id, result["train_loss"],
