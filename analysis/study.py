@@ -201,6 +201,8 @@ def render_report(a: StudyAnalysis, figures: list[str]) -> str:
     parts += [_summary(a), ""]
     if a.plan:
         parts += ["## Plan", "", _plan_table(a.plan), ""]
+        if _epochs_sentence(a.plan):
+            parts += [_epochs_sentence(a.plan), ""]
         rules = a.plan.get("rules") or {}
         if rules:
             parts += ["Hyperparameter rules: " + "; ".join(f"{k} = {v}" for k, v in rules.items()), ""]
@@ -251,10 +253,29 @@ def _summary(a: StudyAnalysis) -> str:
 def _plan_table(plan: dict) -> str:
     rows = []
     for r in plan.get("runs", []):
-        rows.append([f"`{r['id']}`", _g(r.get("N")), _g(r.get("D")), _g(r.get("C")),
+        rows.append([f"`{r['id']}`", _g(r.get("N")), _g(r.get("D")), _epochs(r.get("epochs")), _g(r.get("C")),
                      _g(r.get("budget_flops")), str(r.get("batch")), _g(r.get("lr")), str(r.get("steps")),
                      str(r.get("nproc"))])
-    return _table(["run", "N", "D", "C", "budget", "batch", "LR", "steps", "processes"], rows)
+    return _table(["run", "N", "D", "epochs", "C", "budget", "batch", "LR", "steps", "processes"], rows)
+
+
+def _epochs(e: float | None) -> str:
+    """0.41, 5.9, 225: two significant digits without an exponent."""
+    if e is None:
+        return "n/a"
+    return f"{e:.2g}" if e < 100 else f"{e:.0f}"
+
+
+def _epochs_sentence(plan: dict) -> str:
+    """How often the runs pass over their training data; empty for a plan written before the
+    planner counted epochs."""
+    epochs = [r["epochs"] for r in plan.get("runs", []) if r.get("epochs") is not None]
+    if not epochs:
+        return ""
+    return (f"Epochs over the training split (D / unique training tokens or images): {_epochs(min(epochs))} to "
+            f"{_epochs(max(epochs))}. Up to about 4, repeated data is nearly as good as unique data "
+            f"(Muennighoff et al. 2023); beyond, the plan's notes (under Diagnostics) warn unless the study "
+            f"says the repetition is intended.")
 
 
 def _results(a: StudyAnalysis) -> str:

@@ -104,12 +104,20 @@ class SizesConfig:
 @dataclass
 class BudgetsConfig:
     """Exactly one of: `tokens_per_param` (a size ladder: D = m N for each m) or `flops` (an
-    IsoFLOP grid: for each budget C, D = C / (training FLOPs per token) at each size)."""
+    IsoFLOP grid: for each budget C, D = C / (training FLOPs per token) at each size).
+    `max_epochs` is how much data repetition the study accepts before its plan warns."""
 
     tokens_per_param: list[float] = field(default_factory=list)
     flops: list[Any] = field(default_factory=list)
     flop_tolerance: float = 0.05  # every IsoFLOP run's C lies within this relative error of its budget
     min_steps: int = 10  # a run with fewer optimizer steps than this does not fit its budget
+    # The most passes over the training split's unique tokens (images) a run may make before the
+    # plan warns: epochs = D / unique training tokens. Muennighoff et al. (2023, "Scaling
+    # Data-Constrained Language Models") found up to about 4 epochs nearly as good as unique data,
+    # with returns fading towards zero by about 16; past 4 a fitted law mixes repetition into its
+    # D term. null means the repetition is intended (a study of repetition, or of a small set on
+    # purpose): the plan and report still show every run's epochs, without a warning.
+    max_epochs: Optional[float] = 4.0
 
 
 def _positive_counts(values: list[Any], key: str) -> list[str]:
@@ -212,6 +220,11 @@ class StudySpec:
             out.append(f"{prefix}.budgets.flop_tolerance={b.flop_tolerance} must lie in (0, 1), e.g. 0.05")
         if b.min_steps < 1:
             out.append(f"{prefix}.budgets.min_steps={b.min_steps} must be >= 1")
+        if b.max_epochs is not None and not b.max_epochs > 0:
+            out.append(
+                f"{prefix}.budgets.max_epochs={b.max_epochs} must be positive (4 is the default), "
+                f"or null when the repetition is intended"
+            )
         out += self.rules.lr.problems(f"{prefix}.rules.lr")
         out += self.rules.batch_tokens.problems(f"{prefix}.rules.batch_tokens")
         if self.throughput_flops is not None and not self.throughput_flops > 0:

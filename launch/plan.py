@@ -36,7 +36,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from launch.config import StudySpec, parse_count
 from scaling.config import CNNConfig, GPTConfig, TrainAppConfig, to_dict
@@ -84,6 +84,9 @@ class RunSpec:
     config_hash: str
     dir: str  # the run directory
     est_time_s: Optional[float] = None
+    # D / the training split's unique tokens (images): how many times the run passes over its data.
+    # None in plans written before the planner counted it.
+    epochs: Optional[float] = None
 
 
 @dataclass
@@ -183,25 +186,33 @@ def _fmt_value(v: Any) -> str:
 # Data sizes and model shapes
 
 
-def data_sizes(spec: StudySpec, base: TrainAppConfig) -> dict[str, int]:
+def read_manifest(spec: StudySpec, base: TrainAppConfig) -> Any:
+    """The manifest of the study's data (a built-in set is prepared on first use, as the trainer
+    would). The planner reads it for the data-dependent sizes and for each run's epochs; a data
+    path that cannot be read fails here, before anything is launched, not in every run."""
+    from scaling.data import prepare_dataset
+
+    try:
+        return prepare_dataset(base.data)
+    except Exception as e:
+        where = f"study.data={spec.data!r}" + (f" (data.path={base.data.path!r})" if base.data.path else "")
+        raise ConfigError(
+            f"{where}: cannot read its manifest ({e}); give the study a folder made by scaling-data with "
+            f"'study.overrides=[\"data.path=DIR\"]', or pick a built-in set with study.data=NAME"
+        ) from None
+
+
+def data_sizes(spec: StudySpec, base: TrainAppConfig, manifest: Any = None) -> dict[str, int]:
     """The data-dependent model sizes (seq_len and vocab_size, or the image shape): from the spec,
-    else from the base model config, else from the dataset's manifest (a built-in set is
-    prepared on first use, as the trainer would)."""
+    else from the base model config, else from the dataset's manifest (`read_manifest` unless
+    given)."""
     keys = _DATA_SIZES[spec.family]
     sizes = {k: getattr(spec, k) for k in keys}
     sizes = {k: v if v is not None else getattr(base.model, k, None) for k, v in sizes.items()}
     if any(v is None for v in sizes.values()):
-        from scaling.data import apply_manifest, prepare_dataset
+        from scaling.data import apply_manifest
 
-        try:
-            manifest = prepare_dataset(base.data)
-        except Exception as e:
-            missing = [k for k, v in sizes.items() if v is None]
-            raise ConfigError(
-                f"study.data={spec.data!r}: cannot read its manifest ({e}); prepare it with scaling-data, "
-                f"or set {', '.join('study.' + k for k in missing)}"
-            ) from None
-        filled = apply_manifest(base.model, manifest)
+        filled = apply_manifest(base.model, manifest if manifest is not None else read_manifest(spec, base))
         sizes = {k: v if v is not None else getattr(filled, k) for k, v in sizes.items()}
     return {k: int(v) for k, v in sizes.items()}
 
@@ -282,6 +293,23 @@ def _measure(spec: StudySpec, model: Any, tokens_per_sample: int) -> _Size:
     )
 
 
+# Budgets the error for a too-small IsoFLOP budget suggests: two significant digits, so a user
+# can type them, each checked to plan before it is suggested.
+_ROUND_MANTISSAS = ("1", "1.2", "1.5", "2", "2.5", "3", "4", "5", "6", "8")
+
+
+def _smallest_budget(start: float, plans: Callable[[float], bool], decades: int = 12) -> Optional[float]:
+    """The smallest round budget above `start` (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6 or 8 x 10^k) for
+    which `plans` holds, searched up to `decades` decades higher; None if none does."""
+    first = math.floor(math.log10(start))
+    for exponent in range(first, first + decades + 1):
+        for m in _ROUND_MANTISSAS:
+            c = float(f"{m}e{exponent}")
+            if c > start and plans(c):
+                return c
+    return None
+
+
 def make_plan(spec: StudySpec, study_dir: Optional[str] = None, throughput: Optional[tuple[float, str]] = None) -> Plan:
     """Expand a validated spec into run specs. Raises one ConfigError listing every problem
     (an empty size list, a budget too small for the smallest model, a bad override, ...)."""
@@ -307,7 +335,8 @@ def make_plan(spec: StudySpec, study_dir: Optional[str] = None, throughput: Opti
             f"study.model={spec.model!r} is a {base.model.family} config but study.family={spec.family!r}; "
             f"pick a model config of the {spec.family} family"
         )
-    sizes = data_sizes(spec, base)
+    manifest = read_manifest(spec, base)
+    sizes = data_sizes(spec, base, manifest)
     tokens_per_sample = sizes["seq_len"] if spec.family == "gpt" else 1
     tie = bool(getattr(base.model, "tie_embeddings", False))
 
@@ -360,18 +389,28 @@ def make_plan(spec: StudySpec, study_dir: Optional[str] = None, throughput: Opti
                     )
                 cells.append((s, steps * s.batch_tokens, None))
     else:
-        for i, c in enumerate(budgets):
+        center = spec.sizes.center_tokens_per_param
+
+        def auto_targets(c: float) -> list[float]:
+            n_opt = math.sqrt(c / (6 * center))
+            k, span = spec.sizes.per_budget, spec.sizes.span
+            return [n_opt * span ** ((j / (k - 1) - 0.5) if k > 1 else 0.0) for j in range(k)]
+
+        def plan_budget(i: int, c: float) -> tuple[list, list[str], Optional[str]]:
+            """One budget's cells and notes, or why it plans no run: with a size list, the whole
+            message; with automatic sizes, the reason (the caller adds the smallest budget)."""
+            b_cells: list[tuple[_Size, int, Optional[float]]] = []
+            b_notes: list[str] = []
             if shared:
                 candidates = shared
             else:
-                n_opt = math.sqrt(c / (6 * spec.sizes.center_tokens_per_param))
-                k, span = spec.sizes.per_budget, spec.sizes.span
-                targets = [n_opt * span ** ((j / (k - 1) - 0.5) if k > 1 else 0.0) for j in range(k)]
+                targets = auto_targets(c)
                 try:
                     candidates = dedupe([size_for(t, "study.sizes") for t in targets])
                 except ConfigError as e:
-                    problems += [f"study.budgets.flops[{i}]={c:.3g}: {p}" for p in e.problems]
-                    continue
+                    # Keep the ladder's finding, not its fix: the fix here is a larger budget.
+                    found = "below one parameter" if min(targets) < 1 else e.problems[0].split("; ")[0]
+                    return [], [], f"start at N={min(targets):.3g}: {found}"
             kept = 0
             for s in candidates:
                 d_target = c / s.flops_per_token
@@ -379,24 +418,45 @@ def make_plan(spec: StudySpec, study_dir: Optional[str] = None, throughput: Opti
                 c_run = steps * s.batch_tokens * s.flops_per_token
                 ok = steps >= min_steps and abs(c_run / c - 1) <= tol
                 if ok:
-                    cells.append((s, steps * s.batch_tokens, c))
+                    b_cells.append((s, steps * s.batch_tokens, c))
                     kept += 1
                 elif s is candidates[0]:
+                    if not shared:
+                        return [], [], (
+                            f"the smallest model, N={_si(s.n)}, gets {d_target / s.batch_tokens:.1f} steps of "
+                            f"{s.batch_tokens} tokens, and a run needs >= {min_steps} steps within {tol:.0%} of the budget"
+                        )
                     need = max(min_steps, math.ceil(0.5 / tol)) * s.batch_tokens * s.flops_per_token
-                    problems.append(
+                    return [], [], (
                         f"study.budgets.flops[{i}]={c:.3g} is too small for the smallest model (N={_si(s.n)}): "
                         f"it buys {d_target / s.batch_tokens:.1f} steps of {s.batch_tokens} tokens, and a run needs "
                         f">= {min_steps} steps within {tol:.0%} of the budget, i.e. C >= {need:.3g}; raise the "
                         f"budget or add smaller sizes"
                     )
-                    break
                 else:
-                    notes.append(
+                    b_notes.append(
                         f"budget C={c:.3g}: dropped N={_si(s.n)} ({d_target / s.batch_tokens:.1f} steps, "
                         f"needs >= {min_steps} within {tol:.0%})"
                     )
             if 0 < kept < 3:
-                notes.append(f"budget C={c:.3g} has only {kept} size(s); an IsoFLOP parabola needs 3 or more")
+                b_notes.append(f"budget C={c:.3g} has only {kept} size(s); an IsoFLOP parabola needs 3 or more")
+            return b_cells, b_notes, None
+
+        for i, c in enumerate(budgets):
+            b_cells, b_notes, problem = plan_budget(i, c)
+            if problem is not None and not shared:
+                best = _smallest_budget(c, lambda x: plan_budget(i, x)[2] is None)
+                fix = (f"the smallest budget that plans is {best:.2g} FLOPs; raise study.budgets.flops[{i}] to "
+                       f">= {best:.2g}" if best else "no budget up to 1e12 times larger plans either; check "
+                       "study.sizes and study.rules")  # fmt: skip
+                problem = (
+                    f"study.budgets.flops[{i}]={c:.3g} is too small for any model: its sizes centre on "
+                    f"N_opt = sqrt(C / (6 x study.sizes.center_tokens_per_param={center:g})) = "
+                    f"{math.sqrt(c / (6 * center)):.3g} parameters and {problem}; {fix}"
+                )
+            cells += b_cells
+            notes += b_notes
+            problems += [problem] if problem else []
     raise_if(problems)
 
     # Run specs: compose each run's config from the base, validate it, hash it.
@@ -443,6 +503,10 @@ def make_plan(spec: StudySpec, study_dir: Optional[str] = None, throughput: Opti
         seen: set[str] = set()
         runs = [r for r in runs if not (r.id in seen or seen.add(r.id))]
 
+    for r in runs:
+        r.epochs = manifest.epochs(r.D)
+    notes += _repetition_notes(spec, runs, round(1 / manifest.epochs(1.0)))  # 1 / epochs(1) = the unique units
+
     plan = Plan(
         study=spec.name, kind=spec.kind, dir=study_dir, family=spec.family,
         flops_convention=spec.flops_convention, n_count=spec.sizes.count,
@@ -452,6 +516,24 @@ def make_plan(spec: StudySpec, study_dir: Optional[str] = None, throughput: Opti
     if throughput is not None:
         set_estimates(plan, *throughput)
     return plan
+
+
+def _repetition_notes(spec: StudySpec, runs: list[RunSpec], unique: int) -> list[str]:
+    """A warning when runs pass over the training data more than study.budgets.max_epochs times
+    (see BudgetsConfig for the threshold and why); none when the study says repetition is intended."""
+    limit = spec.budgets.max_epochs
+    over = [r for r in runs if limit is not None and r.epochs is not None and r.epochs > limit]
+    if not over:
+        return []
+    worst = max(over, key=lambda r: r.epochs or 0.0)
+    unit = "tokens" if spec.family == "gpt" else "images"
+    return [
+        f"data repetition: {len(over)} of {len(runs)} runs pass over the training split ({_si(unique)} unique "
+        f"{unit}) more than study.budgets.max_epochs={limit:g} times, up to {worst.epochs:.3g} epochs "
+        f"({worst.id}); beyond about 4 epochs repeated data is worth less than fresh data (Muennighoff et al. "
+        f"2023), so a law fitted to these runs mixes repetition into its D term; use more data or smaller "
+        f"budgets, or set study.budgets.max_epochs=null if the repetition is intended"
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -553,11 +635,18 @@ def format_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _epochs(e: Optional[float]) -> str:
+    """0.41, 5.9, 225: two significant digits without an exponent."""
+    if e is None:
+        return "-"
+    return f"{e:.2g}" if e < 100 else f"{e:.0f}"
+
+
 def format_plan(plan: Plan) -> str:
-    headers = ["id", "N", "D", "C", "budget", "D/N", "batch", "lr", "steps", "procs", "est. time"]
+    headers = ["id", "N", "D", "C", "budget", "D/N", "epochs", "batch", "lr", "steps", "procs", "est. time"]
     rows = [
         [r.id, _si(r.N), _si(r.D), f"{r.C:.3g}", "-" if r.budget_flops is None else f"{r.budget_flops:.3g}",
-         f"{r.tokens_per_param:.3g}", str(r.batch), f"{r.lr:.3g}", str(r.steps), str(r.nproc), _duration(r.est_time_s)]
+         f"{r.tokens_per_param:.3g}", _epochs(r.epochs), str(r.batch), f"{r.lr:.3g}", str(r.steps), str(r.nproc), _duration(r.est_time_s)]
         for r in plan.runs
     ]  # fmt: skip
     total_time = sum(r.est_time_s or 0 for r in plan.runs)

@@ -29,7 +29,7 @@ from typing import Callable, Iterator, Optional
 from launch.config import ClusterConfig, LauncherConfig, ReportConfig, StudyAppConfig, StudySpec
 from launch.plan import Plan, format_plan, make_plan, throughput_for, write_plan
 from launch.state import archive_failed, read_states
-from scaling.errors import ScalingError
+from scaling.errors import ConfigError, ScalingError
 
 
 @dataclass
@@ -113,8 +113,6 @@ def launch_study(
 
         run = plan.by_id().get(launcher.print_run) if launcher.print_run else plan.runs[0]
         if run is None:
-            from scaling.errors import ConfigError
-
             raise ConfigError(f"launcher.print_run={launcher.print_run!r} is not a run of the plan; pick an id from study.dry_run=true")
         outcome.script = render_sbatch(run, cluster)
         echo(outcome.script)
@@ -141,6 +139,8 @@ def launch_study(
                 todo.append(runs[rid])
                 if st.state == "partial":
                     resumed.append(rid)
+        for note in plan.notes:  # a dry run prints them with the plan; a launch prints them here
+            echo(f"note: {note}")
         echo(
             f"study {plan.study} in {study_dir}: {len(plan.runs)} runs; {len(outcome.skipped_completed)} completed, "
             f"{len(outcome.skipped_active)} queued or running, {len(outcome.failed)} failed, "
@@ -177,9 +177,14 @@ def summarize(outcome: LaunchOutcome) -> str:
 
 
 def _main(dcfg) -> int:
+    from omegaconf.errors import OmegaConfBaseException
+
     from launch.config import to_dataclass
 
-    cfg = to_dataclass(dcfg)
+    try:
+        cfg = to_dataclass(dcfg)
+    except OmegaConfBaseException as e:  # e.g. a mandatory value (???) left unset
+        raise ConfigError(str(e).strip().splitlines()[0]) from None
     outcome = launch_study(cfg.study, cfg.launcher, cfg.cluster)
     if outcome.dry_run or outcome.script is not None:
         return 0
@@ -189,7 +194,13 @@ def _main(dcfg) -> int:
         print(f"follow it with: scaling-status {outcome.plan.dir}; relaunch when done to fit and report")
         return 0
     if cfg.report.enabled:
-        report_study(outcome.plan.dir, cfg.report)
+        try:
+            report_study(outcome.plan.dir, cfg.report)
+        except ScalingError as e:
+            if outcome.complete:
+                raise
+            # Failed runs decide the exit code (1); that the rest cannot be fitted is a consequence.
+            print(f"scaling-study: {e}", file=sys.stderr)
     return 0 if outcome.complete else 1
 
 
@@ -216,30 +227,85 @@ def report_study(study_dir: str, cfg: ReportConfig, echo: Callable[[str], None] 
     echo(f"report: {paths['report.md']} (fitted in {time.time() - t0:.1f}s)")
 
 
+def _error_line(e: ConfigError) -> str:
+    """One line for one problem; the project's list for several."""
+    return f"invalid config: {e.problems[0]}" if len(e.problems) == 1 else str(e)
+
+
+def _hydra_error_line(e: BaseException) -> str:
+    """Hydra's composition error in one line: its first line, its cause's (OmegaConf's finding,
+    which names the key), and the fix."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    def first(x: BaseException) -> str:
+        text = str(x).strip()
+        return text.splitlines()[0].rstrip(".") if text else type(x).__name__
+
+    if isinstance(e, OverrideParseException):
+        return (f"invalid config: cannot parse the override {e.override!r} ({first(e)}); quote a value that holds "
+                f"'=', brackets or spaces, e.g. 'study.overrides=[\"data.path=DIR\"]'")  # fmt: skip
+    line = first(e) + (f": {first(e.__cause__)}" if e.__cause__ is not None else "")
+    if isinstance(e, MissingConfigException):
+        return f"invalid config: {line}" + (f"; pick one of {', '.join(sorted(e.options))}" if e.options else "")
+    return f"invalid config: {line}; `scaling-study --cfg job` prints every key with its value"
+
+
 def main() -> None:
-    """Console entry point (`scaling-study`): Hydra composes conf/study_app.yaml."""
+    """Console entry point (`scaling-study`): Hydra composes conf/study_app.yaml.
+
+    Exit codes: 0 when every run completed (or a dry run, or a Slurm launch that returns once
+    submitted), 1 when a run failed or the launch could not proceed, 2 for a config error, printed
+    in one line without a traceback: Hydra's own (a misspelled key, a wrong type, an unknown
+    config choice such as study=nope, an override that does not parse) and the planner's (a bad
+    value, a budget too small for any model, data that cannot be read)."""
+    import traceback
+
     import hydra
 
     from launch.config import register_configs
+    from launch.plan import CONF_DIR
 
     register_configs()
-    code = 0
+    state = {"started": False, "code": 0}
+    user_full_error = os.environ.get("HYDRA_FULL_ERROR")
 
-    from launch.plan import CONF_DIR
+    def restore_full_error() -> None:
+        if user_full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = user_full_error
 
     # An absolute path: a relative one would be resolved against the package when run as a
     # console script.
     @hydra.main(config_path=str(CONF_DIR), config_name="study_app", version_base="1.3")
     def app(dcfg) -> None:
-        nonlocal code
+        state["started"] = True
+        restore_full_error()  # from here on Hydra reports errors as before, and the runs inherit no change
         try:
-            code = _main(dcfg)
+            state["code"] = _main(dcfg)
+        except ConfigError as e:
+            print(f"scaling-study: {_error_line(e)}", file=sys.stderr)
+            state["code"] = 2
         except ScalingError as e:
             print(f"scaling-study: {e}", file=sys.stderr)
-            code = 2
+            state["code"] = 1
 
-    app()
-    sys.exit(code)
+    # Hydra prints a composition error over several lines and exits 1, indistinguishable from a
+    # failed run. Asked for full errors, it raises them instead: an error raised before the task
+    # started is a config error.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        app()
+    except Exception as e:
+        if state["started"]:
+            raise
+        if user_full_error == "1":
+            traceback.print_exc()
+        print(f"scaling-study: {_hydra_error_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        restore_full_error()
+    sys.exit(state["code"])
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -176,6 +177,11 @@ def test_every_study_yaml_composes_and_plans(study, tmp_path):
     assert cfg.study.name == study
     plan = make_plan(cfg.study)
     assert plan.runs
+    # Every run states its epochs, and the plan warns exactly when one exceeds the study's limit.
+    assert all(r.epochs is not None and r.epochs > 0 for r in plan.runs)
+    limit = cfg.study.budgets.max_epochs
+    repeats = limit is not None and max(r.epochs for r in plan.runs) > limit
+    assert repeats == any(n.startswith("data repetition") for n in plan.notes)
     if plan.kind == "isoflop":
         tol = cfg.study.budgets.flop_tolerance
         assert all(abs(r.C / r.budget_flops - 1) <= tol for r in plan.runs)
@@ -230,3 +236,94 @@ def test_cli_reports_config_errors_without_a_traceback(tmp_path):
     assert "Traceback" not in out.stderr
     assert "cluster.partition is unset" in out.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def _training_units(s: StudySpec) -> int:
+    """Unique training tokens of the study's data, read from its manifest file on disk."""
+    from scaling.config import to_dataclass as train_dataclass
+    from scaling.data import prepare_dataset
+    from launch.plan import compose_train
+
+    data = train_dataclass(compose_train([f"data={s.data}", *s.overrides, "train.tokens=1"])).data
+    folder = Path(prepare_dataset(data).location)
+    raw = json.loads((folder / "manifest.json").read_text())
+    return raw["splits"]["train"]["unique_samples"] * raw["seq_len"]
+
+
+def test_every_run_states_its_epochs_over_the_training_split(tmp_path):
+    s = spec(tmp_path, budgets=BudgetsConfig(flops=[3e10, 3e11]))
+    plan = make_plan(s)
+    unique = _training_units(s)
+    assert unique > 100_000
+    for r in plan.runs:
+        assert r.epochs == pytest.approx(r.D / unique, rel=1e-12)
+    assert max(r.epochs for r in plan.runs) > 4 > min(r.epochs for r in plan.runs)
+
+    table = format_plan(plan).splitlines()
+    header = next(line for line in table if line.startswith("id "))
+    assert "epochs" in header.split()
+    column = header.index("epochs")
+    worst = max(plan.runs, key=lambda r: r.epochs)
+    row = next(line for line in table if line.startswith(worst.id))
+    assert row[column:].split()[0] == f"{worst.epochs:.2g}"
+
+    # plan.json carries them, and a plan written before epochs were counted still reads.
+    path = write_plan(plan)
+    assert read_plan(path.parent).runs == plan.runs
+    raw = json.loads(path.read_text())
+    for r in raw["runs"]:
+        del r["epochs"]
+    path.write_text(json.dumps(raw))
+    assert all(r.epochs is None for r in read_plan(path.parent).runs)
+
+
+def test_repetition_beyond_max_epochs_warns_unless_the_study_says_it_is_intended(tmp_path):
+    budgets = [3e10, 3e11]
+    plan = make_plan(spec(tmp_path, budgets=BudgetsConfig(flops=budgets)))
+    over = [r for r in plan.runs if r.epochs > 4]
+    assert over and len(over) < len(plan.runs)
+    (note,) = [n for n in plan.notes if n.startswith("data repetition")]
+    assert f"{len(over)} of {len(plan.runs)} runs" in note and "study.budgets.max_epochs=4 " in note
+    assert max(over, key=lambda r: r.epochs).id in note and "max_epochs=null" in note
+    assert f"note: {note}" in format_plan(plan)
+
+    # Intended (null) or a higher threshold: no warning, and not one run changes.
+    for limit in (None, 1e3):
+        quiet = make_plan(spec(tmp_path, budgets=BudgetsConfig(flops=budgets, max_epochs=limit)))
+        assert not [n for n in quiet.notes if n.startswith("data repetition")]
+        assert [r.id for r in quiet.runs] == [r.id for r in plan.runs]
+        assert [r.overrides for r in quiet.runs] == [r.overrides for r in plan.runs]
+
+    with pytest.raises(ConfigError, match=r"study.budgets.max_epochs=0 must be positive .* or null"):
+        make_plan(spec(tmp_path, budgets=BudgetsConfig(flops=budgets, max_epochs=0)))
+
+
+def test_max_epochs_is_a_typed_study_key():
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        assert to_dataclass(compose(config_name="study_app")).study.budgets.max_epochs == 4.0
+        cfg = to_dataclass(compose(config_name="study_app", overrides=["study.budgets.max_epochs=null"]))
+        assert cfg.study.budgets.max_epochs is None
+        with pytest.raises(Exception, match="max_epochs"):
+            compose(config_name="study_app", overrides=["study.budgets.max_epochs=many"])
+
+
+def test_a_budget_too_small_for_any_automatic_size_names_the_smallest_budget_that_plans(tmp_path):
+    auto = SizesConfig(per_budget=3, span=4.0)
+    with pytest.raises(ConfigError) as e:
+        make_plan(spec(tmp_path, sizes=auto, budgets=BudgetsConfig(flops=[1e3, 1e12])))
+    (problem,) = e.value.problems
+    assert problem.startswith("study.budgets.flops[0]=1e+03 is too small for any model: ")
+    assert "must be a positive count" not in problem
+    smallest = float(problem.split("the smallest budget that plans is ")[1].split(" FLOPs")[0])
+    assert f"raise study.budgets.flops[0] to >= {smallest:.2g}" in problem
+
+    # The stated budget plans; the round budget just below it does not.
+    plan = make_plan(spec(tmp_path, sizes=auto, budgets=BudgetsConfig(flops=[smallest])))
+    assert plan.runs and {r.budget_flops for r in plan.runs} == {smallest}
+    from launch.plan import _ROUND_MANTISSAS
+
+    grid = sorted(float(f"{m}e{k}") for k in range(3, 20) for m in _ROUND_MANTISSAS)
+    below = grid[grid.index(smallest) - 1]
+    with pytest.raises(ConfigError, match=re.escape(f"flops[0]={below:.3g} is too small for any model")):
+        make_plan(spec(tmp_path, sizes=auto, budgets=BudgetsConfig(flops=[below])))

@@ -16,6 +16,9 @@ REDUCED = [
     "study.budgets.flops=[2e10,6e10]",
     "study.sizes.targets=[5.5e3,8.8e3,1.3e4]",
     "report.bootstrap=100",
+    # Below the runs' 0.06 to 0.41 epochs: the repetition warning's path from plan to console and
+    # report, without repeating data (a study key, so no run changes).
+    "study.budgets.max_epochs=0.2",
 ]
 
 
@@ -56,6 +59,30 @@ def test_reduced_study_trains_fits_and_reports(study):
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000
         assert f"figures/{name}.png" in report
     assert f"report: {out / 'report.md'}" in proc.stdout
+
+
+def test_report_and_console_show_epochs_and_warn_of_repetition(study):
+    tmp, proc = study
+    assert proc.returncode == 0
+    plan = json.loads((tmp / "study" / "plan.json").read_text())
+    epochs = [r["epochs"] for r in plan["runs"]]
+    assert all(0 < e < 1 for e in epochs) and max(epochs) > 0.2 > min(epochs)
+    over = sum(e > 0.2 for e in epochs)
+    report = (tmp / "study" / "report.md").read_text()
+    plan_section = report.split("## Plan")[1].split("## Results")[0]
+    assert "| epochs |" in plan_section.splitlines()[2]
+    assert "Epochs over the training split" in plan_section
+    warning = f"data repetition: {over} of {len(epochs)} runs pass over the training split"
+    assert warning in report.split("## Diagnostics")[1]
+    assert f"note: {warning}" in proc.stdout
+
+    # A plan written before the planner counted epochs still renders: n/a, and no sentence.
+    from analysis.study import _epochs_sentence, _plan_table
+
+    for r in plan["runs"]:
+        del r["epochs"]
+    assert all(line.split(" | ")[3] == "n/a" for line in _plan_table(plan).splitlines()[2:])
+    assert _epochs_sentence(plan) == ""
 
 
 def test_rerun_trains_nothing_and_refits(study):
