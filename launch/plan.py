@@ -20,39 +20,34 @@ sequences (rounded to a multiple of the processes per run), both power laws of N
 rules by default).
 
 Run ids. Each run's trainer config is composed with Hydra exactly as `scaling-train` composes it,
-resolved and validated; the id is a readable prefix plus a short hash of that resolved config
-(minus the keys that do not change the result, `NON_RESULT_KEYS`):
+resolved, validated and filled with the data's sizes; the id is a readable prefix plus a short
+hash of the keys that change what the run computes and differ from the schema's defaults (the rule
+is stated and versioned in scaling/runid.py; the trainer records the same hash):
     gpt-N94K-D2.6M-C2.4e12-s0-3f9a1c
-So changing anything that affects a run changes its id, and relaunching the same spec gives the
-same ids: a relaunch or a requeue lands in the same run directory.
+So changing anything that affects a run changes its id, relaunching the same spec gives the same
+ids (a relaunch or a requeue lands in the same run directory), and a new config key whose default
+keeps today's behaviour changes no id. A run planned under rule 1 (before the rule was versioned)
+keeps its old id when its directory exists.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from launch.config import StudySpec, parse_count
-from scaling.config import CNNConfig, GPTConfig, TrainAppConfig, to_dict
+from scaling.config import CNNConfig, GPTConfig, TrainAppConfig
 from scaling.errors import ConfigError, raise_if
+from scaling.runid import NON_RESULT_KEYS, RUN_ID_RULE, config_hash, legacy_config_hash  # noqa: F401 - re-exported
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 PLAN_NAME = "plan.json"
 PLAN_FORMAT = "scaling-plan/1"
-
-# Keys of the resolved trainer config that do not change what a run computes: where it logs,
-# how often it checkpoints, how many threads it uses. They are left out of the run id's hash so
-# that, say, turning on periodic checkpoints does not orphan a half-finished study.
-NON_RESULT_KEYS = (
-    "run", "logger", "data.cache_dir", "data.num_workers", "train.device", "train.num_threads",
-    "train.log_every_steps", "train.keep_checkpoints", "train.checkpoint_every_tokens", "train.nan_check",
-)  # fmt: skip
 
 # Keys the planner sets for every run; a study's `overrides` may not set them.
 _PLANNED_KEYS = ("train.tokens", "train.flops", "train.global_batch_size", "train.lr", "train.seed",
@@ -134,25 +129,6 @@ def compose_train(overrides: list[str]) -> Any:
         raise
     except Exception as e:  # Hydra's errors name the key; keep the message, drop the traceback
         raise ConfigError(f"trainer overrides {overrides}: {e}") from None
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def config_hash(cfg: TrainAppConfig) -> str:
-    """A short hash of the resolved config, minus NON_RESULT_KEYS."""
-    flat = _flatten(to_dict(cfg))
-    kept = {k: v for k, v in flat.items() if not any(k == x or k.startswith(x + ".") for x in NON_RESULT_KEYS)}
-    text = json.dumps(kept, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:6]
 
 
 def _si(x: float) -> str:
@@ -482,9 +458,15 @@ def make_plan(spec: StudySpec, study_dir: Optional[str] = None, throughput: Opti
             for k, v in planned.items():
                 OmegaConf.update(dcfg, k, v, merge=False)
             cfg = to_dataclass(dcfg)
-            digest = config_hash(cfg)
+            # The trainer hashes its config after the data manifest filled the model's sizes.
+            digest = config_hash(replace(cfg, model=replace(cfg.model, **sizes)))
             c_run = d * s.flops_per_token
             rid = run_id(spec.family, s.n, d, c_run, seed, digest)
+            legacy = run_id(spec.family, s.n, d, c_run, seed, legacy_config_hash(cfg))
+            if not os.path.isdir(os.path.join(study_dir, "runs", rid)) and os.path.isdir(
+                os.path.join(study_dir, "runs", legacy)
+            ):
+                rid = legacy  # planned under rule 1: keep the directory (and its finished work)
             run_dir = os.path.join(study_dir, "runs", rid)
             overrides = [f"model={spec.model}", f"data={spec.data}", *spec.overrides]
             overrides += [f"{k}={_fmt_value(v)}" for k, v in planned.items()]
