@@ -49,12 +49,67 @@ def train_command(run: RunSpec, python: str = sys.executable, extra: Optional[li
     return [*launcher, "--standalone", f"--nproc_per_node={run.nproc}", "-m", "scaling.train", *overrides]
 
 
+class WarmPool:
+    """Forks one-process runs from a server that has torch, DeepSpeed and the trainer imported
+    (scaling/worker.py). The server starts on first use; this launcher process stays torch-free."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+
+        self.ctx = multiprocessing.get_context("forkserver")
+        self.ctx.set_forkserver_preload(["scaling.warm_preload"])
+
+    def start(self, overrides: list[str], log_path: Path) -> "_WarmProc":
+        from scaling.worker import run
+
+        proc = self.ctx.Process(target=run, args=(list(overrides), str(log_path)), name="scaling-run")
+        # multiprocessing re-imports the launcher's main module in every child, for targets defined
+        # there; ours lives in scaling.worker, so hide the main module rather than pay that import
+        # (and run a script without a __main__ guard twice).
+        main = sys.modules["__main__"]
+        saved = {k: main.__dict__.pop(k) for k in ("__file__",) if k in main.__dict__}
+        spec, main.__spec__ = getattr(main, "__spec__", None), None
+        try:
+            proc.start()
+        finally:
+            main.__dict__.update(saved)
+            main.__spec__ = spec
+        return _WarmProc(proc)
+
+
+class _WarmProc:
+    """A forked run behind the Popen calls the launcher uses (pid, poll, wait)."""
+
+    def __init__(self, proc: Any):
+        self._proc = proc
+        self.pid = proc.pid
+
+    def poll(self) -> Optional[int]:
+        return self._proc.exitcode  # the trainer's exit code, or -N when killed by signal N
+
+    def wait(self, timeout: Optional[float] = None) -> Optional[int]:
+        self._proc.join(timeout)
+        return self._proc.exitcode
+
+
 @dataclass
 class _Active:
     run: RunSpec
-    proc: subprocess.Popen
+    proc: Any  # subprocess.Popen or _WarmProc
     log: Any
     started: float
+    progress_at: float = 0.0  # when the run last wrote to its run directory
+
+
+def _last_write(run_dir: str) -> float:
+    """The newest modification time among the files a live run keeps writing."""
+    times = [0.0]
+    for name in ("metrics.jsonl", "train.log", "launch.log", "lock.json"):
+        try:
+            times.append(os.stat(os.path.join(run_dir, name)).st_mtime)
+        except OSError:
+            pass
+    return max(times)
 
 
 def run_local(
@@ -63,9 +118,17 @@ def run_local(
     python: str = sys.executable,
     echo: Callable[[str], None] = print,
     progress: bool = True,
+    warm: bool = True,
+    stall_timeout_s: Optional[float] = None,
 ) -> dict[str, int]:
     """Train `runs` as local processes and block until all have ended. Returns run id -> exit
-    code (0 completed, 1 failed, 2 invalid config, 75 interrupted after a checkpoint)."""
+    code (0 completed, 1 failed, 2 invalid config, 75 interrupted after a checkpoint).
+
+    One-process runs are forked from a warm worker (`warm`, scaling/worker.py) unless `python`
+    is another interpreter. A run whose directory sees no write for `stall_timeout_s` seconds
+    (its lease alone is refreshed every 15 s, so a live trainer always writes) is killed and
+    recorded as failed; its checkpoints stay, so a retry resumes it."""
+    pool = WarmPool() if warm and python == sys.executable and any(r.nproc <= 1 for r in runs) else None
     slots = parallel_runs(parallel, runs)
     cores = cpu_count()
     codes: dict[str, int] = {}
@@ -80,10 +143,7 @@ def run_local(
         stopping = True
         for a in active:
             if a.proc.poll() is None:
-                try:
-                    os.killpg(a.proc.pid, signal.SIGTERM)
-                except OSError:
-                    pass
+                _signal_group(a.proc.pid, signal.SIGTERM)
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     bar = None
@@ -98,21 +158,32 @@ def run_local(
                 # A fixed share of the cores per process: more threads for the last runs would not
                 # pay (on small CPUs, tiny models can run several times slower on 2 threads than on 1).
                 threads = max(1, cores // (slots * run.nproc))
-                cmd = train_command(run, python, [f"train.num_threads={threads}"])
+                extra = [f"train.num_threads={threads}"]
+                cmd = train_command(run, python, extra)
                 Path(run.dir).mkdir(parents=True, exist_ok=True)
-                log = open(Path(run.dir) / "launch.log", "a")
-                log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
+                log_path = Path(run.dir) / "launch.log"
+                log = open(log_path, "a")
+                warm_run = pool is not None and run.nproc <= 1
+                log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {'(warm worker) ' if warm_run else ''}{' '.join(cmd)}\n")
                 log.flush()
-                # Its own process group, so a signal reaches torchrun's workers too.
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                if warm_run:
+                    proc = pool.start([*run.overrides, *extra], log_path)
+                else:
+                    # Its own process group, so a signal reaches torchrun's workers too.
+                    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
                 write_launch(run.dir, launcher="local", pid=proc.pid, pid_start=proc_start(proc.pid), nproc=run.nproc)
-                active.append(_Active(run, proc, log, time.time()))
+                active.append(_Active(run, proc, log, time.time(), time.time()))
                 _show_running(bar, active, codes)
             if stopping and pending:
                 pending.clear()
             time.sleep(0.1)
             for a in list(active):
                 code = a.proc.poll()
+                if code is None and stall_timeout_s:
+                    a.progress_at = max(a.progress_at, _last_write(a.run.dir))
+                    if time.time() - a.progress_at > stall_timeout_s:
+                        _kill_stalled(a, stall_timeout_s, echo)
+                        code = a.proc.wait(timeout=30)
                 if code is None:
                     continue
                 active.remove(a)
@@ -131,6 +202,31 @@ def run_local(
         for s, h in old.items():
             signal.signal(s, h)
     return codes
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    """Signal a run's process group (a forked run may not have made its group yet: then the run)."""
+    try:
+        os.killpg(pid, signum)
+    except OSError:
+        try:
+            os.kill(pid, signum)
+        except OSError:
+            pass
+
+
+def _kill_stalled(a: _Active, timeout_s: float, echo: Callable[[str], None]) -> None:
+    """Kill a run that stopped making progress, and record it as failed. Its checkpoints stay:
+    `study.retry_failed=true` resumes it from the last one."""
+    from scaling.rundir import write_json_atomic
+
+    _signal_group(a.proc.pid, signal.SIGKILL)
+    error = (
+        f"no progress for {timeout_s:.0f} s (nothing written to {a.run.dir}); killed by the launcher. Its "
+        f"checkpoints are kept: relaunch with study.retry_failed=true to resume from the last one"
+    )
+    write_json_atomic(Path(a.run.dir) / "result.json", {"status": "failed", "error": error, "step": None})
+    echo(f"run {a.run.id}: {error}")
 
 
 def _show_running(bar: Any, active: list, codes: dict[str, int]) -> None:

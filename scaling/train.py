@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 import shutil
 import signal
 import sys
@@ -778,6 +777,9 @@ def _agree(world: World, flag: bool) -> bool:
     return bool(t.item() > 0)
 
 
+_PRIVATE_STORES: list[Path] = []
+
+
 def _init_process_group(world: World) -> None:
     import deepspeed
 
@@ -785,12 +787,12 @@ def _init_process_group(world: World) -> None:
         return
     backend = "nccl" if os.environ.get("DS_ACCELERATOR") != "cpu" else "gloo"
     if world.launcher == "single":
-        # A file store private to this process: no TCP port to race other runs for.
-        import atexit
+        # A file store private to this process: no TCP port to race other runs for. Removed in
+        # train()'s teardown (a warm worker's child exits without running atexit handlers).
         import tempfile
 
         store = Path(tempfile.mkdtemp(prefix="scaling-dist-")) / "store"
-        atexit.register(shutil.rmtree, store.parent, True)
+        _PRIVATE_STORES.append(store.parent)
         deepspeed.init_distributed(dist_backend=backend, init_method=f"file://{store}", rank=0, world_size=1)
     else:
         deepspeed.init_distributed(dist_backend=backend)
@@ -1003,6 +1005,8 @@ def train(cfg: TrainAppConfig) -> int:
                 dist.destroy_process_group()
             except Exception as e:  # noqa: BLE001 - the run's outcome is already recorded
                 log.warning("could not tear down the process group: %s", e)
+        while _PRIVATE_STORES:
+            shutil.rmtree(_PRIVATE_STORES.pop(), ignore_errors=True)
 
 
 def _dist_ready() -> bool:
