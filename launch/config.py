@@ -241,6 +241,12 @@ class LauncherConfig:
     name: str = "local"  # local | slurm
     # local: runs at once; "auto" fits as many as the cores allow (cores // processes per run)
     parallel: Any = "auto"
+    # local: fork one-process runs from a warm worker that has torch, DeepSpeed and the trainer
+    # imported (scaling/worker.py), instead of starting a fresh interpreter per run
+    warm_workers: bool = True
+    # local: a run whose directory sees no write for this long is killed and recorded as failed
+    # (resumable with study.retry_failed=true); a live trainer refreshes its lease every 15 s
+    stall_timeout_s: Optional[float] = 900.0
     # slurm: one job array per resource shape instead of one job per run
     array: bool = False
     array_parallelism: int = 64
@@ -255,6 +261,8 @@ class LauncherConfig:
             out.append(f"{prefix}.name={self.name!r}; use launcher=local or launcher=slurm")
         if not (self.parallel == "auto" or (isinstance(self.parallel, int) and self.parallel >= 1)):
             out.append(f"{prefix}.parallel={self.parallel!r}; use auto or an integer >= 1")
+        if self.stall_timeout_s is not None and not self.stall_timeout_s > 0:
+            out.append(f"{prefix}.stall_timeout_s={self.stall_timeout_s} must be positive, or null for no limit")
         if self.array_parallelism < 1:
             out.append(f"{prefix}.array_parallelism={self.array_parallelism} must be >= 1")
         if not self.poll_s > 0:

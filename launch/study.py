@@ -155,7 +155,8 @@ def launch_study(
         if launcher.name == "local":
             from launch.local import run_local
 
-            outcome.exit_codes = run_local(todo, launcher.parallel, echo=echo)
+            outcome.exit_codes = run_local(todo, launcher.parallel, echo=echo, warm=launcher.warm_workers,
+                                           stall_timeout_s=launcher.stall_timeout_s)  # fmt: skip
         else:
             from launch.slurm import submit_runs
 
