@@ -225,7 +225,8 @@ def test_a_requeued_job_resumes_from_its_checkpoint_and_matches_an_uninterrupted
     assert not (Path(run.dir) / "result.json").exists()
     assert any((Path(run.dir) / "checkpoints").iterdir()), "no checkpoint saved on the requeue's SIGTERM"
     assert read_states({run.id: run.dir})[run.id].state == "queued"
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, capture_output=True)
+    # In 2 s, not at once: see _release_held_jobs.
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now+2"], check=True, capture_output=True)
 
     assert wait(victim.dir) == {run.id: "completed"}
     assert wait(reference.dir) == {orf.plan.runs[0].id: "completed"}
@@ -270,12 +271,18 @@ def test_an_invalid_spec_submits_nothing(env, tmp_path):
 
 
 def _release_held_jobs() -> None:
-    """Slurm holds a requeued job for about two minutes (Reason=BeginTime); release it at once."""
-    out = subprocess.run(["squeue", "-h", "-o", "%i|%T|%r"], capture_output=True, text=True).stdout
+    """Slurm holds a requeued job for about two minutes (Reason=BeginTime); start it in 2 s instead.
+
+    Never at once: a requeue revokes the job's launch credentials up to the second it happened
+    (slurmd compares whole seconds), so a relaunch within that second is refused ("Job credential
+    revoked") and the job fails instead of running again. A job already due within a few seconds
+    is left alone, so that polling this does not keep pushing its start back."""
+    env = {**os.environ, "SLURM_TIME_FORMAT": "%s"}  # start times in seconds since the epoch
+    out = subprocess.run(["squeue", "-h", "-o", "%i|%T|%r|%S"], capture_output=True, text=True, env=env).stdout
     for line in out.splitlines():
-        job, state, reason = line.split("|")
-        if state == "PENDING" and reason == "BeginTime":
-            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+        job, state, reason, start = line.split("|")
+        if state == "PENDING" and reason == "BeginTime" and start.isdigit() and int(start) > time.time() + 5:
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now+2"], capture_output=True)
 
 
 def _wait_for_progress(metrics: Path, more_than: int) -> int:
@@ -306,7 +313,8 @@ def test_time_limit_signals_requeue_up_to_max_requeues_then_a_relaunch_resumes(e
     subprocess.run(["scancel", "--signal=USR2", job], check=True, capture_output=True)
     deadline = time.time() + 60
     while time.time() < deadline:
-        info = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+        shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True)
+        info = shown.stdout or shown.stderr  # stderr says why, if the job left slurmctld (MinJobAge)
         if "Restarts=1" in info and "JobState=RUNNING" in info:
             break
         _release_held_jobs()
