@@ -30,12 +30,19 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def parallel_runs(setting: Any, runs: list[RunSpec], cores: Optional[int] = None) -> int:
-    """How many runs go at once: the setting, or ("auto") as many as fit the cores."""
+def parallel_runs(setting: Any, runs: list[RunSpec], cores: Optional[int] = None,
+                  echo: Callable[[str], None] = print) -> int:
+    """How many runs go at once: the setting, or ("auto") as many as fit the cores; for
+    one-process runs, the split this machine's calibration found fastest (launch/calibrate.py)."""
     if setting != "auto":
         return max(1, int(setting))
+    cores = cores or cpu_count()
     widest = max((r.nproc for r in runs), default=1)
-    return max(1, (cores or cpu_count()) // widest)
+    if widest == 1 and runs:
+        from launch.calibrate import core_split
+
+        return core_split(cores, echo=echo)[0]
+    return max(1, cores // widest)
 
 
 def train_command(run: RunSpec, python: str = sys.executable, extra: Optional[list[str]] = None) -> list[str]:
@@ -129,8 +136,9 @@ def run_local(
     (its lease alone is refreshed every 15 s, so a live trainer always writes) is killed and
     recorded as failed; its checkpoints stay, so a retry resumes it."""
     pool = WarmPool() if warm and python == sys.executable and any(r.nproc <= 1 for r in runs) else None
-    slots = parallel_runs(parallel, runs)
+    slots = parallel_runs(parallel, runs, echo=echo)
     cores = cpu_count()
+    meter, shown_at = _Meter(), 0.0
     codes: dict[str, int] = {}
     pending = list(runs)
     active: list[_Active] = []
@@ -173,7 +181,8 @@ def run_local(
                     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
                 write_launch(run.dir, launcher="local", pid=proc.pid, pid_start=proc_start(proc.pid), nproc=run.nproc)
                 active.append(_Active(run, proc, log, time.time(), time.time()))
-                _show_running(bar, active, codes)
+                meter.started(active[-1])
+                _show_running(bar, active, codes, meter)
             if stopping and pending:
                 pending.clear()
             time.sleep(0.1)
@@ -191,11 +200,14 @@ def run_local(
                 code = exit_status(a.run.dir, code, a.started)
                 codes[a.run.id] = code
                 update_launch(a.run.dir, exit_code=code, ended=time.time())
+                meter.finished(a)
                 if code not in (0, EXIT_REQUEUE):
                     _report_failure(a.run, code, echo)
                 if bar is not None:
                     bar.update(1)
-                    _show_running(bar, active, codes)
+            if bar is not None and time.time() - shown_at > 1.0:
+                _show_running(bar, active, codes, meter)
+                shown_at = time.time()
     finally:
         if bar is not None:
             bar.close()
@@ -229,13 +241,52 @@ def _kill_stalled(a: _Active, timeout_s: float, echo: Callable[[str], None]) -> 
     echo(f"run {a.run.id}: {error}")
 
 
-def _show_running(bar: Any, active: list, codes: dict[str, int]) -> None:
-    """The bar's tail: failures so far and the runs in flight."""
+class _Meter:
+    """The study's figures for the progress bar: tokens trained per second of the launch's wall
+    time (the figure that matters: a slower step never looks like less overhead), and the share of
+    finished runs' time spent outside optimizer steps."""
+
+    def __init__(self) -> None:
+        self.t0 = time.time()
+        self.start_tokens: dict[str, float] = {}  # where each run stood when launched (a resume)
+        self.done_tokens = 0.0
+        self.steps_s = self.life_s = 0.0
+
+    def started(self, a: _Active) -> None:
+        self.start_tokens[a.run.id] = _tokens_so_far(a.run.dir)
+
+    def finished(self, a: _Active) -> None:
+        from scaling.rundir import read_json
+
+        self.done_tokens += _tokens_so_far(a.run.dir) - self.start_tokens.get(a.run.id, 0.0)
+        timing = (read_json(Path(a.run.dir) / "result.json") or {}).get("timing") or {}
+        if "steps_s" in timing:
+            self.steps_s += float(timing["steps_s"])
+            self.life_s += time.time() - a.started
+
+    def describe(self, active: list[_Active]) -> str:
+        tokens = self.done_tokens + sum(_tokens_so_far(a.run.dir) - self.start_tokens.get(a.run.id, 0.0) for a in active)
+        out = f"{tokens / max(time.time() - self.t0, 1e-9):,.0f} tok/s"
+        if self.life_s > 0:
+            out += f" overhead={1 - self.steps_s / self.life_s:.0%}"
+        return out
+
+
+def _tokens_so_far(run_dir: str) -> float:
+    from launch.state import last_metric
+
+    row = last_metric(Path(run_dir) / "metrics.jsonl") or {}
+    return float(row.get("tokens") or 0.0)
+
+
+def _show_running(bar: Any, active: list, codes: dict[str, int], meter: Optional[_Meter] = None) -> None:
+    """The bar's tail: the study's tokens/s and overhead share, failures so far, the runs in flight."""
     if bar is None:
         return
     failed = sum(1 for c in codes.values() if c not in (0, EXIT_REQUEUE))
     running = ", ".join(a.run.id for a in active)
-    bar.set_postfix_str(f"failed={failed}" + (f" running: {running}" if running else ""), refresh=True)
+    figures = f"{meter.describe(active)} " if meter is not None else ""
+    bar.set_postfix_str(f"{figures}failed={failed}" + (f" running: {running}" if running else ""), refresh=True)
 
 
 def _report_failure(run: RunSpec, code: int, echo: Callable[[str], None]) -> None:

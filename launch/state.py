@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
-from scaling.rundir import read_json, write_atomic
+from scaling.rundir import checkpoint_dirs, read_json, write_atomic
 
 LAUNCH_NAME = "launch.json"
 STATES = ("planned", "queued", "running", "partial", "completed", "failed")
@@ -47,7 +47,7 @@ class RunState:
     tokens: Optional[float] = None  # tokens trained so far (from metrics.jsonl) or in total
 
 
-def _last_metric(path: Path) -> Optional[dict]:
+def last_metric(path: Path) -> Optional[dict]:
     """The last complete row of metrics.jsonl, reading only the file's tail."""
     try:
         with open(path, "rb") as f:
@@ -68,10 +68,8 @@ def _last_metric(path: Path) -> Optional[dict]:
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
-    try:
-        return any(p.is_dir() for p in (run_dir / "checkpoints").iterdir())
-    except OSError:
-        return False
+    # Complete checkpoints only: a torn `.tmp-` save or one set aside as unreadable resumes nothing.
+    return bool(checkpoint_dirs(run_dir))
 
 
 def _proc_start(pid: int) -> Optional[str]:
@@ -119,7 +117,7 @@ def read_run(run_id: str, run_dir: Path, queue: Optional[dict[str, str]]) -> Run
     if status == "completed":
         loss = result.get("eval_loss") if result.get("eval_loss") is not None else result.get("train_loss")
         return RunState(run_id, "completed", loss, job_id, tokens=result.get("tokens"))
-    last = _last_metric(run_dir / "metrics.jsonl")
+    last = last_metric(run_dir / "metrics.jsonl")
     loss = None if last is None else last.get("loss")
     tokens = None if last is None else last.get("tokens")
     # A job still in the queue wins over an older failed result: it is being requeued or retried.

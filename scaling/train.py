@@ -22,7 +22,6 @@ import signal
 import sys
 import time
 import traceback
-import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -36,6 +35,7 @@ from scaling.rundir import (
     load_result, read_metrics, truncate_metrics, write_atomic, write_json_atomic,
 )  # fmt: skip
 from scaling.runlock import RunLock, RunLocked
+from scaling.wandb_mirror import WandbMirror, wandb_mode
 
 log = logging.getLogger("scaling.train")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -628,87 +628,6 @@ class StopRequested(Exception):
 
 
 # ---- wandb ----------------------------------------------------------------------------------------
-WANDB_PROBE_TIMEOUT_S = 3.0  # mode=auto: how long the wandb server may take to accept a connection
-
-
-def _wandb_mode(mode: str) -> str:
-    """The mode wandb runs in. `auto` honours WANDB_DISABLED and WANDB_MODE, goes online only with
-    credentials and a server that answers within WANDB_PROBE_TIMEOUT_S, and is offline otherwise:
-    it never blocks a run on the network."""
-    if mode != "auto":
-        return mode
-    if os.environ.get("WANDB_DISABLED", "").strip().lower() in ("1", "true", "yes"):
-        return "disabled"
-    env_mode = os.environ.get("WANDB_MODE", "").strip().lower()
-    if env_mode in ("offline", "dryrun"):
-        return "offline"
-    if env_mode in ("disabled", "online"):
-        return env_mode
-    if not _wandb_credentials():
-        return "offline"
-    url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
-    if not _reachable(url, WANDB_PROBE_TIMEOUT_S):
-        log.warning("wandb: %s did not answer within %.0f s; logging offline (upload later with `wandb sync`)",
-                    url, WANDB_PROBE_TIMEOUT_S)  # fmt: skip
-        return "offline"
-    return "online"
-
-
-def _wandb_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return "api.wandb.ai" in (Path.home() / ".netrc").read_text()
-    except OSError:
-        return False
-
-
-def _reachable(url: str, timeout_s: float) -> bool:
-    import socket
-    from urllib.parse import urlparse
-
-    parsed = urlparse(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parsed.hostname or "", port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
-def start_wandb(plan: RunPlan, state: TrainState) -> Any:
-    """Start or continue the run's wandb run (rank 0 only). The id lives in the run directory and
-    in every checkpoint, so a resumed or requeued run continues the same wandb run."""
-    wcfg = plan.cfg.logger.wandb
-    mode = _wandb_mode(wcfg.mode)
-    if mode == "disabled":
-        return None
-    import wandb
-
-    run_dir = Path(plan.cfg.run.dir)
-    id_file = run_dir / "wandb_id"
-    if not state.wandb_id:  # a run started from scratch gets a wandb run of its own
-        state.wandb_id = uuid.uuid4().hex[:16]
-    write_atomic(id_file, state.wandb_id + "\n")
-    config = scrub_secrets(to_dict(plan.cfg))
-    config["counts"] = {"N": plan.params, "N_nonembedding": plan.params_nonembedding, "D": plan.tokens,
-                        "C": plan.flops}
-    return wandb.init(
-        project=wcfg.project, entity=wcfg.entity, group=plan.cfg.run.group, name=plan.run_id,
-        id=state.wandb_id, resume="allow", dir=str(run_dir), mode=mode, config=config, tags=list(wcfg.tags),
-        settings=wandb.Settings(silent=True, console="off"),
-    )  # fmt: skip
-
-
-def _wandb_call(fn: Callable, *args: Any, **kwargs: Any) -> None:
-    """The dashboard is a mirror: a wandb error (say, its service process killed by the same
-    signal that stops the run) is logged, never allowed to fail the run."""
-    try:
-        fn(*args, **kwargs)
-    except Exception as e:  # noqa: BLE001
-        log.warning("wandb: %s: %s (metrics.jsonl is unaffected)", type(e).__name__, e)
-
-
 def scrub_secrets(obj: Any) -> Any:
     """Drop keys that look like credentials before a config is written or uploaded."""
     if isinstance(obj, dict):
@@ -940,23 +859,20 @@ def train(cfg: TrainAppConfig) -> int:
                 # config.yaml records what the run trains with: written when it starts, never after.
                 write_atomic(run_dir / "config.yaml", _to_yaml(scrub_secrets(to_dict(plan.cfg))))
                 (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # rows of a run that never checkpointed
-        wandb_run = None
-        if world.is_main:
-            try:
-                wandb_run = start_wandb(plan, trainer.state)
-            except Exception as e:  # noqa: BLE001 - the dashboard is a mirror, not the record
-                log.warning("wandb could not start (%s: %s); training without a dashboard", type(e).__name__, e)
+        mirror = None
+        mode = wandb_mode(plan.cfg.logger.wandb.mode) if world.is_main else "disabled"
+        if mode != "disabled":
+            # The dashboard mirrors metrics.jsonl: every row written is also logged. It starts in
+            # the background, so its start-up never delays the first step.
+            mirror = WandbMirror(plan, trainer.state, scrub_secrets(to_dict(plan.cfg)), mode)
+            trainer.row_sinks.append(mirror.log)
         timing.mark("resume_and_wandb_s")
         try:
-            if wandb_run is not None:
-                # The dashboard mirrors metrics.jsonl: every row written is also logged.
-                trainer.row_sinks.append(lambda row: _wandb_call(wandb_run.log, {k: v for k, v in row.items()
-                                                                                if k != "step"}, step=row["step"]))
             result = trainer.fit()
             timing.mark("train_s")  # the training loop, evaluation included
         finally:
-            if wandb_run is not None:
-                _wandb_call(wandb_run.finish)
+            if mirror is not None:
+                mirror.finish()
         timing.mark("finish_s")
         result |= {**identity, "run_id_rule": RUN_ID_RULE, "epochs": round(epochs, 4), "unique_tokens": unique_units}
         result["timing"] = timing.as_dict() | {k: round(v, 3) for k, v in trainer.seconds.items()}

@@ -134,7 +134,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_for_requeue(data_cache, tmp_path):
     "overrides, code, needle",
     [
         (("train.lr=1e12", "train.grad_clip=0", "train.warmup_tokens=0"), EXIT_FAILED, "loss is"),
-        (("data.path=/nonexistent/shards",), EXIT_FAILED, "/nonexistent/shards"),
+        (("data.path=/nonexistent/shards",), EXIT_CONFIG, "/nonexistent/shards"),
         (("train.micro_batch_size=5",), EXIT_CONFIG, "train.micro_batch_size=5 does not divide"),
         (("train.tokens=100",), EXIT_CONFIG, "smaller than one step"),
     ],
