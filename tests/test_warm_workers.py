@@ -109,3 +109,23 @@ def test_a_run_that_makes_no_progress_is_killed_and_recorded_as_failed(tmp_path)
     assert "no progress for 3 s" in error and "retry_failed" in error
     assert any("no progress" in m for m in messages)
     assert checkpoint_dirs(run.dir)  # kept for the retry
+
+
+def test_the_core_split_is_measured_once_per_host_and_cached(tmp_path, monkeypatch):
+    import launch.calibrate as calibrate
+
+    calls: list[tuple[int, int]] = []
+    real = calibrate.measure
+
+    def counted(runs: int, threads: int, **kw) -> float:
+        calls.append((runs, threads))
+        return real(runs, threads, seconds=0.3)
+
+    monkeypatch.setattr(calibrate, "measure", counted)
+    runs, threads = calibrate.core_split(2, cache_dir=str(tmp_path), echo=_quiet)
+    assert (runs, threads) in ((1, 2), (2, 1)) and sorted(calls) == [(1, 2), (2, 1)]
+    (cached,) = tmp_path.glob("calibration-*-2cores.json")
+    figures = json.loads(cached.read_text())["tokens_per_s"]
+    assert figures[f"{runs}x{threads}"] == max(figures.values()) > 0  # the fastest split measured wins
+    assert calibrate.core_split(2, cache_dir=str(tmp_path), echo=_quiet) == (runs, threads)
+    assert len(calls) == 2  # read from the cache, not measured again
