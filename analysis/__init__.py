@@ -9,6 +9,10 @@ Modules, and the entry points other code calls:
 - :mod:`analysis.fit`: ``fit_law(data, law, delta, grid) -> FitResult`` (Huber on log loss,
   L-BFGS from a grid of starts, batched), ``bootstrap(data, fit, n_resamples, seed) ->
   BootstrapResult``, ``compute_optimal(fit_or_params, C, boot) -> dict``.
+- :mod:`analysis.constraints`: ``Constraints(fix, tie, bounds)``, the fixed, tied and bounded
+  parameters that ``fit_law(..., fix=, tie=, bounds=)`` applies to any law.
+- :mod:`analysis.nested`: ``compare_nested(constrained, unconstrained) -> NestedComparison``,
+  a likelihood-ratio-type test of the constraints for Huber fits.
 - :mod:`analysis.isoflop`: ``isoflop_profiles(data, tolerance) -> IsoFLOPResult`` (approach 2)
   and ``training_envelope(curves) -> EnvelopeResult`` (approach 1).
 - :mod:`analysis.extrapolate`: ``holdout_check(data, k, by, law) -> HoldoutResult``.

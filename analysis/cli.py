@@ -5,6 +5,12 @@ Examples::
     scaling-fit --csv runs.csv --law chinchilla --out fits/ --bootstrap 1000
     scaling-fit --csv chinchilla_fig4.csv --law chinchilla --drop-highest-loss 5 --out out/
     scaling-fit studies/my_study --law isoflop --out out/
+    scaling-fit --csv runs.csv --fix E=1.69 --tie beta=alpha --bound alpha=0.05:1.5 --out out/
+
+Constraints (``--fix``, ``--tie``, ``--bound``; names are the law's parameters) leave fewer
+parameters free, so fewer runs are needed (free parameters + 1). With a fix or a tie, and
+enough runs for the unconstrained law as well, both are fitted and the constraints are tested
+against the data (:mod:`analysis.nested`); ``--no-compare`` skips that.
 
 A study folder with a plan.json is fitted on the runs that plan lists, as the study's report
 is; run folders left by an earlier version of the spec are listed as "not in plan", and
@@ -58,6 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="study folder: also fit run folders its plan.json does not list")
     p.add_argument("--skip-bad-rows", action="store_true",
                    help="drop CSV rows with missing or non-positive values instead of failing")
+    p.add_argument("--fix", action="append", default=[], metavar="NAME=VALUE",
+                   help="fix a parameter, e.g. --fix E=1.69 (repeatable)")
+    p.add_argument("--tie", action="append", default=[], metavar="NAME=EXPR",
+                   help="tie a parameter to others, e.g. --tie beta=alpha or --tie B=2*A "
+                        "(numbers, names, + - * / **; repeatable)")
+    p.add_argument("--bound", action="append", default=[], metavar="NAME=LOW:HIGH",
+                   help="bound a parameter, e.g. --bound alpha=0.05:1.5; an empty end keeps the "
+                        "law's own bound (repeatable)")
+    p.add_argument("--no-compare", action="store_true",
+                   help="with --fix or --tie, skip the unconstrained fit and the test of the "
+                        "constraints")
     p.add_argument("--no-plots", action="store_true", help="write fit.json only")
     return p
 
@@ -85,6 +102,17 @@ def _run(args: argparse.Namespace) -> int:
     if args.csv and args.include_unplanned:
         raise AnalysisError("--include-unplanned applies to a study FOLDER's plan.json; drop it "
                             "with --csv")
+    from analysis.constraints import constraint_problems, parse_cli
+
+    constraints = parse_cli(args.fix, args.tie, args.bound)
+    if constraints and args.law == "isoflop":
+        raise AnalysisError("--fix, --tie and --bound constrain a parametric law; the isoflop "
+                            "analysis has none, so drop them or pick a --law")
+    if constraints:
+        # Checked before any file is read, with every problem named as it was typed.
+        problems = constraint_problems(FORMS[args.law], constraints, "--")
+        if problems:
+            raise AnalysisError("; ".join(problems))
     skipped, run_dirs = [], None
     if args.csv:
         data = io.load_csv(args.csv, skip_bad=args.skip_bad_rows)
@@ -115,16 +143,25 @@ def _run(args: argparse.Namespace) -> int:
 
     from analysis.extrapolate import holdout_check
     from analysis.fit import bootstrap, fit_law
+    from analysis.nested import compare_or_why
 
-    fit = fit_law(data, law=args.law, delta=args.delta, x=args.x)
+    fit = fit_law(data, law=args.law, delta=args.delta, x=args.x, constraints=constraints)
     boot = bootstrap(data, fit, n_resamples=args.bootstrap, seed=args.seed) if args.bootstrap else None
+    comparison = (compare_or_why(data, fit)
+                  if constraints.equalities and not args.no_compare else None)
     holdout = (holdout_check(data, k=args.holdout_largest, by=args.holdout_by, law=args.law,
-                             delta=args.delta, x=args.x) if args.holdout_largest else None)
+                             delta=args.delta, x=args.x, constraints=constraints)
+               if args.holdout_largest else None)
     doc = report.fit_to_json(fit, boot, holdout, source=source,
-                             dropped_highest_loss=args.drop_highest_loss, skipped=skipped)
+                             dropped_highest_loss=args.drop_highest_loss, skipped=skipped,
+                             comparison=comparison)
     written = [] if args.no_plots else _fit_figures(out, data, fit, boot, holdout)
     io.write_json_atomic(out / "fit.json", doc)
     print(report.format_fit(fit, boot))
+    if isinstance(comparison, str):
+        print(f"no test of the constraints: {comparison}")
+    elif comparison is not None:
+        print(report.format_comparison(comparison))
     if holdout is not None:
         print(f"holdout ({holdout.k} largest by {holdout.by}):")
         for rid, a, pr, e in zip(holdout.run_id, holdout.actual, holdout.predicted,

@@ -8,6 +8,7 @@ to ``fit.json`` under its ``code``. Codes:
 - ``grid_edge``: the best start lies on the edge of the grid and the optimum at or beyond it,
   or the optimum otherwise falls outside the box the grid spans; widen the grid.
 - ``param_at_bound``: a parameter sits at the optimiser's bound.
+- ``tied_outside_bounds``: a tied parameter's value falls outside the law's own bounds.
 - ``not_converged``: the best start stopped on the iteration limit, not on a tolerance.
 - ``poor_fit``: the law explains less than ``POOR_FIT_R2`` of the variance of log loss.
 - ``wide_interval``: a bootstrap interval is wider than the estimate itself.
@@ -44,13 +45,22 @@ class Diagnostic:
         return {"code": self.code, "message": self.message}
 
 
-def require_points(n_points: int, n_params: int, law: str) -> None:
-    """Raise unless there are more points than parameters (at least one residual dof)."""
-    needed = n_params + 1
+def require_points(
+    n_points: int, n_free: int, law: str, free: tuple[str, ...] = (), constrained: str | None = None
+) -> None:
+    """Raise unless there are more points than free parameters (at least one residual dof).
+
+    Fixed and tied parameters are not estimated, so they do not count: Chinchilla's law with
+    beta tied to alpha has 4 free parameters and fits 5 runs.
+    """
+    needed = n_free + 1
     if n_points < needed:
+        names = f" ({', '.join(free)})" if free else ""
+        which = f"law {law} with {constrained}" if constrained else f"law {law}"
         raise TooFewPointsError(
-            f"law {law} has {n_params} parameters and needs at least {needed} runs to fit; "
-            f"got {n_points}. Add runs, or fit a law with fewer parameters."
+            f"{which} has {n_free} free parameters{names} and needs at least {needed} runs to "
+            f"fit (free parameters + 1); got {n_points}. Add runs, or fix or tie parameters to "
+            f"leave fewer free (e.g. a known loss floor, or two exponents tied)."
         )
 
 

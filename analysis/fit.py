@@ -14,6 +14,11 @@ those to convergence; ``screen=False`` runs every start to convergence. On Chinc
 both find the optimum that a plain loop of ``scipy.optimize.minimize`` finds
 (``bench/fit_speed.py`` checks this), at a small fraction of the time.
 
+Constraints (:mod:`analysis.constraints`): any parameter can be fixed (``fix={"E": 1.69}``),
+tied to others (``tie={"beta": "alpha"}``) or bounded (``bounds={"alpha": (0.05, 1.5)}``). The
+optimiser then moves only the free parameters, from the grid reduced to them, and the
+bootstrap and every derived quantity use the constrained law.
+
 Public API:
 - :func:`fit_law` -> :class:`FitResult`
 - :func:`bootstrap` -> :class:`BootstrapResult`
@@ -31,6 +36,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from analysis import laws
+from analysis.constraints import FIXED, FREE, TIED, Constraints, Reparam, resolve
 from analysis.data import Data
 from analysis.diagnostics import (
     Diagnostic,
@@ -60,7 +66,10 @@ class FitResult:
     log-space parameters the optimiser moved; objective: the summed Huber loss at the optimum;
     residuals: ``log L_obs - log L_fit`` per run; rmse_log / r2_log: fit quality on log loss;
     converged: the best start met a stopping tolerance; best_start: the grid point it began
-    from; derived: quantities computed from params (chinchilla: ``a, b, G``).
+    from, in the free internal parameters; derived: quantities computed from params
+    (chinchilla: ``a, b, G``). constraints: what was fixed, tied and bounded; free: the public
+    parameters the fit moved (all of them without constraints); params holds every parameter,
+    fixed and tied ones included, so the law can be evaluated from it alone.
     """
 
     law: str
@@ -82,6 +91,18 @@ class FitResult:
     r2_log: float
     derived: Mapping[str, float]
     diagnostics: tuple[Diagnostic, ...]
+    constraints: Constraints = Constraints()
+    free: tuple[str, ...] = ()
+
+    @property
+    def status(self) -> dict[str, str]:
+        """Public name -> "free", "fixed" or "tied"."""
+        c = self.constraints
+        return {k: FIXED if k in c.fix else TIED if k in c.tie else FREE for k in self.params}
+
+    @property
+    def n_free(self) -> int:
+        return len(self.free)
 
     def predict(self, N: ArrayLike | None = None, D: ArrayLike | None = None,
                 C: ArrayLike | None = None) -> np.ndarray:
@@ -105,8 +126,10 @@ class FitResult:
 class BootstrapResult:
     """Bootstrap over runs: resample runs with replacement, refit, and summarise.
 
-    samples: every parameter and derived quantity, one value per resample; stderr: their
-    standard deviations; interval: percentile intervals at ``level``.
+    samples: every parameter and derived quantity, one value per resample (a fixed
+    parameter's column is constant); stderr: their standard deviations; interval: percentile
+    intervals at ``level``. stderr and interval leave out fixed and tied parameters, which have
+    no interval of their own.
     """
 
     law: str
@@ -141,27 +164,53 @@ def _columns(data: Data, form: Form, x: str | None) -> tuple[dict, dict, str | N
     return {"lnx": np.log(v)}, {x: v}, x
 
 
-def _grid_array(form: Form, grid, cols) -> np.ndarray:
+def _grid_array(form: Form, grid, cols, rep: Reparam) -> np.ndarray:
+    """Starts in the free internal parameters: the law's grid (or the user's) reduced by
+    ``rep`` (constrained columns dropped, rows clipped into the bounds, duplicates removed)."""
+    names = rep.free_theta_names
     if grid is None:
-        return form.default_grid(cols)
+        return rep.starts(form.default_grid(cols))
     if isinstance(grid, Mapping):
-        missing = [k for k in form.theta_names if k not in grid]
+        missing = [k for k in names if k not in grid]
         if missing:
             raise AnalysisError(
                 f"grid for {form.name} lacks {missing}; give values for every one of "
-                f"{form.theta_names} (log-scale parameters are logs, e.g. a = log A)"
+                f"{names} (log-scale parameters are logs, e.g. a = log A)"
             )
-        return np.array(
-            list(itertools.product(*(np.atleast_1d(grid[k]) for k in form.theta_names))),
-            dtype=float,
-        )
+        return rep.starts(np.array(
+            list(itertools.product(*(np.atleast_1d(grid[k]) for k in names))), dtype=float,
+        ))
     arr = np.atleast_2d(np.asarray(grid, dtype=float))
-    if arr.shape[1] != form.n_params:
+    if arr.shape[1] not in (form.n_params, rep.n_free):
         raise AnalysisError(
             f"grid has {arr.shape[1]} columns; law {form.name} needs {form.n_params} "
             f"({', '.join(form.theta_names)})"
+            + (f" or its {rep.n_free} free ones ({', '.join(names)})" if not rep.identity else "")
         )
-    return arr
+    return rep.starts(arr)
+
+
+def _objective(form: Form, rep: Reparam, cols, y, delta, weights: np.ndarray | None = None):
+    """fg(z, rows) for minimize_batch: the Huber objective and its gradient in the free
+    parameters ``z``; ``weights`` (resamples, n) are per-row point weights (the bootstrap)."""
+    def fg(z, rows):
+        w = None if weights is None else weights[rows]
+        if rep.identity:  # no fixes or ties: z is theta, and nothing is added to the hot path
+            return huber_value_and_grad(form, z, cols, y, delta, w)
+        theta, jac = rep.expand(z, jacobian=True)
+        f, g = huber_value_and_grad(form, theta, cols, y, delta, w)
+        return f, rep.pullback(g, jac)
+
+    return fg
+
+
+def _constraints(constraints, fix, tie, bounds) -> Constraints:
+    if constraints is not None and (fix or tie or bounds):
+        raise AnalysisError("pass either constraints=Constraints(...) or fix/tie/bounds, not both")
+    if constraints is not None and not isinstance(constraints, Constraints):
+        raise AnalysisError(f"constraints is a {type(constraints).__name__}; pass "
+                            f"analysis.constraints.Constraints, or use fix=, tie=, bounds=")
+    return constraints if constraints is not None else Constraints.of(fix, tie, bounds)
 
 
 def fit_law(
@@ -173,6 +222,10 @@ def fit_law(
     x: str | None = None,
     screen: bool = True,
     keep: int | None = None,
+    fix: Mapping[str, float] | None = None,
+    tie: Mapping[str, str] | None = None,
+    bounds: Mapping[str, tuple[float | None, float | None]] | None = None,
+    constraints: Constraints | None = None,
 ) -> FitResult:
     """Fit ``law`` to ``data`` by Huber(delta) on log loss, summed over runs, from a grid.
 
@@ -180,11 +233,16 @@ def fit_law(
     delta: Huber threshold on log residuals (default 1e-3, as Hoffmann et al. and Epoch).
     grid: starts in the internal parameters (``form.theta_names``), either an array of shape
     (starts, n_params) or a mapping name -> values whose product is taken. Defaults per law;
-    for chinchilla it is Epoch's 4,500-point grid over (a, b, e, alpha, beta).
+    for chinchilla it is Epoch's 4,500-point grid over (a, b, e, alpha, beta). With fixed or
+    tied parameters their columns are dropped (a mapping needs only the free names).
     x: the input of a one-variable law, "N", "D" or "C" (power_law and broken_power_law
     default to C).
     screen / keep: screen all starts by a few steps and run the best ``keep`` (default a
     tenth, at least 64) to convergence; ``screen=False`` runs them all.
+    fix / tie / bounds: constraints in public names and units (see
+    :mod:`analysis.constraints`), e.g. ``fix={"E": 1.69}``, ``tie={"beta": "alpha"}``,
+    ``bounds={"alpha": (0.05, 1.5)}``; or pass a ready ``constraints=Constraints(...)``.
+    The fit needs one more run than it has free parameters.
     """
     if not isinstance(data, Data):
         raise AnalysisError(
@@ -194,34 +252,36 @@ def fit_law(
     form = get_form(law)
     if not (isinstance(delta, (int, float)) and np.isfinite(delta) and delta > 0):
         raise AnalysisError(f"delta={delta!r} must be a positive number (default 1e-3)")
-    require_points(len(data), form.n_params, law)
+    rep = resolve(form, _constraints(constraints, fix, tie, bounds))
+    require_points(len(data), rep.n_free, law, rep.free,
+                   None if rep.identity else rep.constraints.describe())
     cols, raw, x_used = _columns(data, form, x)
     for name, v in raw.items():
         require_distinct(v, name, law)
     y = np.log(data.loss)
-    starts = _grid_array(form, grid, cols)
-
-    def fg(theta, rows):
-        return huber_value_and_grad(form, theta, cols, y, delta)
+    starts = _grid_array(form, grid, cols, rep)
+    fg = _objective(form, rep, cols, y, delta)
+    lower, upper = rep.lower, rep.upper
 
     n_starts = starts.shape[0]
     keep = keep or max(64, n_starts // 10)
     if screen and n_starts > 2 * keep:
-        first = minimize_batch(fg, starts, form.lower, form.upper, maxiter=SCREEN_ITERS)
+        first = minimize_batch(fg, starts, lower, upper, maxiter=SCREEN_ITERS)
         fun = np.where(np.isfinite(first.fun), first.fun, np.inf)
         chosen = np.argsort(fun, kind="stable")[:keep]
-        res = minimize_batch(fg, first.x[chosen], form.lower, form.upper)
+        res = minimize_batch(fg, first.x[chosen], lower, upper)
     else:
         chosen = np.arange(n_starts)
-        res = minimize_batch(fg, starts, form.lower, form.upper)
+        res = minimize_batch(fg, starts, lower, upper)
     fun = np.where(np.isfinite(res.fun), res.fun, np.inf)
     if not np.isfinite(fun).any():
         raise AnalysisError(f"law {law}: every start overflowed; check the data's units")
     best = int(np.argmin(fun))
-    polished = minimize_batch(fg, res.x[best : best + 1], form.lower, form.upper, **TIGHT)
+    polished = minimize_batch(fg, res.x[best : best + 1], lower, upper, **TIGHT)
     if polished.fun[0] <= fun[best]:
         res.x[best], fun[best] = polished.x[0], polished.fun[0]
-    theta = res.x[best]
+    z = res.x[best]
+    theta = rep.expand(z[None, :])[0]
     objective = float(fun[best])
     best_start = starts[chosen[best]]
     on_edge = _on_edge(starts, best_start)
@@ -229,10 +289,15 @@ def fit_law(
     # spans. A best start on the edge that moved inward is harmless; one whose optimum sits
     # at or beyond that edge means a wider grid might find a better optimum.
     lo_box, hi_box = starts.min(axis=0), starts.max(axis=0)
+    pinned = [t <= lo + 1e-6 * max(1.0, abs(lo)) or t >= hi - 1e-6 * max(1.0, abs(hi))
+              for t, lo, hi in zip(z, lower, upper)]
+    at_bound = tuple(form.encodes[i] for i, p in zip(rep.free_idx, pinned) if p)
+    # An optimum at a bound is reported as such (below); the grid's edge there (clipped to
+    # that bound) is no reason to widen the grid.
     outside = [
         f"{n} (grid {a:.3g}..{b:.3g}, optimum {t:.4g})"
-        for n, t, a, b in zip(form.theta_names, theta, lo_box, hi_box)
-        if b > a and (t <= a or t >= b)
+        for n, t, a, b, p in zip(rep.free_theta_names, z, lo_box, hi_box, pinned)
+        if b > a and (t <= a or t >= b) and not p
     ]
 
     lp, _ = form.log_pred(theta[None, :], cols)
@@ -245,10 +310,6 @@ def fit_law(
     params = {k: float(v) for k, v in zip(form.param_names, public)}
     derived = {k: float(v) for k, v in form.derived({k: np.asarray(v) for k, v in params.items()}).items()}
 
-    at_bound = tuple(
-        name for name, t, lo, hi in zip(form.param_names, theta, form.lower, form.upper)
-        if t <= lo + 1e-6 * max(1.0, abs(lo)) or t >= hi - 1e-6 * max(1.0, abs(hi))
-    )
     diags = span_diagnostics(raw)
     if outside:
         diags.append(Diagnostic(
@@ -262,6 +323,13 @@ def fit_law(
         diags.append(Diagnostic(
             "param_at_bound",
             f"{', '.join(at_bound)} sits at the optimiser's bound; the law may not suit the data",
+        ))
+    tied_out = rep.tied_outside_bounds(theta)
+    if tied_out:
+        diags.append(Diagnostic(
+            "tied_outside_bounds",
+            f"tied parameter(s) outside the law's bounds: {'; '.join(tied_out)}; bound the "
+            f"parameters they are tied to",
         ))
     if not res.converged[best]:
         diags.append(Diagnostic("not_converged", "the best start hit the iteration limit"))
@@ -287,6 +355,8 @@ def fit_law(
         r2_log=r2_log,
         derived=MappingProxyType(derived),
         diagnostics=tuple(diags),
+        constraints=rep.constraints,
+        free=rep.free,
     )
 
 
@@ -322,25 +392,26 @@ def bootstrap(
             f"the fit was made on"
         )
     form = get_form(fit.law)
+    rep = resolve(form, fit.constraints)
     cols, _, _ = _columns(data, form, fit.x)
     y = np.log(data.loss)
     n = len(data)
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples).astype(float)
+    fg = _objective(form, rep, cols, y, fit.delta, counts)
 
-    def fg(theta, rows):
-        return huber_value_and_grad(form, theta, cols, y, fit.delta, counts[rows])
-
-    x0 = np.tile(np.asarray(fit.theta), (n_resamples, 1))
-    res = minimize_batch(fg, x0, form.lower, form.upper, **TIGHT)
-    public = form.to_public(res.x)
+    x0 = np.tile(rep.reduce(np.asarray(fit.theta)[None, :]), (n_resamples, 1))
+    res = minimize_batch(fg, x0, rep.lower, rep.upper, **TIGHT)
+    public = form.to_public(rep.expand(res.x))
     samples = {k: public[:, i] for i, k in enumerate(form.param_names)}
     samples.update(form.derived(samples))
     lo_q, hi_q = 100 * (1 - level) / 2, 100 * (1 + level) / 2
-    stderr = {k: float(np.nanstd(v, ddof=1)) for k, v in samples.items()}
+    # A fixed or tied parameter has no interval of its own: it is not estimated.
+    summarised = [k for k in samples if rep.status.get(k, FREE) == FREE]
+    stderr = {k: float(np.nanstd(samples[k], ddof=1)) for k in summarised}
     interval = {
-        k: (float(np.nanpercentile(v, lo_q)), float(np.nanpercentile(v, hi_q)))
-        for k, v in samples.items()
+        k: (float(np.nanpercentile(samples[k], lo_q)), float(np.nanpercentile(samples[k], hi_q)))
+        for k in summarised
     }
     estimates = {**fit.params, **fit.derived}
     diags = interval_diagnostics(estimates, interval)

@@ -31,9 +31,13 @@ class Form:
     inputs: tuple[str, ...]  # data columns the law reads, e.g. ("N", "D")
     theta_names: tuple[str, ...]  # internal parameters, e.g. ("a", "b", "e", "alpha", "beta")
     param_names: tuple[str, ...]  # public parameters, e.g. ("E", "A", "B", "alpha", "beta")
+    # For each internal parameter, the public one it encodes and whether it is that one's log
+    # (a = log A). to_public, the bounds in public units and the constraints all derive from
+    # this one mapping, so they cannot disagree.
+    encodes: tuple[str, ...]  # e.g. ("A", "B", "E", "alpha", "beta")
+    logged: tuple[bool, ...]  # e.g. (True, True, True, False, False)
     log_pred: Callable[[np.ndarray, Columns], tuple[np.ndarray, list[np.ndarray]]]
-    to_public: Callable[[np.ndarray], np.ndarray]  # (batch, p) internal -> (batch, p) public
-    lower: np.ndarray
+    lower: np.ndarray  # bounds of the internal parameters (a log-scale one bounds the log)
     upper: np.ndarray
     default_grid: Callable[[Columns], np.ndarray]  # data columns (log) -> (starts, p)
     derived: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] = field(
@@ -43,9 +47,29 @@ class Form:
     # speed matter; it must agree with the generic path (a test checks it).
     fused: Callable | None = None
 
+    def __post_init__(self):
+        if sorted(self.encodes) != sorted(self.param_names) or len(self.logged) != self.n_params:
+            raise ValueError(f"form {self.name}: encodes {self.encodes} must list each of "
+                             f"{self.param_names} once, with one logged flag per theta")
+
     @property
     def n_params(self) -> int:
         return len(self.theta_names)
+
+    def to_public(self, theta: np.ndarray) -> np.ndarray:
+        """(batch, p) internal parameters -> (batch, p) public ones, in ``param_names`` order."""
+        theta = np.asarray(theta, dtype=float)
+        cols = [np.exp(theta[:, i]) if self.logged[i] else theta[:, i]
+                for i in (self.encodes.index(name) for name in self.param_names)]
+        return np.stack(cols, axis=1)
+
+    @property
+    def bounds(self) -> dict[str, tuple[float, float]]:
+        """The optimiser's box in public units: name -> (low, high), e.g. alpha -> (0, 10)."""
+        out = {}
+        for name, log, lo, hi in zip(self.encodes, self.logged, self.lower, self.upper):
+            out[name] = (float(np.exp(lo)), float(np.exp(hi))) if log else (float(lo), float(hi))
+        return {name: out[name] for name in self.param_names}
 
 
 def _lse(*terms: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -72,11 +96,6 @@ def _chinchilla_log_pred(theta, cols):
     lnN, lnD = cols["lnN"], cols["lnD"]
     lse, (w1, w2, w3) = _lse(a - alpha * lnN, b - beta * lnD, np.broadcast_to(e, (theta.shape[0], lnN.shape[-1])))
     return lse, [w1, w2, w3, -w1 * lnN, -w2 * lnD]
-
-
-def _chinchilla_public(theta):
-    a, b, e, alpha, beta = theta.T
-    return np.stack([np.exp(e), np.exp(a), np.exp(b), alpha, beta], axis=1)
 
 
 def _chinchilla_derived(p):
@@ -131,8 +150,9 @@ CHINCHILLA = Form(
     inputs=("N", "D"),
     theta_names=("a", "b", "e", "alpha", "beta"),
     param_names=("E", "A", "B", "alpha", "beta"),
+    encodes=("A", "B", "E", "alpha", "beta"),
+    logged=(True, True, True, False, False),
     log_pred=_chinchilla_log_pred,
-    to_public=_chinchilla_public,
     # Exponents are kept non-negative (a negative one would make loss grow with scale);
     # the log-scales get wide but finite bounds so a runaway start cannot overflow.
     lower=np.array([-50.0, -50.0, -20.0, 0.0, 0.0]),
@@ -161,8 +181,9 @@ POWER_LAW = Form(
     inputs=("x",),
     theta_names=("a", "e", "alpha"),
     param_names=("E", "A", "alpha"),
+    encodes=("A", "E", "alpha"),
+    logged=(True, True, False),
     log_pred=_power_log_pred,
-    to_public=lambda t: np.stack([np.exp(t[:, 1]), np.exp(t[:, 0]), t[:, 2]], axis=1),
     lower=np.array([-50.0, -20.0, 0.0]),
     upper=np.array([200.0, 20.0, 10.0]),
     default_grid=lambda cols: _grid(
@@ -187,8 +208,9 @@ def _kaplan_1d(name, param_names):
         inputs=("x",),
         theta_names=("log_" + param_names[0], param_names[1]),
         param_names=param_names,
+        encodes=param_names,
+        logged=(True, False),
         log_pred=_kaplan_1d_log_pred,
-        to_public=lambda t: np.stack([np.exp(t[:, 0]), t[:, 1]], axis=1),
         lower=np.array([-50.0, 1e-6]),
         upper=np.array([200.0, 10.0]),
         default_grid=lambda cols: _grid(
@@ -217,8 +239,9 @@ KAPLAN_ND = Form(
     inputs=("N", "D"),
     theta_names=("log_N_c", "log_D_c", "alpha_N", "alpha_D"),
     param_names=("N_c", "D_c", "alpha_N", "alpha_D"),
+    encodes=("N_c", "D_c", "alpha_N", "alpha_D"),
+    logged=(True, True, False, False),
     log_pred=_kaplan_nd_log_pred,
-    to_public=lambda t: np.stack([np.exp(t[:, 0]), np.exp(t[:, 1]), t[:, 2], t[:, 3]], axis=1),
     lower=np.array([-50.0, -50.0, 1e-4, 1e-4]),
     upper=np.array([200.0, 200.0, 10.0, 10.0]),
     default_grid=lambda cols: _grid(
@@ -264,10 +287,9 @@ BROKEN_POWER_LAW = Form(
     inputs=("x",),
     theta_names=("e", "b", "c0", "c1", "log_d1", "f1"),
     param_names=("E", "B", "c0", "c1", "d1", "f1"),
+    encodes=("E", "B", "c0", "c1", "d1", "f1"),
+    logged=(True, True, False, False, True, False),
     log_pred=_bpl_log_pred,
-    to_public=lambda t: np.stack(
-        [np.exp(t[:, 0]), np.exp(t[:, 1]), t[:, 2], t[:, 3], np.exp(t[:, 4]), t[:, 5]], axis=1
-    ),
     lower=np.array([-20.0, -50.0, -2.0, -5.0, -100.0, 0.01]),
     upper=np.array([20.0, 200.0, 10.0, 10.0, 200.0, 10.0]),
     default_grid=_bpl_grid,

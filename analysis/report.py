@@ -11,6 +11,7 @@ import math
 from analysis.extrapolate import HoldoutResult
 from analysis.fit import BootstrapResult, FitResult, compute_optimal
 from analysis.isoflop import EnvelopeResult, IsoFLOPResult
+from analysis.nested import NestedComparison
 
 SCHEMA_VERSION = 1
 EXAMPLE_BUDGETS = (1e21, 1e23, 1e25)  # FLOPs at which fit.json lists the allocation
@@ -23,6 +24,7 @@ def fit_to_json(
     source: str | None = None,
     dropped_highest_loss: int = 0,
     skipped: list | None = None,
+    comparison: NestedComparison | str | None = None,
 ) -> dict:
     """The ``fit.json`` dict for a parametric fit.
 
@@ -30,6 +32,12 @@ def fit_to_json(
     diagnostics (list of {code, message}); with a bootstrap also stderr, interval
     ({name: [low, high]}), interval_level and n_resamples; for laws in N and D a
     compute_optimal table; and holdout, source, skipped runs when given.
+
+    Constraints (added in the same schema version; older readers ignore them): constraints
+    ({fix, tie, bound}), param_status ({name: free | fixed | tied}), free_params, and
+    nested_comparison (the test of the constraints against the unconstrained law, or
+    {"skipped": reason}). params lists every parameter, fixed and tied ones included; stderr
+    and interval list only free ones, since a fixed or tied parameter has no interval.
     """
     out: dict = {
         "schema_version": SCHEMA_VERSION,
@@ -45,6 +53,9 @@ def fit_to_json(
         "best_start": list(fit.best_start),
         "rmse_log": fit.rmse_log,
         "r2_log": fit.r2_log,
+        "free_params": list(fit.free),
+        "param_status": fit.status,
+        "constraints": fit.constraints.to_json(),
     }
     diags = list(fit.diagnostics)
     if boot is not None:
@@ -66,6 +77,11 @@ def fit_to_json(
         out["compute_optimal"] = rows
     if holdout is not None:
         out["holdout"] = holdout.to_json()
+    if isinstance(comparison, NestedComparison):
+        out["nested_comparison"] = comparison.to_json()
+        diags += list(comparison.diagnostics)
+    elif comparison:
+        out["nested_comparison"] = {"skipped": comparison}
     if source is not None:
         out["source"] = source
     if dropped_highest_loss:
@@ -121,14 +137,28 @@ def _g(v) -> str:
     return f"{v:.4g}"
 
 
+def _status_note(fit: FitResult, name: str) -> str:
+    """``fixed`` or ``tied: beta = alpha`` for a constrained parameter; empty for a free one."""
+    c = fit.constraints
+    if name in c.fix:
+        return "fixed"
+    if name in c.tie:
+        return f"tied: {name} = {c.tie[name]}"
+    return ""
+
+
 def format_fit(fit: FitResult, boot: BootstrapResult | None = None) -> str:
-    """A short table: one line per parameter and derived quantity, then diagnostics."""
+    """A short table: one line per parameter and derived quantity, then diagnostics. A fixed
+    or tied parameter says so where a free one has its interval."""
     lines = [
         f"law {fit.law}" + (f" in {fit.x}" if fit.x else "")
         + f": {fit.n_points} runs, objective {fit.objective:.6g}, "
         f"RMSE(log L) {fit.rmse_log:.4g}, R^2(log L) {fit.r2_log:.4f}, "
         f"{'converged' if fit.converged else 'NOT converged'}",
     ]
+    if fit.constraints:
+        lines.append(f"constraints: {fit.constraints.describe()}; {fit.n_free} free parameters "
+                     f"({', '.join(fit.free)})")
     head = f"  {'name':<10}{'estimate':>12}"
     if boot is not None:
         head += f"{'stderr':>12}   {int(boot.level * 100)}% interval"
@@ -136,13 +166,23 @@ def format_fit(fit: FitResult, boot: BootstrapResult | None = None) -> str:
     for kind, values in (("param", fit.params), ("derived", fit.derived)):
         for k, v in values.items():
             row = f"  {k:<10}{_g(v):>12}"
-            if boot is not None and k in boot.stderr:
+            note = _status_note(fit, k) if kind == "param" else ""
+            if note:
+                row += f"   ({note})"
+            elif boot is not None and k in boot.stderr:
                 lo, hi = boot.interval[k]
                 row += f"{_g(boot.stderr[k]):>12}   [{_g(lo)}, {_g(hi)}]"
             lines.append(row + ("" if kind == "param" else "   (derived)"))
     diags = list(fit.diagnostics) + (list(boot.diagnostics) if boot is not None else [])
     lines.append("diagnostics: " + ("none" if not diags else ""))
     lines += [f"  - {d.code}: {d.message}" for d in diags]
+    return "\n".join(lines)
+
+
+def format_comparison(cmp: NestedComparison) -> str:
+    """The test of the constraints, for the console."""
+    lines = [cmp.sentence(), f"  method: {cmp.method}"]
+    lines += [f"  - {d.code}: {d.message}" for d in cmp.diagnostics]
     return "\n".join(lines)
 
 

@@ -11,6 +11,11 @@ Three views of the same runs, as in Hoffmann et al. (2022):
 - An extrapolation check: the largest run (by compute) is held out, the law is refitted on the
   rest, and its prediction is compared with the measured loss.
 
+The study's spec may constrain the parametric law (``report.fix``, ``report.tie``,
+``report.bound``, e.g. E fixed at a known floor). Then the constrained law is the one reported
+and extrapolated, and, when there are runs enough, the unconstrained law is fitted too and the
+constraints are tested against the data (:mod:`analysis.nested`).
+
 `fit.json` is the parametric fit in the `scaling-fit` schema (law, params, stderr, interval,
 n_points, objective, diagnostics, derived), with the IsoFLOP analysis under `isoflop` and the
 extrapolation check under `holdout`.
@@ -48,6 +53,7 @@ class StudyAnalysis:
     boot: Any = None  # BootstrapResult
     holdout: Any = None  # HoldoutResult
     optimal: dict | None = None  # compute_optimal for budgets beyond the study
+    comparison: Any = None  # NestedComparison, or a str saying why there is none
     problems: list[str] = field(default_factory=list)  # analyses that could not run, and why
 
 
@@ -82,15 +88,23 @@ def _with_plan_budgets(data: Data, plan: dict | None) -> Data:
 
 
 def analyse_study(
-    study_dir: str | Path, *, n_boot: int = 1000, holdout: int = 1, tolerance: float = 0.25, seed: int = 0
+    study_dir: str | Path, *, n_boot: int = 1000, holdout: int = 1, tolerance: float = 0.25, seed: int = 0,
+    fix: dict | None = None, tie: dict | None = None, bounds: dict | None = None,
 ) -> StudyAnalysis:
     """Fit everything the study's completed runs support. An analysis that cannot run (too few
-    runs, a single budget) is recorded in `problems` instead of stopping the others."""
+    runs, a single budget) is recorded in `problems` instead of stopping the others.
+
+    fix / tie / bounds constrain the parametric law as in `fit_law` (bounds may be [low, high]
+    lists, as a YAML spec gives them); bad constraints raise before anything is fitted."""
+    from analysis.constraints import Constraints, resolve
     from analysis.extrapolate import holdout_check
-    from analysis.fit import bootstrap, compute_optimal, fit_law
+    from analysis.fit import bootstrap, compute_optimal, fit_law, get_form
     from analysis.io import load_runs
     from analysis.isoflop import isoflop_profiles
+    from analysis.nested import compare_or_why
 
+    constraints = Constraints.of(fix, tie, {k: tuple(v) for k, v in (bounds or {}).items()})
+    resolve(get_form("chinchilla"), constraints, "report.")
     study_dir = Path(study_dir)
     plan_path = study_dir / "plan.json"
     plan = json.loads(plan_path.read_text()) if plan_path.exists() else None
@@ -105,7 +119,9 @@ def analyse_study(
     except AnalysisError as e:
         out.problems.append(f"IsoFLOP profiles: {e}")
     try:
-        out.fit = fit_law(data, law="chinchilla")
+        out.fit = fit_law(data, law="chinchilla", constraints=constraints)
+        if constraints.equalities:
+            out.comparison = compare_or_why(data, out.fit)
         if n_boot:
             out.boot = bootstrap(data, out.fit, n_resamples=n_boot, seed=seed)
         C = float(data.C.max()) * np.array(BEYOND)
@@ -114,7 +130,7 @@ def analyse_study(
         out.problems.append(f"Chinchilla fit: {e}")
     if holdout:
         try:
-            out.holdout = holdout_check(data, k=holdout, by="C", law="chinchilla")
+            out.holdout = holdout_check(data, k=holdout, by="C", law="chinchilla", constraints=constraints)
         except AnalysisError as e:
             out.problems.append(f"extrapolation check: {e}")
     return out
@@ -124,7 +140,8 @@ def study_json(a: StudyAnalysis) -> dict:
     """The study's `fit.json`."""
     from analysis.report import fit_to_json, isoflop_to_json
 
-    doc: dict = fit_to_json(a.fit, a.boot, a.holdout, source=a.study_dir, skipped=a.skipped) if a.fit else {
+    doc: dict = fit_to_json(a.fit, a.boot, a.holdout, source=a.study_dir, skipped=a.skipped,
+                            comparison=a.comparison) if a.fit else {
         "law": "chinchilla", "params": None, "diagnostics": [], "n_points": int(len(a.data.N)),
     }  # fmt: skip
     doc["study"] = a.study
@@ -236,8 +253,11 @@ def headline(a: StudyAnalysis) -> list[str]:
                      f"D_opt ~ C^{a.iso.b:.3f}{_pair(a.iso.b_interval)} ({a.iso.n_used} budgets used).")
     if a.fit is not None:
         p = a.fit.params
-        lines.append(f"Fitted L(N, D) = {p['E']:.3f} + {_g(p['A'])}/N^{p['alpha']:.3f} + {_g(p['B'])}/D^{p['beta']:.3f}; "
-                     f"a = {a.fit.derived['a']:.3f}, b = {a.fit.derived['b']:.3f}.")
+        constrained = f" ({a.fit.constraints.describe()})" if a.fit.constraints else ""
+        lines.append(f"Fitted L(N, D) = {p['E']:.3f} + {_g(p['A'])}/N^{p['alpha']:.3f} + {_g(p['B'])}/D^{p['beta']:.3f}"
+                     f"{constrained}; a = {a.fit.derived['a']:.3f}, b = {a.fit.derived['b']:.3f}.")
+    if a.comparison is not None and not isinstance(a.comparison, str):
+        lines.append(a.comparison.sentence())
     if a.holdout is not None:
         lines.append(f"The held-out largest run is predicted within {100 * a.holdout.max_abs_rel_error:.2f}%.")
     return lines
@@ -296,14 +316,39 @@ def _iso_section(iso: Any) -> str:
 
 def _fit_section(a: StudyAnalysis) -> str:
     fit, boot = a.fit, a.boot
+    c = fit.constraints
     rows = []
     for name, value in list(fit.params.items()) + list(fit.derived.items()):
+        if name in c.fix or name in c.tie:  # not estimated, so no interval of its own
+            how = "fixed" if name in c.fix else f"tied: {name} = {c.tie[name]}"
+            rows.append([name, _g(value), how, ""])
+            continue
         se = boot.stderr.get(name) if boot is not None else None
         rows.append([name, _g(value), _g(se) if se is not None else "", _interval(boot, name)])
     text = "L(N, D) = E + A / N^alpha + B / D^beta, Huber (delta 1e-3) on log loss, L-BFGS from a grid of starts.\n\n"
+    if c:
+        text += (f"Constraints: {c.describe()}; {fit.n_free} free parameters ({', '.join(fit.free)}), so the fit "
+                 f"needs at least {fit.n_free + 1} runs.\n\n")
     text += _table(["parameter", "estimate", "bootstrap stderr", "95% interval"], rows)
     text += (f"\n\n{fit.n_points} runs, objective {fit.objective:.3g}, RMSE of log loss {fit.rmse_log:.4f}, "
              f"R^2 {fit.r2_log:.4f}" + (f", {boot.n_resamples} bootstrap resamples." if boot is not None else "."))
+    if isinstance(a.comparison, str):
+        text += f"\n\nNo test of the constraints: {a.comparison}."
+    elif a.comparison is not None:
+        text += "\n\n" + _comparison_section(a.comparison)
+    return text
+
+
+def _comparison_section(cmp: Any) -> str:
+    rows = [["constrained", ", ".join(cmp.free_constrained), _g(cmp.objective_constrained), f"{cmp.rmse_log_constrained:.4f}"],
+            ["unconstrained", ", ".join(cmp.free_unconstrained), _g(cmp.objective_unconstrained),
+             f"{cmp.rmse_log_unconstrained:.4f}"]]
+    text = "### Constrained against unconstrained law\n\n"
+    text += _table(["fit", "free parameters", "objective", "RMSE of log loss"], rows)
+    text += (f"\n\n{cmp.sentence()} The test is the likelihood-ratio test's analogue for Huber fits "
+             f"(Schrader and Hettmansperger 1980): S = 2 E[psi'] / E[psi^2] x (difference of the objectives), "
+             f"S/q against F(q, n - p) with q = {cmp.q} and n - p = {cmp.dof}. A plain likelihood-ratio test or "
+             f"AIC would need a likelihood, and these fits minimise a Huber loss instead.")
     return text
 
 
@@ -339,7 +384,7 @@ def _holdout_section(h: Any) -> str:
 
 def _diagnostics(a: StudyAnalysis) -> str:
     items = []
-    for source, obj in (("IsoFLOP", a.iso), ("fit", a.fit), ("bootstrap", a.boot)):
+    for source, obj in (("IsoFLOP", a.iso), ("fit", a.fit), ("bootstrap", a.boot), ("constraints test", a.comparison)):
         for d in getattr(obj, "diagnostics", ()) or ():
             items.append(f"- {source}: `{d.code}`: {d.message}")
     items += [f"- {p}" for p in a.problems]
