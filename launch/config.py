@@ -325,9 +325,18 @@ class ReportConfig:
     bootstrap: int = 1000  # bootstrap resamples for the intervals
     holdout_largest: int = 1  # runs held out (largest by compute) for the extrapolation check
     tolerance: float = 0.25  # relative width of a compute-budget group when runs carry no budget
+    # Constraints on the parametric law's parameters (E, A, B, alpha, beta), as scaling-fit's
+    # --fix/--tie/--bound: e.g. fix: {E: 1.69} for a known loss floor, tie: {beta: alpha},
+    # bound: {alpha: [0.05, 1.5]} (.inf at an end keeps the law's own bound there).
+    fix: dict[str, float] = field(default_factory=dict)
+    tie: dict[str, str] = field(default_factory=dict)
+    bound: dict[str, list[float]] = field(default_factory=dict)
 
     def problems(self, prefix: str = "report") -> list[str]:
-        out = []
+        from analysis.constraints import Constraints, constraint_problems
+        from analysis.forms import CHINCHILLA
+
+        out = constraint_problems(CHINCHILLA, Constraints.of(self.fix, self.tie, self.bound), prefix + ".")
         if self.bootstrap < 0:
             out.append(f"{prefix}.bootstrap={self.bootstrap} must be >= 0 (0 skips the intervals)")
         if self.holdout_largest < 0:

@@ -217,7 +217,7 @@ def report_study(study_dir: str, cfg: ReportConfig, echo: Callable[[str], None] 
     echo(f"fitting {study_dir} ...")
     try:
         analysis = analyse_study(study_dir, n_boot=cfg.bootstrap, holdout=cfg.holdout_largest,
-                                 tolerance=cfg.tolerance)
+                                 tolerance=cfg.tolerance, fix=cfg.fix, tie=cfg.tie, bounds=cfg.bound)
     except AnalysisError as e:
         raise ScalingError(f"cannot fit the study: {e}") from None
     paths = write_study_outputs(study_dir, analysis)
