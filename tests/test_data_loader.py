@@ -248,3 +248,31 @@ def test_http_location(uniq):
         assert all(torch.equal(p[0], q[0]) for p, q in zip(a, b))
     finally:
         server.shutdown()
+
+
+def test_the_plain_tar_reader_equals_webdataset_and_defers_to_it_for_other_tars(uniq, tmp_path):
+    import io
+    import tarfile
+
+    from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+    from scaling.data.loader import _plain_tar_samples
+
+    def general(data: bytes) -> list[dict]:
+        files = ({**f, "__url__": "u"} for f in tar_file_iterator(io.BytesIO(data)))
+        return [{k: v for k, v in s.items() if k != "__local_path__"} for s in group_by_keys(files)]
+
+    digits = prepare_dataset(DataConfig(name="digits", cache_dir=str(tmp_path / "d"), shard_samples=700))
+    for m in (uniq, digits):
+        for split in ("train", "val"):
+            for info in m.shards(split):
+                data = open(m.url(info.name), "rb").read()
+                assert _plain_tar_samples(data, "u") == general(data), info.name
+    # A tar with a pax header (a long name) is not plain: the general reader takes it.
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        payload = b"\x01\x02"
+        member = tarfile.TarInfo("d" * 120 + "/000001.tokens")
+        member.size = len(payload)
+        tar.addfile(member, io.BytesIO(payload))
+    assert _plain_tar_samples(buf.getvalue(), "u") is None

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import math
 from typing import Any, Iterator, Optional
 
@@ -78,13 +79,56 @@ def read_shard(manifest: Manifest, split: str, index: int) -> list[dict[str, Any
     if hashlib.sha256(data).hexdigest() != info.sha256:
         raise DataError(f"{url}: SHA-256 differs from the manifest (corrupt or replaced); {fix}")
     try:
-        files = ({**f, "__url__": url} for f in tar_file_iterator(io.BytesIO(data)))
-        samples = list(group_by_keys(files))
+        samples = _plain_tar_samples(data, url)
+        if samples is None:  # pax headers, long names, links: webdataset's general reader
+            files = ({**f, "__url__": url} for f in tar_file_iterator(io.BytesIO(data)))
+            samples = list(group_by_keys(files))
     except Exception as exn:
         raise DataError(f"{url}: not a readable tar shard ({exn}); {fix}") from exn
     if len(samples) != info.samples:
         raise DataError(f"{url}: holds {len(samples)} samples but the manifest says {info.samples}; {fix}")
     return samples
+
+
+_PLAIN_KEY = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's split of a name into key and extension
+
+
+def _plain_tar_samples(data: bytes, url: str) -> Optional[list[dict[str, Any]]]:
+    """The samples of a tar that holds only regular files with plain ustar names (as scaling-data
+    writes them), grouped by key as webdataset groups them; None for anything else. About 30x
+    faster than the general reader, which parses every header field: on a small model, reading
+    shards was the largest cost of a run outside its optimizer steps."""
+    samples: list[dict[str, Any]] = []
+    current: Optional[dict[str, Any]] = None
+    pos, end = 0, len(data)
+    while pos + 512 <= end:
+        header = data[pos : pos + 512]
+        if header == _ZERO_BLOCK:
+            break
+        kind = header[156:157]
+        if kind not in (b"0", b"\0") or header[257:262] != b"ustar" or header[345:500].strip(b"\0"):
+            return None  # not a plain regular file (or a name with a prefix): the general reader
+        name = header[:100].split(b"\0", 1)[0].decode("utf-8")
+        size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+        body = data[pos + 512 : pos + 512 + size]
+        pos += 512 + (size + 511) // 512 * 512
+        match = _PLAIN_KEY.match(name)
+        if match is None:
+            continue
+        key, ext = match.group(1), match.group(2).lower()
+        if current is None or key != current["__key__"]:
+            if current is not None:
+                samples.append(current)
+            current = {"__key__": key, "__url__": url}
+        if ext in current:
+            raise ValueError(f"{name}: duplicate file name in the shard")
+        current[ext] = body
+    if current is not None:
+        samples.append(current)
+    return samples
+
+
+_ZERO_BLOCK = bytes(512)
 
 
 class Decoder:
