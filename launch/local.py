@@ -9,6 +9,7 @@ relaunch resumes it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -57,52 +58,81 @@ def train_command(run: RunSpec, python: str = sys.executable, extra: Optional[li
 
 
 class WarmPool:
-    """Forks one-process runs from a server that has torch, DeepSpeed and the trainer imported
-    (scaling/worker.py). The server starts on first use; this launcher process stays torch-free."""
+    """Warm workers for one-process runs (scaling/worker.py): long-lived processes that have torch,
+    DeepSpeed and the trainer imported and train one run after another. A worker that dies (a
+    crashed run) is replaced by a new one for the next run. This launcher process stays torch-free."""
 
-    def __init__(self) -> None:
-        import multiprocessing
+    def __init__(self, python: str = sys.executable):
+        self.python = python
+        self.idle: list[_Worker] = []
 
-        self.ctx = multiprocessing.get_context("forkserver")
-        self.ctx.set_forkserver_preload(["scaling.warm_preload"])
+    def start(self, overrides: list[str], log_path: Path) -> "_Worker":
+        worker = self.idle.pop() if self.idle else _Worker(self.python)
+        worker.submit(overrides, log_path, on_done=self.idle.append)
+        return worker
 
-    def start(self, overrides: list[str], log_path: Path) -> "_WarmProc":
-        from scaling.worker import run
-
-        proc = self.ctx.Process(target=run, args=(list(overrides), str(log_path)), name="scaling-run")
-        # multiprocessing re-imports the launcher's main module in every child, for targets defined
-        # there; ours lives in scaling.worker, so hide the main module rather than pay that import
-        # (and run a script without a __main__ guard twice).
-        main = sys.modules["__main__"]
-        saved = {k: main.__dict__.pop(k) for k in ("__file__",) if k in main.__dict__}
-        spec, main.__spec__ = getattr(main, "__spec__", None), None
-        try:
-            proc.start()
-        finally:
-            main.__dict__.update(saved)
-            main.__spec__ = spec
-        return _WarmProc(proc)
+    def close(self) -> None:
+        for worker in self.idle:
+            worker.close()
+        self.idle.clear()
 
 
-class _WarmProc:
-    """A forked run behind the Popen calls the launcher uses (pid, poll, wait)."""
+class _Worker:
+    """One warm worker, seen by the launcher as the process of the run it trains (pid, poll, wait)."""
 
-    def __init__(self, proc: Any):
-        self._proc = proc
-        self.pid = proc.pid
+    def __init__(self, python: str):
+        # A session of its own: a signal to its group reaches it and the wandb service it starts.
+        self.proc = subprocess.Popen([python, "-m", "scaling.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, bufsize=1, start_new_session=True)  # fmt: skip
+        self.pid = self.proc.pid
+        self._code: Optional[int] = None
+        self._busy = False
+        self._on_done: Callable[[Any], None] = lambda worker: None
+
+    def submit(self, overrides: list[str], log_path: Path, on_done: Callable[[Any], None]) -> None:
+        self._code, self._busy, self._on_done = None, True, on_done
+        self.proc.stdin.write(json.dumps({"overrides": list(overrides), "log": str(log_path)}) + "\n")
+        self.proc.stdin.flush()
 
     def poll(self) -> Optional[int]:
-        return self._proc.exitcode  # the trainer's exit code, or -N when killed by signal N
+        """The run's exit code once it has ended, else None. A worker that died ends its run with
+        its own exit status (-N for signal N)."""
+        if not self._busy:
+            return self._code
+        import select
+
+        while select.select([self.proc.stdout], [], [], 0)[0]:
+            line = self.proc.stdout.readline()
+            if not line:  # the worker is gone
+                self._code, self._busy = self.proc.wait(), False
+                return self._code
+            reply = json.loads(line)
+            if "code" in reply:
+                self._code, self._busy = int(reply["code"]), False
+                self._on_done(self)
+                return self._code
+        if self.proc.poll() is not None:
+            self._code, self._busy = self.proc.returncode, False
+        return self._code
 
     def wait(self, timeout: Optional[float] = None) -> Optional[int]:
-        self._proc.join(timeout)
-        return self._proc.exitcode
+        deadline = None if timeout is None else time.time() + timeout
+        while self.poll() is None and (deadline is None or time.time() < deadline):
+            time.sleep(0.05)
+        return self._code
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
 
 
 @dataclass
 class _Active:
     run: RunSpec
-    proc: Any  # subprocess.Popen or _WarmProc
+    proc: Any  # subprocess.Popen, or the _Worker training the run
     log: Any
     started: float
     progress_at: float = 0.0  # when the run last wrote to its run directory
@@ -131,11 +161,11 @@ def run_local(
     """Train `runs` as local processes and block until all have ended. Returns run id -> exit
     code (0 completed, 1 failed, 2 invalid config, 75 interrupted after a checkpoint).
 
-    One-process runs are forked from a warm worker (`warm`, scaling/worker.py) unless `python`
-    is another interpreter. A run whose directory sees no write for `stall_timeout_s` seconds
+    One-process runs go to warm workers (`warm`, scaling/worker.py), which have torch and
+    DeepSpeed imported and train run after run. A run whose directory sees no write for `stall_timeout_s` seconds
     (its lease alone is refreshed every 15 s, so a live trainer always writes) is killed and
     recorded as failed; its checkpoints stay, so a retry resumes it."""
-    pool = WarmPool() if warm and python == sys.executable and any(r.nproc <= 1 for r in runs) else None
+    pool = WarmPool(python) if warm and any(r.nproc <= 1 for r in runs) else None
     slots = parallel_runs(parallel, runs, echo=echo)
     cores = cpu_count()
     meter, shown_at = _Meter(), 0.0
@@ -211,6 +241,8 @@ def run_local(
     finally:
         if bar is not None:
             bar.close()
+        if pool is not None:
+            pool.close()
         for s, h in old.items():
             signal.signal(s, h)
     return codes

@@ -921,8 +921,26 @@ def train(cfg: TrainAppConfig) -> int:
                 dist.destroy_process_group()
             except Exception as e:  # noqa: BLE001 - the run's outcome is already recorded
                 log.warning("could not tear down the process group: %s", e)
+            _forget_deepspeed_groups()
         while _PRIVATE_STORES:
             shutil.rmtree(_PRIVATE_STORES.pop(), ignore_errors=True)
+
+
+def _forget_deepspeed_groups() -> None:
+    """Drop DeepSpeed's module-level handles on the process group just destroyed (its world and
+    data-parallel groups, its communication backend), so that the next run in the same process (a
+    warm worker, scaling/worker.py) builds them afresh instead of using dead ones."""
+    import torch.distributed as dist
+    from deepspeed import comm
+    from deepspeed.utils import groups
+
+    for name, value in list(vars(groups).items()):
+        if name.startswith("_") and name.isupper() and isinstance(value, dict):
+            value.clear()
+        elif name.startswith("_") and name.isupper() and isinstance(value, dist.ProcessGroup):
+            setattr(groups, name, None)
+    groups.mpu = groups.mesh_device = None
+    comm.comm.cdb = None
 
 
 def _dist_ready() -> bool:

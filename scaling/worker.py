@@ -1,45 +1,81 @@
-"""Warm workers: train a run in a process forked from a server that has already imported torch,
-DeepSpeed, wandb and the trainer, instead of in a fresh interpreter.
+"""Warm workers: a long-lived process that has imported torch, DeepSpeed, wandb and the trainer
+once, and trains the runs the local launcher hands it, one after another, in-process.
 
-A study is many short runs; a fresh `python -m scaling.train` spends about 3 s per run importing
-torch, torch._dynamo (pulled in by the optimizer), DeepSpeed and wandb before its first step. The
-local launcher instead starts a `multiprocessing` forkserver whose server imports `PRELOAD` once
-(`scaling.warm_preload`), and forks one child per run from it:
-  - each run still gets a process of its own, so DeepSpeed and process-group state never leak
-    from one run into the next, and a crash (even SIGKILL) ends that run alone; the server is
-    untouched and forks the next one;
-  - the server imports modules only and runs no tensor op, so no OpenMP thread pool exists when
-    it forks (forking after one has started can hang the child);
-  - the child's stdout and stderr go to the run's `launch.log`, its exit code is the trainer's,
-    and it leads a process group of its own, so a signal to the group reaches the wandb service
-    it starts, exactly as for a process the launcher starts directly.
-Runs with more than one process still go through torchrun.
+A study is many short runs; a fresh `python -m scaling.train` spends about 3 s of CPU per run
+importing torch, torch._dynamo (pulled in by the optimizer), DeepSpeed and wandb before its first
+step. A worker pays that once. The launcher starts it as `python -m scaling.worker` in a session
+of its own and talks to it over its standard streams, one JSON line each way per run:
+    request  {"overrides": [...scaling-train overrides...], "log": "RUN_DIR/launch.log"}
+    reply    {"code": <the trainer's exit code>}
+While a run trains, the worker's stdout and stderr go to the run's log, so the log holds exactly
+what `scaling-train` would print; the trainer installs and restores its own signal handlers, so a
+SIGTERM to the worker checkpoints the run and the worker then serves the next request.
 
-Torch-free at import: the launcher imports this module only to hand `run` to the forkserver.
+Between runs the trainer has torn its process group down, and the next run builds its model,
+engine, optimizer and data from its config and seeds alone, so a run in a warm worker trains
+exactly as in a fresh process. A run that crashes the worker (a segfault, SIGKILL) ends with the
+worker, and the launcher starts a new one for the next run.
+
+Why not fork runs from a preloaded server? Measured here: a process forked from one that has
+imported torch runs OpenMP-parallel code up to 10x slower with 2 threads (and ~20% slower with
+1), although the server never started a thread; a spawned worker has no such problem.
 """
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
 import sys
 
-# Imported once by the forkserver (see scaling/warm_preload.py).
+# What a worker imports before its first run.
 PRELOAD = ("torch", "torch._dynamo", "deepspeed", "wandb", "hydra", "scaling.train", "scaling.data", "scaling.models")
 
 
-def run(overrides: list[str], log_path: str) -> None:
-    """The forked child's body: train one run with `scaling-train` overrides, output to
-    `log_path`, and exit with the trainer's exit code."""
-    os.setsid()
-    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+def preload() -> None:
+    """Import the trainer's dependencies, choosing the accelerator as `train.device=auto` would."""
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    for name in PRELOAD:
+        importlib.import_module(name)
+
+
+def run_logged(overrides: list[str], log_path: str) -> int:
+    """Train one run with its output appended to `log_path`; returns the trainer's exit code."""
+    from scaling.train import run_overrides
+
     sys.stdout.flush()
     sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
-    from scaling.train import run_overrides
+    try:
+        return run_overrides(list(overrides))
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
 
-    code = run_overrides(overrides)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    sys.exit(code)
+
+def serve() -> None:
+    """Answer run requests on stdin until it closes."""
+    replies = os.fdopen(os.dup(1), "w", buffering=1)  # fd 1 itself goes to each run's log
+    preload()
+    replies.write(json.dumps({"ready": True}) + "\n")
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        request = json.loads(line)
+        code = run_logged(request["overrides"], request["log"])
+        replies.write(json.dumps({"code": code}) + "\n")
+
+
+if __name__ == "__main__":
+    serve()

@@ -43,8 +43,12 @@ def _quiet(_: str) -> None:
 def test_a_run_in_a_warm_worker_equals_the_same_run_in_a_fresh_process(tmp_path):
     (warm,) = _plan(tmp_path / "warm").runs
     (fresh,) = _plan(tmp_path / "fresh").runs
+    (before,) = _plan(tmp_path / "before", targets=(5e3,)).runs  # trained first, in the same worker
     assert warm.id == fresh.id
-    assert run_local([warm], parallel=1, warm=True, progress=False, echo=_quiet) == {warm.id: 0}
+    codes = run_local([before, warm], parallel=1, warm=True, progress=False, echo=_quiet)
+    assert codes == {before.id: 0, warm.id: 0}
+    assert json.loads((Path(before.dir) / "launch.json").read_text())["pid"] == json.loads(
+        (Path(warm.dir) / "launch.json").read_text())["pid"]  # one worker trained both
     assert run_local([fresh], parallel=1, warm=False, progress=False, echo=_quiet) == {fresh.id: 0}
     assert "(warm worker)" in (Path(warm.dir) / "launch.log").read_text()
     assert "(warm worker)" not in (Path(fresh.dir) / "launch.log").read_text()
@@ -102,11 +106,12 @@ def test_a_run_that_makes_no_progress_is_killed_and_recorded_as_failed(tmp_path)
     stopper = _kill_when(Path(run.dir), 6, signal.SIGSTOP)  # alive, but writes nothing any more
     messages: list[str] = []
     t0 = time.time()
-    codes = run_local([run], parallel=1, progress=False, echo=messages.append, stall_timeout_s=3)
+    # The timeout is longer than a new worker takes to import torch and DeepSpeed.
+    codes = run_local([run], parallel=1, progress=False, echo=messages.append, stall_timeout_s=10)
     stopper.join()
     assert codes[run.id] == -signal.SIGKILL and time.time() - t0 < 120
     error = read_result(run.dir)["error"]
-    assert "no progress for 3 s" in error and "retry_failed" in error
+    assert "no progress for 10 s" in error and "retry_failed" in error
     assert any("no progress" in m for m in messages)
     assert checkpoint_dirs(run.dir)  # kept for the retry
 
