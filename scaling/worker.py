@@ -16,9 +16,11 @@ engine, optimizer and data from its config and seeds alone, so a run in a warm w
 exactly as in a fresh process. A run that crashes the worker (a segfault, SIGKILL) ends with the
 worker, and the launcher starts a new one for the next run.
 
-Why not fork runs from a preloaded server? Measured here: a process forked from one that has
-imported torch runs OpenMP-parallel code up to 10x slower with 2 threads (and ~20% slower with
-1), although the server never started a thread; a spawned worker has no such problem.
+Why not fork each run from a preloaded server (a forkserver)? That was the first version. Forking
+a process that has imported torch is fragile (OpenMP and CUDA state must not have started), and
+a spawned worker sidesteps the question at no cost to speed. (A 10x slowdown of two-thread steps
+seen while testing it turned out to come from another process busy on one of the two cores, in
+forked and fresh processes alike: OpenMP's barriers stall when a core is taken.)
 """
 
 from __future__ import annotations
