@@ -80,12 +80,22 @@ class Constraints:
         """``E fixed at 1.69; beta = alpha; alpha in [0.05, 1.5]``, or ``none``."""
         parts = [f"{k} fixed at {v:.6g}" for k, v in self.fix.items()]
         parts += [f"{k} = {v}" for k, v in self.tie.items()]
-        parts += [f"{k} in [{_end(lo, '-inf')}, {_end(hi, 'inf')}]" for k, (lo, hi) in self.bounds.items()]
+        parts += [_describe_bound(k, lo, hi) for k, (lo, hi) in self.bounds.items()]
         return "; ".join(parts) or "none"
 
     def to_json(self) -> dict:
         return {"fix": dict(self.fix), "tie": dict(self.tie),
                 "bound": {k: [_json_end(lo), _json_end(hi)] for k, (lo, hi) in self.bounds.items()}}
+
+
+def _describe_bound(name: str, lo, hi) -> str:
+    """``alpha in [0.05, 1.5]``, or ``alpha >= 0.05`` when the high end is the law's own."""
+    has_lo, has_hi = _end(lo, "") != "", _end(hi, "") != ""
+    if has_lo and has_hi:
+        return f"{name} in [{_end(lo, '')}, {_end(hi, '')}]"
+    if has_lo or has_hi:
+        return f"{name} >= {_end(lo, '')}" if has_lo else f"{name} <= {_end(hi, '')}"
+    return f"{name} within the law's own bounds"
 
 
 def _end(v, default: str) -> str:
@@ -103,13 +113,14 @@ def parse_cli(fix: list[str] = (), tie: list[str] = (), bound: list[str] = ()) -
     empty: ``alpha=0.05:``). Every malformed item is listed in one error."""
     problems: list[str] = []
     fixes, ties, bounds = {}, {}, {}
-    for flag, items, example in (("--fix", fix, "E=1.69"), ("--tie", tie, "beta=alpha"),
-                                 ("--bound", bound, "alpha=0.05:1.5")):
+    for flag, items, form, example in (("--fix", fix, "NAME=VALUE", "E=1.69"),
+                                       ("--tie", tie, "NAME=EXPRESSION", "beta=alpha"),
+                                       ("--bound", bound, "NAME=LOW:HIGH", "alpha=0.05:1.5")):
         for item in items:
             name, sep, value = item.partition("=")
             name, value = name.strip(), value.strip()
             if not sep or not name or not value:
-                problems.append(f"{flag} {item!r}: expected NAME=VALUE, e.g. {flag} {example}")
+                problems.append(f"{flag} {item!r}: expected {form}, e.g. {flag} {example}")
                 continue
             if flag == "--fix":
                 v = _float(value)
@@ -178,7 +189,7 @@ class _Expr:
             v = values[node.id]
             return v, {node.id: np.ones_like(v)}
         if isinstance(node, ast.Constant):
-            return float(node.value), {}
+            return np.float64(node.value), {}  # numpy semantics: an overflow is inf, not an error
         if isinstance(node, ast.UnaryOp):
             v, d = self._eval(node.operand, values)
             return (-v, {k: -g for k, g in d.items()}) if isinstance(node.op, ast.USub) else (v, d)

@@ -293,7 +293,7 @@ def test_cli_bad_constraints_exit_2_naming_the_flag(tmp_path, capsys):
                "--tie", "beta=gamma", "--fix", "E", "--bound", "alpha=1"])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
-    assert "--fix 'E': expected NAME=VALUE" in err and "--bound 'alpha=1'" in err
+    assert "--fix 'E': expected NAME=VALUE" in err and "--bound 'alpha=1': expected NAME=LOW:HIGH" in err
     rc = main(["--csv", str(FIG4), "--out", str(tmp_path / "o"), "--no-plots",
                "--tie", "beta=gamma", "--fix", "E=0.5", "--bound", "E=1:2"])
     err = capsys.readouterr().err
