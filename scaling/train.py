@@ -597,10 +597,11 @@ class Trainer:
 
 class Timing:
     """Where a run's wall time goes, in seconds, for the benchmarks: `startup_s` is from the
-    process's start (interpreter and imports) to the trainer's first line."""
+    run's start (the process's start, or the moment a warm worker took the run) to the trainer's
+    first line: the interpreter and imports, or Hydra's composition in a warm worker."""
 
-    def __init__(self) -> None:
-        self.marks: dict[str, float] = {"startup_s": time.time() - _process_start_time()}
+    def __init__(self, started: float | None = None) -> None:
+        self.marks: dict[str, float] = {"startup_s": time.time() - (started or _process_start_time())}
         self._last = time.time()
 
     def mark(self, name: str) -> None:
@@ -799,7 +800,7 @@ def _check_same_run(run_dir: Path, cfg: TrainAppConfig, identity: dict, prior: d
         raise RunRefused(problems)
 
 
-def train(cfg: TrainAppConfig) -> int:
+def train(cfg: TrainAppConfig, started: float | None = None) -> int:
     """Run one training run to completion, failure or a stop signal. Returns the exit code."""
     world = detect_world()
     run_dir = Path(cfg.run.dir)
@@ -807,7 +808,7 @@ def train(cfg: TrainAppConfig) -> int:
     stop: dict[str, Any] = {"flag": False}
     trainer: Trainer | None = None
     lock: RunLock | None = None
-    timing = Timing()
+    timing = Timing(started)
 
     def on_signal(signum: int, _frame: Any) -> None:
         # Only flags here: the trainer checks them between steps and logs.
@@ -981,9 +982,10 @@ def _to_yaml(obj: dict) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(obj))
 
 
-def run_overrides(overrides: list[str]) -> int:
+def run_overrides(overrides: list[str], started: float | None = None) -> int:
     """Compose conf/train.yaml with Hydra overrides and train; for launchers that run the trainer
-    in-process (submitit jobs). Returns the exit code."""
+    in-process (submitit jobs, warm workers; `started` is when the run was handed over). Returns
+    the exit code."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -999,7 +1001,7 @@ def run_overrides(overrides: list[str]) -> int:
     except Exception as e:  # noqa: BLE001 - Hydra's composition errors name the bad key
         print(f"scaling-train: invalid config: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    return train(cfg)
+    return train(cfg, started)
 
 
 def main() -> None:

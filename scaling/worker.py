@@ -46,8 +46,11 @@ def preload() -> None:
 
 def run_logged(overrides: list[str], log_path: str) -> int:
     """Train one run with its output appended to `log_path`; returns the trainer's exit code."""
+    import time
+
     from scaling.train import run_overrides
 
+    started = time.time()
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
@@ -56,7 +59,7 @@ def run_logged(overrides: list[str], log_path: str) -> int:
     os.dup2(fd, 2)
     os.close(fd)
     try:
-        return run_overrides(list(overrides))
+        return run_overrides(list(overrides), started)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
