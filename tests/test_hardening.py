@@ -330,6 +330,7 @@ def test_a_holder_refreshes_its_lease_and_notices_a_takeover(tmp_path):
     assert json.loads((tmp_path / "run" / "lock.json").read_text())["token"] == "other"  # not ours to remove
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once(data_cache, tmp_path):
     run = tmp_path / "run"
     # A model large enough that a step (and a checkpoint) outlasts the gap between the two signals.
@@ -343,3 +344,47 @@ def test_a_second_ctrl_c_stops_at_once(data_cache, tmp_path):
     assert code == 130, rest
     assert "interrupted twice" in rest
     assert not checkpoint_dirs(run)
+
+
+def _to_legacy_format(ckpt: Path) -> None:
+    """Rewrite a checkpoint as the first version wrote it: the trainer state inside DeepSpeed's
+    pickled model file, the RNG state pickled beside it, no state.json."""
+    import random
+
+    import numpy as np
+    import torch
+
+    meta = json.loads((ckpt / "state.json").read_text())
+    model_file = ckpt / "state" / "mp_rank_00_model_states.pt"
+    states = torch.load(model_file, weights_only=False)
+    states["train_state"] = meta["train_state"]
+    torch.save(states, model_file)
+    rng = json.loads((ckpt / "rng_rank0.json").read_text())
+    version, internal, gauss = rng["python"]
+    kind, keys, pos, has_gauss, cached = rng["numpy"]
+    torch.save({"python": (version, tuple(internal), gauss),
+                "numpy": (kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached),
+                "torch": torch.tensor(rng["torch"], dtype=torch.uint8)}, ckpt / "rng_rank0.pt")  # fmt: skip
+    (ckpt / "rng_rank0.json").unlink()
+    (ckpt / "state.json").unlink()
+    assert random  # the legacy file holds Python's own RNG tuple, as random.getstate() gives it
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_the_first_version_is_refused_unless_trusted_and_then_resumes_exactly(
+    data_cache, tmp_path, straight
+):
+    run = tmp_path / "run"
+    proc = _start(data_cache, run, "train.tokens=24576", *CKPT)
+    _wait_for_step(run, 14, proc)
+    proc.kill()
+    proc.wait()
+    for ckpt in checkpoint_dirs(run):
+        _to_legacy_format(ckpt)
+    refused = run_train(data_cache, run, "train.tokens=24576", *CKPT)
+    assert refused.returncode == EXIT_FAILED and "train.trust_checkpoint=true" in refused.stderr
+    for ckpt in run.glob("checkpoints/unreadable-*"):  # set aside by the refusal: put them back
+        ckpt.rename(ckpt.with_name(ckpt.name.removeprefix("unreadable-")))
+    (run / "result.json").unlink()
+    _ok(run_train(data_cache, run, "train.tokens=24576", *CKPT, "train.trust_checkpoint=true"))
+    _same_curve(straight, run, 24)

@@ -101,6 +101,7 @@ def _copy(run, tmp_path: Path):
     return dataclasses.replace(run, id=run.id + "-copy", dir=d, overrides=overrides)
 
 
+@pytest.mark.slow
 def test_a_run_that_makes_no_progress_is_killed_and_recorded_as_failed(tmp_path):
     (run,) = _plan(tmp_path / "s", targets=(2e4,), flops=(4e10,), overrides=["train.checkpoint_every_tokens=4096"]).runs
     stopper = _kill_when(Path(run.dir), 6, signal.SIGSTOP)  # alive, but writes nothing any more
@@ -116,6 +117,7 @@ def test_a_run_that_makes_no_progress_is_killed_and_recorded_as_failed(tmp_path)
     assert checkpoint_dirs(run.dir)  # kept for the retry
 
 
+@pytest.mark.slow
 def test_the_core_split_is_measured_once_per_host_and_cached(tmp_path, monkeypatch):
     import launch.calibrate as calibrate
 
