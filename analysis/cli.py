@@ -29,6 +29,7 @@ from pathlib import Path
 
 from analysis.errors import AnalysisError
 from analysis.forms import FORMS
+from analysis.isoflop import DEFAULT_WINDOW
 
 LAWS = tuple(FORMS) + ("isoflop",)
 FIGURE_FORMATS = ("png", "pdf")
@@ -60,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which parameter count is N when reading a study folder")
     p.add_argument("--tolerance", type=float, default=0.25,
                    help="isoflop: relative width of a compute-budget group (default 0.25)")
+    p.add_argument("--isoflop-window", default=str(DEFAULT_WINDOW), metavar="MARGIN",
+                   help="isoflop: fit each profile on the sizes whose loss is within MARGIN "
+                        f"(relative) of its minimum, at least 4 (default {DEFAULT_WINDOW}); "
+                        "'off' fits every size")
     p.add_argument("--include-unplanned", action="store_true",
                    help="study folder: also fit run folders its plan.json does not list")
     p.add_argument("--skip-bad-rows", action="store_true",
@@ -99,6 +104,7 @@ def _run(args: argparse.Namespace) -> int:
         raise AnalysisError("give exactly one input: --csv FILE or a study FOLDER")
     if args.bootstrap < 0 or args.drop_highest_loss < 0 or args.holdout_largest < 0:
         raise AnalysisError("--bootstrap, --drop-highest-loss and --holdout-largest must be >= 0")
+    _window_arg(args.isoflop_window)  # checked before any file is read
     if args.csv and args.include_unplanned:
         raise AnalysisError("--include-unplanned applies to a study FOLDER's plan.json; drop it "
                             "with --csv")
@@ -171,12 +177,25 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _window_arg(text: str) -> float | None:
+    if text.strip().lower() in ("off", "none", "0"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0:
+        raise AnalysisError(f"--isoflop-window={text} must be a relative loss margin >= 0 "
+                            f"(e.g. {DEFAULT_WINDOW}) or 'off'")
+    return value
+
+
 def _run_isoflop(args, data, out: Path, source: str, skipped, run_dirs) -> int:
     from analysis import io, report
     from analysis.isoflop import isoflop_profiles, training_envelope
 
     iso = isoflop_profiles(data, tolerance=args.tolerance, n_boot=args.bootstrap or 1000,
-                           seed=args.seed)
+                           seed=args.seed, window=_window_arg(args.isoflop_window))
     envelope = None
     if args.folder:
         curves = io.load_curves(args.folder, n_key=args.n_key, run_dirs=run_dirs)

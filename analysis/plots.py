@@ -79,16 +79,20 @@ def plot_isoflop(ax: Axes, iso: IsoFLOPResult) -> Axes:
     for p in iso.profiles:
         t = 0.5 if hi == lo else (np.log10(p.budget) - lo) / (hi - lo)
         color = _cmap(t * 0.85)
-        ax.scatter(p.N, p.loss, s=14, color=color, label=f"C = {p.budget:.2g} FLOPs")
+        inw = np.ones(len(p.N), dtype=bool) if p.in_window is None else p.in_window
+        ax.scatter(p.N[inw], p.loss[inw], s=14, color=color, label=f"C = {p.budget:.3g} FLOPs")
+        if not inw.all():  # outside the fitting window: shown, greyed
+            ax.scatter(p.N[~inw], p.loss[~inw], s=14, color="0.75", zorder=0)
         if p.usable:
-            xs = np.linspace(np.log(p.N.min()) - 0.3, np.log(p.N.max()) + 0.3, 100)
+            lnN = np.log(p.N[inw])
+            xs = np.linspace(lnN.min() - 0.3, lnN.max() + 0.3, 100)
             ax.plot(np.exp(xs), np.polyval(p.coeffs, xs), color=color, lw=1)
             ax.plot(p.N_opt, p.L_min, marker="*" if p.interior else "x", ms=10, color=color,
                     mec="k", mew=0.5)
     ax.set_xscale("log")
     ax.set_xlabel("parameters N [count]")
     ax.set_ylabel(LOSS_LABEL)
-    ax.set_title("IsoFLOP profiles (parabola in ln N; * = minimum)")
+    ax.set_title("IsoFLOP profiles (parabola in ln N; * = minimum; grey = outside window)")
     if len(iso.profiles) <= 12:
         ax.legend(fontsize="x-small")
     return ax

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from analysis.extrapolate import HoldoutResult
 from analysis.fit import BootstrapResult, FitResult, compute_optimal
 from analysis.isoflop import EnvelopeResult, IsoFLOPResult
@@ -94,6 +96,10 @@ def fit_to_json(
     return out
 
 
+def _in_window(p) -> np.ndarray:
+    return np.ones(len(p.N), dtype=bool) if p.in_window is None else p.in_window
+
+
 def isoflop_to_json(
     iso: IsoFLOPResult, envelope: EnvelopeResult | None = None, source: str | None = None,
     skipped: list | None = None,
@@ -115,9 +121,15 @@ def isoflop_to_json(
         "budgets": [
             {"budget_flops": p.budget, "n_runs": p.n_runs, "coeffs": list(p.coeffs),
              "N_opt": p.N_opt, "D_opt": p.D_opt, "L_min": p.L_min, "interior": p.interior,
-             "usable": p.usable}
+             "usable": p.usable, "rmse_log": p.rmse_log, "N_opt_all_sizes": p.N_opt_all,
+             "n_in_window": int(np.sum(_in_window(p))),
+             "dropped": [{"run_id": r, "N": float(n), "loss": float(l)}
+                         for r, n, l, k in zip(p.run_ids, p.N, p.loss, _in_window(p)) if not k]}
             for p in iso.profiles
         ],
+        # Relative loss margin of each profile's fitting window (None: all sizes fitted).
+        "isoflop_window": iso.window,
+        "noise_log": iso.noise_log,
         "diagnostics": [d.to_json() for d in iso.diagnostics],
     }
     if envelope is not None:
@@ -189,10 +201,12 @@ def format_comparison(cmp: NestedComparison) -> str:
 def format_isoflop(iso: IsoFLOPResult) -> str:
     """A short table of budgets and the fitted exponents."""
     lines = [f"isoflop: {len(iso.profiles)} budget(s), {iso.n_used} used",
-             f"  {'budget':>10}{'runs':>6}{'N_opt':>12}{'D_opt':>12}{'L_min':>9}  interior"]
+             f"  window: {'all sizes' if iso.window is None else f'loss within {iso.window:g} (relative) of each minimum'}",
+             f"  {'budget':>10}{'runs':>6}{'fitted':>7}{'N_opt':>12}{'D_opt':>12}{'L_min':>9}  interior"]
     for p in iso.profiles:
-        lines.append(f"  {p.budget:>10.3g}{p.n_runs:>6}{_g(p.N_opt):>12}{_g(p.D_opt):>12}"
-                     f"{_g(p.L_min):>9}  {'yes' if p.interior else 'no'}")
+        lines.append(f"  {p.budget:>10.4g}{p.n_runs:>6}{int(np.sum(_in_window(p))):>7}"
+                     f"{_g(p.N_opt):>12}{_g(p.D_opt):>12}{_g(p.L_min):>9}  "
+                     f"{'yes' if p.interior else 'no'}")
     for k, v, iv, se in (("a", iso.a, iso.a_interval, iso.a_stderr),
                          ("b", iso.b, iso.b_interval, iso.b_stderr)):
         lines.append(f"  {k} = {v:.4f}  stderr {_g(se)}  "

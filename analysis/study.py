@@ -36,6 +36,7 @@ import numpy as np
 
 from analysis.data import Data
 from analysis.errors import AnalysisError
+from analysis.isoflop import DEFAULT_WINDOW
 
 FIGURE_NAMES = ("loss_vs_compute", "isoflop", "optimal_allocation", "residuals", "predicted_vs_actual")
 BEYOND = (10.0, 100.0, 1000.0)  # budgets beyond the study's largest, for the allocation table
@@ -89,6 +90,7 @@ def _with_plan_budgets(data: Data, plan: dict | None) -> Data:
 
 def analyse_study(
     study_dir: str | Path, *, n_boot: int = 1000, holdout: int = 1, tolerance: float = 0.25, seed: int = 0,
+    isoflop_window: float | None = DEFAULT_WINDOW,
     fix: dict | None = None, tie: dict | None = None, bounds: dict | None = None,
 ) -> StudyAnalysis:
     """Fit everything the study's completed runs support. An analysis that cannot run (too few
@@ -115,7 +117,8 @@ def analyse_study(
     out = StudyAnalysis(study=(plan or {}).get("study", study_dir.name), study_dir=str(study_dir), plan=plan,
                         data=data, skipped=skipped + stale)
     try:
-        out.iso = isoflop_profiles(data, tolerance=tolerance, n_boot=n_boot, seed=seed)
+        out.iso = isoflop_profiles(data, tolerance=tolerance, n_boot=n_boot, seed=seed,
+                                   window=isoflop_window)
     except AnalysisError as e:
         out.problems.append(f"IsoFLOP profiles: {e}")
     try:

@@ -325,6 +325,9 @@ class ReportConfig:
     bootstrap: int = 1000  # bootstrap resamples for the intervals
     holdout_largest: int = 1  # runs held out (largest by compute) for the extrapolation check
     tolerance: float = 0.25  # relative width of a compute-budget group when runs carry no budget
+    # IsoFLOP: fit each profile on the sizes whose loss is within this relative margin of its
+    # minimum (at least 4); null keeps the analysis's measured default, 0 fits every size.
+    isoflop_window: Optional[float] = None
     # Constraints on the parametric law's parameters (E, A, B, alpha, beta), as scaling-fit's
     # --fix/--tie/--bound: e.g. fix: {E: 1.69} for a known loss floor, tie: {beta: alpha},
     # bound: {alpha: [0.05, 1.5]} (.inf at an end keeps the law's own bound there).
@@ -343,6 +346,9 @@ class ReportConfig:
             out.append(f"{prefix}.holdout_largest={self.holdout_largest} must be >= 0")
         if not 0 < self.tolerance < 1:
             out.append(f"{prefix}.tolerance={self.tolerance} must lie in (0, 1)")
+        if self.isoflop_window is not None and not self.isoflop_window >= 0:
+            out.append(f"{prefix}.isoflop_window={self.isoflop_window} must be >= 0 (a relative "
+                       f"loss margin; 0 fits every size, null keeps the default)")
         return out
 
 

@@ -216,8 +216,10 @@ def report_study(study_dir: str, cfg: ReportConfig, echo: Callable[[str], None] 
     t0 = time.time()
     echo(f"fitting {study_dir} ...")
     try:
+        window = {} if cfg.isoflop_window is None else {"isoflop_window": cfg.isoflop_window or None}
         analysis = analyse_study(study_dir, n_boot=cfg.bootstrap, holdout=cfg.holdout_largest,
-                                 tolerance=cfg.tolerance, fix=cfg.fix, tie=cfg.tie, bounds=cfg.bound)
+                                 tolerance=cfg.tolerance, fix=cfg.fix, tie=cfg.tie, bounds=cfg.bound,
+                                 **window)
     except AnalysisError as e:
         raise ScalingError(f"cannot fit the study: {e}") from None
     paths = write_study_outputs(study_dir, analysis)
