@@ -164,12 +164,12 @@ def _columns(data: Data, form: Form, x: str | None) -> tuple[dict, dict, str | N
     return {"lnx": np.log(v)}, {x: v}, x
 
 
-def _grid_array(form: Form, grid, cols, rep: Reparam) -> np.ndarray:
+def _grid_array(form: Form, grid, cols, rep: Reparam, y: np.ndarray | None = None) -> np.ndarray:
     """Starts in the free internal parameters: the law's grid (or the user's) reduced by
     ``rep`` (constrained columns dropped, rows clipped into the bounds, duplicates removed)."""
     names = rep.free_theta_names
     if grid is None:
-        return rep.starts(form.default_grid(cols))
+        return rep.starts(form.default_grid(cols if y is None else {**cols, "lny": y}))
     if isinstance(grid, Mapping):
         missing = [k for k in names if k not in grid]
         if missing:
@@ -211,6 +211,49 @@ def _constraints(constraints, fix, tie, bounds) -> Constraints:
         raise AnalysisError(f"constraints is a {type(constraints).__name__}; pass "
                             f"analysis.constraints.Constraints, or use fix=, tie=, bounds=")
     return constraints if constraints is not None else Constraints.of(fix, tie, bounds)
+
+
+def _run_starts(fg, starts, lower, upper, screen, keep, law):
+    """Run the starts (screened to the best ``keep`` when many) and polish the best:
+    (z, objective, best start, converged, (starts run, starts converged))."""
+    n_starts = starts.shape[0]
+    keep = keep or max(64, n_starts // 10)
+    if screen and n_starts > 2 * keep:
+        first = minimize_batch(fg, starts, lower, upper, maxiter=SCREEN_ITERS)
+        fun = np.where(np.isfinite(first.fun), first.fun, np.inf)
+        chosen = np.argsort(fun, kind="stable")[:keep]
+        res = minimize_batch(fg, first.x[chosen], lower, upper)
+    else:
+        chosen = np.arange(n_starts)
+        res = minimize_batch(fg, starts, lower, upper)
+    fun = np.where(np.isfinite(res.fun), res.fun, np.inf)
+    if not np.isfinite(fun).any():
+        raise AnalysisError(f"law {law}: every start overflowed; check the data's units")
+    best = int(np.argmin(fun))
+    polished = minimize_batch(fg, res.x[best : best + 1], lower, upper, **TIGHT)
+    if polished.fun[0] <= fun[best]:
+        res.x[best], fun[best] = polished.x[0], polished.fun[0]
+    best_start = starts[chosen[best]]
+    return (res.x[best], float(fun[best]), best_start, bool(res.converged[best]),
+            (int(chosen.size), int(res.converged.sum())))
+
+
+def _extended(starts, best_start, z, lower, upper):
+    """The start grid shifted by its width past each edge where the best start lies and the
+    optimum sits at or beyond; None when there is no such edge (or it is the bound)."""
+    lo_box, hi_box = starts.min(axis=0), starts.max(axis=0)
+    width = hi_box - lo_box
+    shift = np.zeros(starts.shape[1])
+    for i in range(starts.shape[1]):
+        if width[i] <= 0:
+            continue
+        if best_start[i] <= lo_box[i] and z[i] <= lo_box[i] and lo_box[i] > lower[i]:
+            shift[i] = -width[i]
+        elif best_start[i] >= hi_box[i] and z[i] >= hi_box[i] and hi_box[i] < upper[i]:
+            shift[i] = width[i]
+    if not shift.any():
+        return None
+    return np.clip(starts + shift, lower, upper)
 
 
 def fit_law(
@@ -259,37 +302,31 @@ def fit_law(
     for name, v in raw.items():
         require_distinct(v, name, law)
     y = np.log(data.loss)
-    starts = _grid_array(form, grid, cols, rep)
+    starts = _grid_array(form, grid, cols, rep, y)
     fg = _objective(form, rep, cols, y, delta)
     lower, upper = rep.lower, rep.upper
 
-    n_starts = starts.shape[0]
-    keep = keep or max(64, n_starts // 10)
-    if screen and n_starts > 2 * keep:
-        first = minimize_batch(fg, starts, lower, upper, maxiter=SCREEN_ITERS)
-        fun = np.where(np.isfinite(first.fun), first.fun, np.inf)
-        chosen = np.argsort(fun, kind="stable")[:keep]
-        res = minimize_batch(fg, first.x[chosen], lower, upper)
-    else:
-        chosen = np.arange(n_starts)
-        res = minimize_batch(fg, starts, lower, upper)
-    fun = np.where(np.isfinite(res.fun), res.fun, np.inf)
-    if not np.isfinite(fun).any():
-        raise AnalysisError(f"law {law}: every start overflowed; check the data's units")
-    best = int(np.argmin(fun))
-    polished = minimize_batch(fg, res.x[best : best + 1], lower, upper, **TIGHT)
-    if polished.fun[0] <= fun[best]:
-        res.x[best], fun[best] = polished.x[0], polished.fun[0]
-    z = res.x[best]
+    z, objective, best_start, converged, (n_run, n_conv) = _run_starts(
+        fg, starts, lower, upper, screen, keep, law)
+    if grid is None:
+        # A grid built from the data can still miss: when the best start lies on the grid's
+        # edge and its optimum at or beyond it, extend the grid once in that direction (by
+        # its own width) and keep the better optimum. Only an optimum beyond that warns.
+        ext = _extended(starts, best_start, z, lower, upper)
+        if ext is not None:
+            z2, obj2, bs2, conv2, (run2, conv_n2) = _run_starts(
+                fg, ext, lower, upper, screen, keep, law)
+            starts = np.concatenate([starts, ext])
+            n_run, n_conv = n_run + run2, n_conv + conv_n2
+            if obj2 < objective:
+                z, objective, best_start, converged = z2, obj2, bs2, conv2
     theta = rep.expand(z[None, :])[0]
-    objective = float(fun[best])
-    best_start = starts[chosen[best]]
     on_edge = _on_edge(starts, best_start)
     # The grid brackets the optimum when the optimum lies strictly inside the box the grid
     # spans. A best start on the edge that moved inward is harmless; one whose optimum sits
     # at or beyond that edge means a wider grid might find a better optimum.
     lo_box, hi_box = starts.min(axis=0), starts.max(axis=0)
-    pinned = [t <= lo + 1e-6 * max(1.0, abs(lo)) or t >= hi - 1e-6 * max(1.0, abs(hi))
+    pinned = [t <= lo + 1e-5 * max(1.0, abs(lo)) or t >= hi - 1e-5 * max(1.0, abs(hi))
               for t, lo, hi in zip(z, lower, upper)]
     at_bound = tuple(form.encodes[i] for i, p in zip(rep.free_idx, pinned) if p)
     # An optimum at a bound is reported as such (below); the grid's edge there (clipped to
@@ -331,7 +368,7 @@ def fit_law(
             f"tied parameter(s) outside the law's bounds: {'; '.join(tied_out)}; bound the "
             f"parameters they are tied to",
         ))
-    if not res.converged[best]:
+    if not converged:
         diags.append(Diagnostic("not_converged", "the best start hit the iteration limit"))
     diags += fit_quality_diagnostics(r2_log, rmse_log)
 
@@ -343,10 +380,10 @@ def fit_law(
         objective=objective,
         n_points=len(data),
         delta=float(delta),
-        converged=bool(res.converged[best]),
-        n_starts=n_starts,
-        n_starts_run=int(chosen.size),
-        n_starts_converged=int(res.converged.sum()),
+        converged=converged,
+        n_starts=int(starts.shape[0]),
+        n_starts_run=n_run,
+        n_starts_converged=n_conv,
         best_start=tuple(float(v) for v in best_start),
         best_start_on_edge=on_edge,
         at_bound=at_bound,

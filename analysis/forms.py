@@ -39,7 +39,9 @@ class Form:
     log_pred: Callable[[np.ndarray, Columns], tuple[np.ndarray, list[np.ndarray]]]
     lower: np.ndarray  # bounds of the internal parameters (a log-scale one bounds the log)
     upper: np.ndarray
-    default_grid: Callable[[Columns], np.ndarray]  # data columns (log) -> (starts, p)
+    # Data columns (log inputs, and "lny", the log losses, when the fit has them) -> (starts, p).
+    # Grids scale with the data: scales around its inputs, offsets below its lowest loss.
+    default_grid: Callable[[Columns], np.ndarray]
     derived: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] = field(
         default=lambda params: {}
     )
@@ -186,10 +188,26 @@ POWER_LAW = Form(
     log_pred=_power_log_pred,
     lower=np.array([-50.0, -20.0, 0.0]),
     upper=np.array([200.0, 20.0, 10.0]),
-    default_grid=lambda cols: _grid(
-        np.arange(0, 65, 5), np.arange(-1, 1.5, 0.5), [0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0]
-    ),
+    default_grid=lambda cols: _power_grid(cols),
 )
+
+
+def _power_grid(cols):
+    """Starts for E + A x^-alpha scaled to the data: E a fraction of the lowest loss (an offset
+    below it), and for each alpha, A such that A x^-alpha spans the losses' scale at the
+    data's median x (a = log A around ln L + alpha ln x)."""
+    lnx = cols["lnx"]
+    lny = cols.get("lny")
+    if lny is None:  # no losses given: the grid of the first version
+        return _grid(np.arange(0, 65, 5), np.arange(-1, 1.5, 0.5),
+                     [0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0])
+    y_lo, y_med, x_med = float(lny.min()), float(np.median(lny)), float(np.median(lnx))
+    rows = []
+    for alpha in (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0):
+        for e in y_lo + np.log([0.05, 0.3, 0.6, 0.8, 0.9, 0.97]):
+            for da in (-3.0, -1.0, 0.0, 1.0, 3.0):
+                rows.append((y_med + alpha * x_med + da, e, alpha))
+    return np.array(rows)
 
 
 # --- Kaplan: L(N) = (N_c/N)^alpha_N, L(D) = (D_c/D)^alpha_D --------------------------------
@@ -213,10 +231,24 @@ def _kaplan_1d(name, param_names):
         log_pred=_kaplan_1d_log_pred,
         lower=np.array([-50.0, 1e-6]),
         upper=np.array([200.0, 10.0]),
-        default_grid=lambda cols: _grid(
-            np.log(10.0) * np.arange(8, 32, 2), [0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
-        ),
+        default_grid=_kaplan_1d_grid,
     )
+
+
+def _kaplan_1d_grid(cols):
+    """Starts for (x_c / x)^alpha scaled to the data. log L = alpha (ln x_c - ln x), so for
+    each alpha the start passing through a data point has ln x_c = ln x + log L / alpha: above
+    the data when the loss exceeds 1, below it when the loss is under 1."""
+    lnx = cols["lnx"]
+    lny = cols.get("lny")
+    alphas = np.array([0.02, 0.05, 0.1, 0.2, 0.5, 1.0])
+    if lny is None:
+        return _grid(np.log(10.0) * np.arange(8, 32, 2), alphas)
+    q = np.quantile(np.arange(lnx.size), [0.0, 0.25, 0.5, 0.75, 1.0]).round().astype(int)
+    order = np.argsort(lnx)
+    pts = [(lnx[order[i]], lny[order[i]]) for i in q]
+    rows = [(px + py / a, a) for a in alphas for px, py in pts]
+    return np.array(rows)
 
 
 KAPLAN_N = _kaplan_1d("kaplan_n", ("N_c", "alpha_N"))

@@ -1,0 +1,50 @@
+"""Start grids scale with the data; a grid that misses is extended once before it warns."""
+
+import numpy as np
+import pytest
+
+from analysis.data import Data
+from analysis.fit import fit_law
+
+
+def below_one(column, x_c=1e7, alpha=0.095, sigma=0.002, seed=0):
+    """Loss (x_c / x)^alpha below 1 everywhere (x_c two decades below the data)."""
+    rng = np.random.default_rng(seed)
+    x = np.geomspace(1e9, 1e12, 20)
+    loss = (x_c / x) ** alpha * np.exp(rng.normal(0, sigma, x.size))
+    other = np.geomspace(1e8, 2e8, x.size)
+    N, D = (x, other) if column == "N" else (other, x)
+    return Data.from_arrays(N, D, loss)
+
+
+@pytest.mark.parametrize("law,column,names", [("kaplan_d", "D", ("D_c", "alpha_D")),
+                                              ("kaplan_n", "N", ("N_c", "alpha_N"))])
+def test_kaplan_1d_recovers_a_scale_below_the_data(law, column, names):
+    data = below_one(column)
+    assert data.loss.max() < 1
+    fit = fit_law(data, law)
+    assert fit.params[names[0]] == pytest.approx(1e7, rel=0.02)
+    assert fit.params[names[1]] == pytest.approx(0.095, rel=0.02)
+    assert fit.r2_log > 0.99
+    assert not fit.diagnostics
+
+
+def test_power_law_grid_follows_a_rescaled_loss():
+    # E + A x^-alpha with every loss around 0.01 (a rescaled loss): E is a fraction of it.
+    rng = np.random.default_rng(1)
+    x = np.geomspace(1e17, 1e21, 15)
+    loss = 1e-2 * (0.5 + 30 * x ** -0.1 / 1e17 ** -0.1 / 30) * np.exp(rng.normal(0, 0.002, 15))
+    fit = fit_law(Data.from_arrays(x / 6e9, np.full(15, 1e9), loss, x), "power_law", x="C")
+    assert fit.params["E"] == pytest.approx(5e-3, rel=0.1)
+    assert fit.params["alpha"] == pytest.approx(0.1, rel=0.1)
+    assert "grid_edge" not in {d.code for d in fit.diagnostics}
+
+
+def test_grid_is_extended_once_before_it_warns():
+    from analysis.fit import _extended
+
+    starts = np.array([[0.0, 0.1], [1.0, 0.1], [0.0, 0.5], [1.0, 0.5]])
+    lower, upper = np.array([-50.0, 0.0]), np.array([50.0, 10.0])
+    ext = _extended(starts, starts[1], np.array([3.0, 0.3]), lower, upper)
+    assert np.allclose(ext[:, 0], starts[:, 0] + 1.0) and np.allclose(ext[:, 1], starts[:, 1])
+    assert _extended(starts, starts[1], np.array([0.5, 0.3]), lower, upper) is None
