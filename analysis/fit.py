@@ -370,7 +370,7 @@ def fit_law(
         ))
     if not converged:
         diags.append(Diagnostic("not_converged", "the best start hit the iteration limit"))
-    diags += fit_quality_diagnostics(r2_log, rmse_log)
+    diags += fit_quality_diagnostics(r2_log, rmse_log, residuals, raw)
 
     return FitResult(
         law=law,

@@ -79,6 +79,8 @@ def fit_to_json(
         out["compute_optimal"] = rows
     if holdout is not None:
         out["holdout"] = holdout.to_json()
+        # Out-of-sample fit quality, beside the in-sample rmse_log and r2_log.
+        out["holdout_rmse_log"] = float(np.sqrt(np.mean(np.log(holdout.predicted / holdout.actual) ** 2)))
     if isinstance(comparison, NestedComparison):
         out["nested_comparison"] = comparison.to_json()
         diags += list(comparison.diagnostics)

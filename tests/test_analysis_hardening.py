@@ -13,7 +13,6 @@ import pytest
 from analysis import laws
 from analysis.cli import main
 from analysis.data import Data
-from analysis.diagnostics import POOR_FIT_R2
 from analysis.errors import DataError
 from analysis.study import analyse_study
 from test_analysis_io_cli import FIG4, write_study
@@ -108,7 +107,8 @@ def test_poor_fit_fires_on_a_loss_of_1e300(tmp_path, capsys):
     rc, out, _ = fit_cli(capsys, "--csv", write_csv(tmp_path / "x.csv", N, D, loss),
                          "--out", tmp_path / "o", "--no-plots")
     assert rc == 0
-    assert "poor_fit: R^2(log loss)=-0.0" in out and f"< {POOR_FIT_R2}" in out
+    assert "poor_fit: R^2(log loss)=-0.0" in out and "times the data's noise scale" in out
+    assert out.strip().splitlines()[-1].startswith("the fit is poor: ")
     doc = json.loads((tmp_path / "o" / "fit.json").read_text())
     assert "poor_fit" in [d["code"] for d in doc["diagnostics"]] and doc["r2_log"] < 0
 
@@ -125,15 +125,17 @@ def test_poor_fit_fires_on_every_loss_near_1e300_and_draws_what_it_can(tmp_path,
     assert not (tmp_path / "o" / "optimal_allocation.png").exists()
 
 
-def test_poor_fit_fires_on_a_noisy_chinchilla_fit(tmp_path, capsys):
+def test_poor_fit_stays_quiet_on_a_right_law_with_noisy_runs(tmp_path, capsys):
+    # R^2 0.85 comes from the noise (8.5% per run), not from the law: the residuals are at the
+    # data's own noise scale and have no structure, so the fit is not poor.
     N, D = nd_grid()
     loss = laws.chinchilla(N, D) * np.exp(np.random.default_rng(0).normal(0, 0.085, N.size))
     rc, out, _ = fit_cli(capsys, "--csv", write_csv(tmp_path / "x.csv", N, D, loss),
                          "--out", tmp_path / "o", "--no-plots")
     doc = json.loads((tmp_path / "o" / "fit.json").read_text())
     assert rc == 0 and 0.8 < doc["r2_log"] < 0.9
-    assert [d["code"] for d in doc["diagnostics"]] == ["poor_fit"]
-    assert "poor_fit: R^2(log loss)=0.8" in out
+    assert "poor_fit" not in [d["code"] for d in doc["diagnostics"]]
+    assert "the fit is poor" not in out
 
 
 def test_poor_fit_stays_quiet_on_chinchillas_unfiltered_data(tmp_path, capsys):
