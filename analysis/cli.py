@@ -52,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop the K runs with the highest loss before fitting")
     p.add_argument("--holdout-largest", type=int, default=0, metavar="K",
                    help="also fit without the K largest runs and report their prediction error")
-    p.add_argument("--holdout-by", choices=("C", "N"), default="C",
-                   help="size measure for --holdout-largest (default C)")
+    p.add_argument("--holdout-by", choices=("C", "N", "D"), default=None,
+                   help="size measure for --holdout-largest (default C; a one-variable law's "
+                        "input when the data have no C)")
     p.add_argument("--delta", type=float, default=1e-3, help="Huber delta on log loss (default 1e-3)")
     p.add_argument("--x", choices=("N", "D", "C"), default=None,
                    help="input of a one-variable law (power_law, broken_power_law)")
@@ -120,9 +121,16 @@ def _run(args: argparse.Namespace) -> int:
         if problems:
             raise AnalysisError("; ".join(problems))
     skipped, run_dirs = [], None
+    from analysis.fit import DEFAULT_X
+
     if args.csv:
-        data = io.load_csv(args.csv, skip_bad=args.skip_bad_rows)
+        # A one-variable law reads only its input and loss; its file may lack the others.
+        x_1d = args.x or DEFAULT_X.get(args.law)
+        data = io.load_csv(args.csv, skip_bad=args.skip_bad_rows, x=x_1d)
         source = args.csv
+        if data.c_derived and "C" in (args.x, args.holdout_by, DEFAULT_X.get(args.law)):
+            print(f"note: {Path(args.csv).name} has no C column; C = 6 N D is derived from "
+                  f"its N and D")
     else:
         run_dirs, not_in_plan = io.select_runs(args.folder, args.include_unplanned)
         # Printed before loading, so they are seen even when no planned run has finished.
@@ -155,12 +163,15 @@ def _run(args: argparse.Namespace) -> int:
     boot = bootstrap(data, fit, n_resamples=args.bootstrap, seed=args.seed) if args.bootstrap else None
     comparison = (compare_or_why(data, fit)
                   if constraints.equalities and not args.no_compare else None)
-    holdout = (holdout_check(data, k=args.holdout_largest, by=args.holdout_by, law=args.law,
+    by = args.holdout_by or ("C" if "C" not in data.absent else fit.x)
+    holdout = (holdout_check(data, k=args.holdout_largest, by=by, law=args.law,
                              delta=args.delta, x=args.x, constraints=constraints)
                if args.holdout_largest else None)
     doc = report.fit_to_json(fit, boot, holdout, source=source,
                              dropped_highest_loss=args.drop_highest_loss, skipped=skipped,
                              comparison=comparison)
+    if data.c_derived:
+        doc["C_derived_from_6ND"] = True  # the source had no C column
     written = [] if args.no_plots else _fit_figures(out, data, fit, boot, holdout)
     io.write_json_atomic(out / "fit.json", doc)
     print(report.format_fit(fit, boot))

@@ -31,27 +31,37 @@ class Data:
     source: str = ""
     # Rows dropped by the loader (only when it was asked to skip bad rows), as messages.
     rejected: tuple[str, ...] = field(default=())
+    # Columns the source did not have (NaN here): a 1-D CSV holds only its x and loss.
+    absent: tuple[str, ...] = field(default=())
+    # True when C was computed as 6 N D because the source had no C column.
+    c_derived: bool = False
 
     @classmethod
     def from_arrays(
         cls,
-        N: ArrayLike,
-        D: ArrayLike,
+        N: ArrayLike | None,
+        D: ArrayLike | None,
         loss: ArrayLike,
         C: ArrayLike | None = None,
         run_id: list[str] | tuple[str, ...] | None = None,
         budget: ArrayLike | None = None,
         source: str = "",
     ) -> "Data":
-        """Validate and wrap columns; C defaults to ``6 N D``.
+        """Validate and wrap columns; C defaults to ``6 N D`` (``c_derived`` records it).
 
-        Raises DataError naming every row with a NaN, missing, infinite or non-positive
-        value, so the user can fix them all at once.
+        N or D may be None for a source that lacks them (a 1-D law's data): they are NaN and
+        listed in ``absent``, and so is C unless given. Raises DataError naming every row with
+        a NaN, missing, infinite or non-positive value, so the user can fix them all at once.
         """
+        n = np.atleast_1d(np.asarray(loss, dtype=float)).shape[0]
+        absent = tuple(k for k, v in (("N", N), ("D", D)) if v is None)
         cols = {"N": N, "D": D, "loss": loss}
-        arrays = {k: np.atleast_1d(np.asarray(v, dtype=float)) for k, v in cols.items()}
-        n = arrays["N"].shape[0]
-        if C is None:
+        arrays = {k: np.atleast_1d(np.asarray(np.full(n, np.nan) if v is None else v, dtype=float))
+                  for k, v in cols.items()}
+        if C is None and absent:
+            arrays["C"] = np.full(n, np.nan)
+            absent += ("C",)
+        elif C is None:
             with np.errstate(over="ignore"):  # an overflow is reported below, by row
                 arrays["C"] = 6.0 * arrays["N"] * arrays["D"]
         else:
@@ -67,7 +77,8 @@ class Data:
             if budget is None
             else np.atleast_1d(np.asarray(budget, dtype=float))
         )
-        problems = bad_rows(arrays, ids, c_derived=C is None)
+        problems = bad_rows({k: v for k, v in arrays.items() if k not in absent}, ids,
+                            c_derived=C is None)
         if problems:
             raise DataError(
                 f"{len(problems)} bad row(s) in {source or 'data'}: "
@@ -76,7 +87,8 @@ class Data:
             )
         return cls(
             N=arrays["N"], D=arrays["D"], loss=arrays["loss"], C=arrays["C"],
-            run_id=ids, budget=bud, source=source,
+            run_id=ids, budget=bud, source=source, absent=absent,
+            c_derived=C is None and not absent,
         )
 
     def __len__(self) -> int:
@@ -88,7 +100,8 @@ class Data:
         return Data(
             N=self.N[idx], D=self.D[idx], loss=self.loss[idx], C=self.C[idx],
             run_id=tuple(self.run_id[i] for i in idx), budget=self.budget[idx],
-            source=self.source, rejected=self.rejected,
+            source=self.source, rejected=self.rejected, absent=self.absent,
+            c_derived=self.c_derived,
         )
 
     def drop_highest_loss(self, k: int) -> "Data":
@@ -104,6 +117,10 @@ class Data:
         """One of N, D, C or loss, by name."""
         if name not in ("N", "D", "C", "loss"):
             raise DataError(f"unknown column {name!r}; use one of N, D, C, loss")
+        if name in self.absent:
+            raise DataError(f"{self.source or 'the data'} has no {name} column (it has "
+                            f"{', '.join(k for k in ('N', 'D', 'C') if k not in self.absent)} "
+                            f"and loss); add {name}, or use a law or --x in the columns it has")
         return getattr(self, name)
 
 

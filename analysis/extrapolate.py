@@ -55,13 +55,13 @@ class HoldoutResult:
 def holdout_check(
     data: Data, k: int = 1, by: str = "C", law: str = "chinchilla", **fit_kwargs
 ) -> HoldoutResult:
-    """Hold out the ``k`` largest runs by ``by`` ("C" or "N"), fit ``law`` on the rest and
+    """Hold out the ``k`` largest runs by ``by`` ("C", "N" or "D"), fit ``law`` on the rest and
     report relative errors of the predicted loss on the held-out runs.
 
     Extra keyword arguments go to :func:`analysis.fit.fit_law`.
     """
-    if by not in ("C", "N"):
-        raise AnalysisError(f"by={by!r}; hold out the largest runs by 'C' or 'N'")
+    if by not in ("C", "N", "D"):
+        raise AnalysisError(f"by={by!r}; hold out the largest runs by 'C', 'N' or 'D'")
     if not (isinstance(k, (int, np.integer)) and 1 <= k < len(data)):
         raise AnalysisError(f"k={k} must be an integer in [1, {len(data) - 1}]")
     order = np.argsort(data.column(by), kind="stable")

@@ -90,9 +90,11 @@ def _to_float(raw: str) -> float:
         return float("nan")
 
 
-def load_csv(path: str | os.PathLike, skip_bad: bool = False) -> Data:
+def load_csv(path: str | os.PathLike, skip_bad: bool = False, x: str | None = None) -> Data:
     """Read a CSV with columns ``N``, ``D``, ``loss`` and optionally ``C``, ``run_id``,
-    ``budget_flops``.
+    ``budget_flops``. For a one-variable law, ``x`` ("N", "D" or "C") names the only input
+    column the file needs besides ``loss``; the others may be absent (``Data.absent``), and
+    C is derived as 6 N D only when both N and D are there (``Data.c_derived`` says so).
 
     A row with a missing, non-numeric, NaN, infinite or non-positive N, D, loss or C is
     rejected: by default the whole file is, with every bad row named by its line number;
@@ -110,24 +112,30 @@ def load_csv(path: str | os.PathLike, skip_bad: bool = False) -> Data:
     reader = csv.DictReader(StringIO(text, newline=""))
     try:
         header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in ("N", "D", "loss") if c not in header]
+        needed = ("N", "D", "loss") if x is None else (x, "loss")
+        if x == "C" and "C" not in header and "N" in header and "D" in header:
+            needed = ("N", "D", "loss")  # C = 6 N D, derived and flagged (Data.c_derived)
+        missing = [c for c in needed if c not in header]
         if missing:
             raise DataError(
                 f"{path.name} lacks column(s) {missing}; found {header}. The CSV needs a "
-                f"header with N, D, loss (and optionally C)"
+                + ("header with N, D, loss (and optionally C)" if x is None else
+                   f"header with {x} and loss (a one-variable law in {x})")
             )
         rows = [{(k or "").strip(): v for k, v in r.items()} for r in reader]
     except csv.Error as exc:
         raise DataError(f"{str(path)!r} is not a readable CSV at line {reader.line_num}: {exc}; "
                         f"fix that line") from None
     has_c = "C" in header
+    present = tuple(k for k in ("N", "D") if k in header)
+    derive_c = not has_c and present == ("N", "D")
     good: dict[str, list] = {"N": [], "D": [], "loss": [], "C": [], "run_id": [], "budget": []}
     problems = []
     for i, r in enumerate(rows):
         line = i + 2  # the header is line 1
         name = f"line {line}" + (f" (run_id {r['run_id']})" if r.get("run_id") else "")
         vals, bad = {}, []
-        for k in ("N", "D", "loss") + (("C",) if has_c else ()):
+        for k in present + ("loss",) + (("C",) if has_c else ()):
             raw = (r.get(k) or "").strip()
             v = _to_float(raw)
             if math.isinf(v) and "inf" not in raw.lower():
@@ -135,7 +143,7 @@ def load_csv(path: str | os.PathLike, skip_bad: bool = False) -> Data:
             elif not _positive(v):
                 bad.append(f"{k}={raw!r}" if raw else f"{k} missing")
             vals[k] = v
-        if not bad and not has_c:
+        if not bad and derive_c:
             # C is derived, so an overflow is the fault of the N and D the user gave.
             vals["C"] = 6.0 * vals["N"] * vals["D"]
             if not math.isfinite(vals["C"]):
@@ -146,7 +154,7 @@ def load_csv(path: str | os.PathLike, skip_bad: bool = False) -> Data:
             problems.append(f"{name}: " + ", ".join(bad))
             continue
         for k in ("N", "D", "loss", "C"):
-            good[k].append(vals[k])
+            good[k].append(vals.get(k, math.nan))
         good["run_id"].append(r.get("run_id") or f"line{line}")
         try:
             good["budget"].append(float(r.get("budget_flops") or "nan"))
@@ -161,9 +169,12 @@ def load_csv(path: str | os.PathLike, skip_bad: bool = False) -> Data:
     if not good["N"]:
         raise DataError(f"{path.name} has no usable rows; it needs N, D, loss per row")
     data = Data.from_arrays(
-        good["N"], good["D"], good["loss"], good["C"], run_id=good["run_id"],
+        good["N"] if "N" in present else None, good["D"] if "D" in present else None,
+        good["loss"], good["C"] if has_c or derive_c else None, run_id=good["run_id"],
         budget=good["budget"], source=str(path),
     )
+    if derive_c:
+        data = dataclasses.replace(data, c_derived=True)
     return dataclasses.replace(data, rejected=tuple(problems))
 
 

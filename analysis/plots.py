@@ -46,6 +46,8 @@ def plot_loss_vs_compute(
     D_opt(C)); for a law in C it is drawn directly; for laws in N or D alone the fitted value
     of each run is marked instead.
     """
+    if "C" in data.absent:  # a one-variable law's data: loss against its input
+        return _plot_loss_vs_x(ax, data, fit)
     sc = ax.scatter(data.C, data.loss, c=np.log10(data.N), s=14, cmap="viridis", alpha=0.8,
                     label="runs")
     ax.figure.colorbar(sc, ax=ax, label="log10 N [params]")
@@ -68,6 +70,26 @@ def plot_loss_vs_compute(
     ax.set_xlabel(C_LABEL)
     ax.set_ylabel(LOSS_LABEL)
     ax.set_title("Loss against compute")
+    ax.legend(fontsize="small")
+    return ax
+
+
+X_LABELS = {"N": "parameters N [count]", "D": "tokens D [count]", "C": "compute C [FLOPs]"}
+
+
+def _plot_loss_vs_x(ax: Axes, data: Data, fit: FitResult | None) -> Axes:
+    """Loss against the one input the data have, and the fitted law."""
+    name = fit.x if fit is not None and fit.x else next(k for k in "NDC" if k not in data.absent)
+    x = data.column(name)
+    ax.scatter(x, data.loss, s=14, label="runs")
+    if fit is not None:
+        grid = np.geomspace(x.min(), x.max() * 10, 200)
+        ax.plot(grid, fit.predict(**{name: grid}), color="tab:red", lw=1.5, label=f"{fit.law} fit")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(X_LABELS[name])
+    ax.set_ylabel(LOSS_LABEL)
+    ax.set_title(f"Loss against {name}")
     ax.legend(fontsize="small")
     return ax
 
@@ -158,14 +180,18 @@ def plot_optimal(
 
 
 def plot_residuals(ax: Axes, data: Data, fit: FitResult) -> Axes:
-    """Log residuals (log L_obs - log L_fit) against compute, coloured by model size."""
-    sc = ax.scatter(data.C, fit.residuals, c=np.log10(data.N), s=14, cmap="viridis")
-    ax.figure.colorbar(sc, ax=ax, label="log10 N [params]")
+    """Log residuals (log L_obs - log L_fit) against compute, coloured by model size (against
+    a one-variable law's input when the data have no C)."""
+    if "C" in data.absent:
+        ax.scatter(data.column(fit.x), fit.residuals, s=14)
+    else:
+        sc = ax.scatter(data.C, fit.residuals, c=np.log10(data.N), s=14, cmap="viridis")
+        ax.figure.colorbar(sc, ax=ax, label="log10 N [params]")
     ax.axhline(0.0, color="k", lw=0.8)
     for s in (fit.delta, -fit.delta):
         ax.axhline(s, color="gray", lw=0.6, ls=":")
     ax.set_xscale("log")
-    ax.set_xlabel(C_LABEL)
+    ax.set_xlabel(X_LABELS[fit.x] if "C" in data.absent else C_LABEL)
     ax.set_ylabel("residual log L_obs - log L_fit [log nats]")
     ax.set_title(f"Residuals of the {fit.law} fit (RMSE {fit.rmse_log:.4f})")
     return ax
