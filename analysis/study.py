@@ -143,7 +143,9 @@ def study_json(a: StudyAnalysis) -> dict:
     """The study's `fit.json`."""
     from analysis.report import fit_to_json, isoflop_to_json
 
-    doc: dict = fit_to_json(a.fit, a.boot, a.holdout, source=a.study_dir, skipped=a.skipped,
+    # fit.json is written in the study folder, so the input is "." relative to it: the file
+    # stays right when the folder is moved or copied, and holds no machine's path.
+    doc: dict = fit_to_json(a.fit, a.boot, a.holdout, source=".", skipped=a.skipped,
                             comparison=a.comparison) if a.fit else {
         "law": "chinchilla", "params": None, "diagnostics": [], "n_points": int(len(a.data.N)),
     }  # fmt: skip

@@ -108,3 +108,15 @@ def test_budget_is_reported_as_given_not_a_rounded_mean():
     iso = isoflop_profiles(wide_grid(), n_boot=0)  # C = 6ND carries rounding noise
     assert [p.budget for p in iso.profiles] == [1e18, 1e19, 1e20, 1e21, 1e22]
     assert "1e+18" in format_isoflop(iso)
+
+
+def test_study_fit_json_names_its_input_relative_to_itself(tmp_path):
+    from analysis.study import analyse_study, study_json
+    from test_analysis_io_cli import write_study
+
+    root = tmp_path / "study"
+    write_study(root)
+    a = analyse_study(root, n_boot=0, holdout=0, isoflop_window=None)
+    doc = study_json(a)
+    assert doc["source"] == "." and str(tmp_path) not in json.dumps(doc["source"])
+    assert doc["isoflop"]["isoflop_window"] is None
