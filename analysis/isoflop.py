@@ -63,6 +63,7 @@ class IsoFLOPProfile:
     in_window: np.ndarray | None = None
     rmse_log: float = float("nan")  # RMS residual of log loss of the window's parabola
     N_opt_all: float = float("nan")  # cross-check: the minimum of a parabola on all sizes
+    N_opt_smooth: float = float("nan")  # cross-check: the minimum of a smoothing spline
 
     @property
     def n_runs(self) -> int:
@@ -299,6 +300,7 @@ def isoflop_profiles(
             coeffs=tuple(float(c) for c in coef), N_opt=N_opt, D_opt=budget / (6 * N_opt),
             L_min=float(L_min), interior=interior, usable=usable, in_window=mask,
             rmse_log=rmse, N_opt_all=float(np.exp(_vertex(coef_all)[0])),
+            N_opt_smooth=_smooth_minimum(N_g, loss),
         ))
         if not usable:
             why = (f"only {n_sizes} model size(s), need {min_runs}" if n_sizes < min_runs
@@ -389,6 +391,26 @@ def isoflop_profiles(
         tolerance=tolerance, level=level, n_boot=n_boot, diagnostics=tuple(diags),
         boot_N=boot_N, boot_D=boot_D, window=window, noise_log=noise,
     )
+
+
+def _smooth_minimum(N: np.ndarray, loss: np.ndarray) -> float:
+    """A non-parametric cross-check of N_opt: the minimum of a smoothing spline of loss in
+    ln N over all sizes (smoothing chosen by generalised cross-validation), on a fine grid.
+    NaN with fewer than 5 sizes or a minimum at an end of the sizes."""
+    from scipy.interpolate import make_smoothing_spline
+
+    sizes = np.unique(N)
+    if sizes.size < 5:
+        return float("nan")
+    x = np.log(sizes)
+    y = np.array([loss[N == s].mean() for s in sizes])
+    try:
+        spline = make_smoothing_spline(x, y)
+    except (ValueError, np.linalg.LinAlgError):
+        return float("nan")
+    grid = np.linspace(x[0], x[-1], 400)
+    i = int(np.argmin(spline(grid)))
+    return float(np.exp(grid[i])) if 0 < i < grid.size - 1 else float("nan")
 
 
 def _rms_log_resid(lnN: np.ndarray, loss: np.ndarray) -> float:

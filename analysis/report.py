@@ -124,6 +124,7 @@ def isoflop_to_json(
             {"budget_flops": p.budget, "n_runs": p.n_runs, "coeffs": list(p.coeffs),
              "N_opt": p.N_opt, "D_opt": p.D_opt, "L_min": p.L_min, "interior": p.interior,
              "usable": p.usable, "rmse_log": p.rmse_log, "N_opt_all_sizes": p.N_opt_all,
+             "N_opt_smooth": p.N_opt_smooth,
              "n_in_window": int(np.sum(_in_window(p))),
              "dropped": [{"run_id": r, "N": float(n), "loss": float(l)}
                          for r, n, l, k in zip(p.run_ids, p.N, p.loss, _in_window(p)) if not k]}

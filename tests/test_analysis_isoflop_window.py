@@ -39,6 +39,10 @@ def test_default_window_recovers_a_on_a_two_decade_grid(seed):
     assert iso.window == DEFAULT_WINDOW
     assert iso.a == pytest.approx(A_TRUE, abs=0.01)
     assert not {"isoflop_min_below_data", "isoflop_large_residuals"} & {d.code for d in iso.diagnostics}
+    # The smoothing spline's minimum (a non-parametric cross-check) agrees to about the grid's
+    # spacing (a quarter decade here).
+    for p in iso.profiles:
+        assert p.N_opt_smooth == pytest.approx(p.N_opt, rel=0.3)
     # Some profiles drop their far ends; every window keeps at least 4 sizes.
     assert any(not p.in_window.all() for p in iso.profiles)
     assert all(np.unique(p.N[p.in_window]).size >= 4 for p in iso.profiles)
