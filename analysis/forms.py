@@ -266,6 +266,19 @@ def _kaplan_nd_log_pred(theta, cols):
     return aD * S, [aN * w1, aD * w2, w1 * (lnNc - cols["lnN"]), S - w1 * u1]
 
 
+def _kaplan_nd_grid(cols):
+    """Scales N_c and D_c from 6 decades below the data's smallest N (D) to 16 above its
+    largest: below the data when the loss is under 1, far above it for Kaplan's own fits."""
+    ln10 = np.log(10.0)
+    lnN, lnD = cols.get("lnN"), cols.get("lnD")
+    if lnN is None or lnD is None:
+        return _grid(ln10 * np.arange(8, 32, 4), ln10 * np.arange(8, 32, 4),
+                     [0.03, 0.1, 0.3, 1.0], [0.03, 0.1, 0.3, 1.0])
+    return _grid(np.linspace(lnN.min() - 6 * ln10, lnN.max() + 16 * ln10, 6),
+                 np.linspace(lnD.min() - 6 * ln10, lnD.max() + 16 * ln10, 6),
+                 [0.03, 0.1, 0.3, 1.0], [0.03, 0.1, 0.3, 1.0])
+
+
 KAPLAN_ND = Form(
     name="kaplan_nd",
     inputs=("N", "D"),
@@ -276,10 +289,7 @@ KAPLAN_ND = Form(
     log_pred=_kaplan_nd_log_pred,
     lower=np.array([-50.0, -50.0, 1e-4, 1e-4]),
     upper=np.array([200.0, 200.0, 10.0, 10.0]),
-    default_grid=lambda cols: _grid(
-        np.log(10.0) * np.arange(8, 32, 4), np.log(10.0) * np.arange(8, 32, 4),
-        [0.03, 0.1, 0.3, 1.0], [0.03, 0.1, 0.3, 1.0],
-    ),
+    default_grid=lambda cols: _kaplan_nd_grid(cols),
     derived=lambda p: {
         "a": p["alpha_D"] / (p["alpha_N"] + p["alpha_D"]),
         "b": p["alpha_N"] / (p["alpha_N"] + p["alpha_D"]),

@@ -48,3 +48,15 @@ def test_grid_is_extended_once_before_it_warns():
     ext = _extended(starts, starts[1], np.array([3.0, 0.3]), lower, upper)
     assert np.allclose(ext[:, 0], starts[:, 0] + 1.0) and np.allclose(ext[:, 1], starts[:, 1])
     assert _extended(starts, starts[1], np.array([0.5, 0.3]), lower, upper) is None
+
+
+def test_kaplan_nd_finds_scales_below_the_data():
+    from analysis import laws
+
+    rng = np.random.default_rng(0)
+    N, D = np.meshgrid(np.geomspace(1e7, 1e9, 6), np.geomspace(1e9, 1e11, 6))
+    N, D = N.ravel(), D.ravel()
+    loss = laws.kaplan_nd(N, D, N_c=1e5, D_c=1e6, alpha_N=0.076, alpha_D=0.095)
+    fit = fit_law(Data.from_arrays(N, D, loss * np.exp(rng.normal(0, 0.002, N.size))), "kaplan_nd")
+    assert loss.max() < 1 and "grid_edge" not in {d.code for d in fit.diagnostics}
+    assert fit.params["alpha_N"] == pytest.approx(0.076, rel=0.05)
