@@ -320,8 +320,18 @@ def _bpl_grid(cols):
     lnx = cols["lnx"]
     # Breaks are searched inside the data: a break outside it is not identifiable.
     breaks = np.quantile(lnx, [0.25, 0.5, 0.75])
-    return _grid([-1.0, 0.0, 1.0], [0.0, 5.0, 10.0, 20.0], [0.0, 0.1, 0.3],
-                 [0.1, 0.3, 1.0], breaks, [0.3, 1.0])
+    lny = cols.get("lny")
+    if lny is None:
+        return _grid([-1.0, 0.0, 1.0], [0.0, 5.0, 10.0, 20.0], [0.0, 0.1, 0.3],
+                     [0.1, 0.3, 1.0], breaks, [0.3, 1.0])
+    # Scaled to the losses: E a fraction of the lowest (an offset below it), and B such that
+    # B x^-c0 is of the losses' size at the data's median x.
+    y_lo, y_med, x_med = float(lny.min()), float(np.median(lny)), float(np.median(lnx))
+    rows = [(e, y_med + c0 * x_med + db, c0, c1, br, f1)
+            for e in y_lo + np.log([0.3, 0.7, 0.95])
+            for c0 in (0.0, 0.1, 0.3) for db in (-2.0, 0.0, 2.0)
+            for c1 in (0.1, 0.3, 1.0) for br in breaks for f1 in (0.3, 1.0)]
+    return np.array(rows)
 
 
 BROKEN_POWER_LAW = Form(

@@ -60,3 +60,15 @@ def test_kaplan_nd_finds_scales_below_the_data():
     fit = fit_law(Data.from_arrays(N, D, loss * np.exp(rng.normal(0, 0.002, N.size))), "kaplan_nd")
     assert loss.max() < 1 and "grid_edge" not in {d.code for d in fit.diagnostics}
     assert fit.params["alpha_N"] == pytest.approx(0.076, rel=0.05)
+
+
+@pytest.mark.parametrize("law", ["power_law", "broken_power_law"])
+def test_one_variable_fits_do_not_depend_on_the_units_of_the_loss(law):
+    # Loss in nats or rescaled by 1e-3: the grid scales with it, so the fit is the same.
+    rng = np.random.default_rng(3)
+    x = np.geomspace(1e17, 1e21, 20)
+    loss = (1.7 + 40 * (x / 1e17) ** -0.3) * np.exp(rng.normal(0, 0.003, x.size))
+    fits = [fit_law(Data.from_arrays(None, x, scale * loss), law, x="D") for scale in (1.0, 1e-3)]
+    assert fits[1].rmse_log == pytest.approx(fits[0].rmse_log, rel=0.05)
+    if law == "power_law":  # the broken law's E trades off against its break: not pinned
+        assert fits[1].params["E"] == pytest.approx(1e-3 * fits[0].params["E"], rel=0.05)
