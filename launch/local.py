@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from launch.plan import RunSpec
-from launch.state import proc_start, update_launch, write_launch
+from launch.state import last_metric, proc_start, update_launch, write_launch
 from scaling.rundir import EXIT_REQUEUE, exit_status
 
 
@@ -249,14 +249,11 @@ def run_local(
 
 
 def _signal_group(pid: int, signum: int) -> None:
-    """Signal a run's process group (a forked run may not have made its group yet: then the run)."""
+    """Signal a run's process group: every run process and worker leads a session of its own."""
     try:
         os.killpg(pid, signum)
     except OSError:
-        try:
-            os.kill(pid, signum)
-        except OSError:
-            pass
+        pass  # already gone
 
 
 def _kill_stalled(a: _Active, timeout_s: float, echo: Callable[[str], None]) -> None:
@@ -305,8 +302,6 @@ class _Meter:
 
 
 def _tokens_so_far(run_dir: str) -> float:
-    from launch.state import last_metric
-
     row = last_metric(Path(run_dir) / "metrics.jsonl") or {}
     return float(row.get("tokens") or 0.0)
 

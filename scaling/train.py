@@ -298,13 +298,14 @@ class Trainer:
         self.lease: Any = None  # the run directory's lease (rank 0), see scaling/runlock.py
 
     # ---- distributed helpers -------------------------------------------------------------
-    def _all_reduce(self, values: list[float], op: str = "sum") -> list[float]:
+    def _all_reduce(self, values: list[float]) -> list[float]:
+        """Sums over ranks."""
         import torch
         import torch.distributed as dist
 
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
         if self.world.world_size > 1:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+            dist.all_reduce(t)
         return t.tolist()
 
     def _barrier(self) -> None:
@@ -363,7 +364,7 @@ class Trainer:
             except checkpoint.CheckpointError as e:
                 error = str(e)
             # Every rank must resume from the same step: a file torn on one rank fails them all.
-            if self._all_reduce([float(bool(error))], op="max")[0] > 0:
+            if _agree(self.world, bool(error)):
                 failures.append(error or f"{path}: failed to load on another rank")
                 log.error("checkpoint %s could not be loaded: %s; trying the one before", path,
                           error or "failed on another rank")  # fmt: skip
@@ -371,7 +372,7 @@ class Trainer:
                 if self.world.is_main:
                     checkpoint.set_aside(path)
                 continue
-            self._check_identity(loaded.meta, path)
+            raise_if(identity_problems(f"checkpoint {path}", loaded.meta, self.identity, result_config(self.cfg)))
             self.state = TrainState(**{k: v for k, v in loaded.meta["train_state"].items()
                                        if k in TrainState.__dataclass_fields__})  # fmt: skip
             if self.state.world_size != self.world.world_size:
@@ -386,22 +387,6 @@ class Trainer:
                 + "\nmove the checkpoints folder aside to train from scratch"
             )
         return False
-
-    def _check_identity(self, meta: dict, path: Path) -> None:
-        """A resume is the same run or nothing: the checkpoint's config and data must be this run's."""
-        problems = []
-        if "config_hash" in meta and meta["config_hash"] != self.identity["config_hash"]:
-            diffs = config_differences(meta.get("config", {}), result_config(self.cfg))
-            problems.append(
-                f"checkpoint {path} was written by a run with another config ({'; '.join(diffs) or 'hash differs'}); "
-                f"resume with the config it was trained with, or pick a new run.dir"
-            )
-        if "data_checksum" in meta and meta["data_checksum"] != self.identity["data_checksum"]:
-            problems.append(
-                f"checkpoint {path} was trained on other data (data checksum {meta['data_checksum']}, now "
-                f"{self.identity['data_checksum']}); restore the data it was trained on, or pick a new run.dir"
-            )
-        raise_if(problems)
 
     # ---- evaluation --------------------------------------------------------------------------
     def _eval_batches(self, n: int) -> list:
@@ -587,9 +572,7 @@ class Trainer:
 
     def _stop_agreed(self) -> bool:
         # Saving is collective, so every rank must agree to stop at the same step.
-        agreed = self.stop_requested
-        if self.world.world_size > 1:
-            agreed = self._all_reduce([float(self.stop_requested)], op="max")[0] > 0
+        agreed = _agree(self.world, self.stop_requested)
         if agreed:  # logged here, not in the signal handler: logging there can deadlock or lose the signal
             log.warning("received %s: saving a checkpoint and stopping", self.stop_signal or "a stop on another rank")
         return agreed
@@ -641,6 +624,8 @@ def scrub_secrets(obj: Any) -> Any:
 # ---- entry points ---------------------------------------------------------------------------------
 def _setup_logging(world: World) -> None:
     root = logging.getLogger("scaling")
+    for handler in root.handlers:  # a warm worker's previous run: its train.log stays open otherwise
+        handler.close()
     root.handlers.clear()
     root.propagate = False
     root.setLevel(logging.INFO if world.is_main else logging.WARNING)
@@ -708,7 +693,7 @@ def _init_process_group(world: World) -> None:
     backend = "nccl" if os.environ.get("DS_ACCELERATOR") != "cpu" else "gloo"
     if world.launcher == "single":
         # A file store private to this process: no TCP port to race other runs for. Removed in
-        # train()'s teardown (a warm worker's child exits without running atexit handlers).
+        # train()'s teardown, not at exit: a warm worker trains many runs in one process.
         import tempfile
 
         store = Path(tempfile.mkdtemp(prefix="scaling-dist-")) / "store"
@@ -760,6 +745,28 @@ def _recorded_config(run_dir: Path) -> dict | None:
         return None
 
 
+def identity_problems(
+    where: str, record: dict, identity: dict, current: dict, fallback: dict | None = None
+) -> list[str]:
+    """What makes `record` (a result.json or a checkpoint's state.json, found at `where`) another
+    run than this one: its config hash or its data checksum, the keys that differ named from the
+    record's own config (else `fallback`, the run's config.yaml). A record without them (an older
+    version's) is judged elsewhere."""
+    problems = []
+    if record.get("config_hash", identity["config_hash"]) != identity["config_hash"]:
+        diffs = config_differences(record.get("config") or fallback or {}, current)
+        problems.append(
+            f"{where} holds a run with another config: {'; '.join(diffs) or 'the config hash differs'}; "
+            f"rerun with the config it was trained with, or pick a new run.dir"
+        )
+    if record.get("data_checksum", identity["data_checksum"]) != identity["data_checksum"]:
+        problems.append(
+            f"{where} holds a run trained on other data (data checksum {record['data_checksum']}, now "
+            f"{identity['data_checksum']}); restore the data it was trained on, or pick a new run.dir"
+        )
+    return problems
+
+
 def _check_same_run(run_dir: Path, cfg: TrainAppConfig, identity: dict, prior: dict | None) -> None:
     """A rerun or a resume is the same run or nothing: refuse (naming the keys that differ) when
     the directory's result or newest checkpoint records another config or other data."""
@@ -778,17 +785,7 @@ def _check_same_run(run_dir: Path, cfg: TrainAppConfig, identity: dict, prior: d
     recorded_yaml = _recorded_config(run_dir) if (ckpts or records) else None
     problems = []
     for where, rec in records:
-        if rec.get("config_hash", identity["config_hash"]) != identity["config_hash"]:
-            diffs = config_differences(rec.get("config") or recorded_yaml or {}, current)
-            problems.append(
-                f"{run_dir} holds a run with another config ({where}): {'; '.join(diffs) or 'the config hash differs'}; "
-                f"rerun with the config it was trained with, or pick a new run.dir"
-            )
-        if rec.get("data_checksum", identity["data_checksum"]) != identity["data_checksum"]:
-            problems.append(
-                f"{run_dir} holds a run trained on other data ({where}: data checksum {rec['data_checksum']}, now "
-                f"{identity['data_checksum']}); restore the data it was trained on, or pick a new run.dir"
-            )
+        problems += identity_problems(f"{run_dir} ({where})", rec, identity, current, recorded_yaml)
     if not problems and recorded_yaml is not None and not any("config_hash" in r for _, r in records):
         diffs = config_differences(recorded_yaml, current)  # a run of an older version: its config.yaml
         if diffs:
