@@ -10,7 +10,7 @@ Examples::
 Constraints (``--fix``, ``--tie``, ``--bound``; names are the law's parameters) leave fewer
 parameters free, so fewer runs are needed (free parameters + 1). With a fix or a tie, and
 enough runs for the unconstrained law as well, both are fitted and the constraints are tested
-against the data (:mod:`analysis.nested`); ``--no-compare`` skips that.
+against the data (:mod:`scaling.analysis.nested`); ``--no-compare`` skips that.
 
 A study folder with a plan.json is fitted on the runs that plan lists, as the study's report
 is; run folders left by an earlier version of the spec are listed as "not in plan", and
@@ -27,9 +27,9 @@ import math
 import sys
 from pathlib import Path
 
-from analysis.errors import AnalysisError
-from analysis.forms import FORMS
-from analysis.isoflop import DEFAULT_WINDOW
+from scaling.analysis.errors import AnalysisError
+from scaling.analysis.forms import FORMS
+from scaling.analysis.isoflop import DEFAULT_WINDOW
 
 LAWS = tuple(FORMS) + ("isoflop",)
 FIGURE_FORMATS = ("png", "pdf")
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     # Imported here so `scaling-fit --help` answers at once.
-    from analysis import io, report
+    from scaling.analysis import io, report
 
     if (args.csv is None) == (args.folder is None):
         raise AnalysisError("give exactly one input: --csv FILE or a study FOLDER")
@@ -109,7 +109,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.csv and args.include_unplanned:
         raise AnalysisError("--include-unplanned applies to a study FOLDER's plan.json; drop it "
                             "with --csv")
-    from analysis.constraints import constraint_problems, parse_cli
+    from scaling.analysis.constraints import constraint_problems, parse_cli
 
     constraints = parse_cli(args.fix, args.tie, args.bound)
     if constraints and args.law == "isoflop":
@@ -121,7 +121,7 @@ def _run(args: argparse.Namespace) -> int:
         if problems:
             raise AnalysisError("; ".join(problems))
     skipped, run_dirs = [], None
-    from analysis.fit import DEFAULT_X
+    from scaling.analysis.fit import DEFAULT_X
 
     if args.csv:
         # A one-variable law reads only its input and loss; its file may lack the others.
@@ -155,9 +155,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.law == "isoflop":
         return _run_isoflop(args, data, out, source, skipped, run_dirs)
 
-    from analysis.extrapolate import holdout_check
-    from analysis.fit import bootstrap, fit_law
-    from analysis.nested import compare_or_why
+    from scaling.analysis.extrapolate import holdout_check
+    from scaling.analysis.fit import bootstrap, fit_law
+    from scaling.analysis.nested import compare_or_why
 
     fit = fit_law(data, law=args.law, delta=args.delta, x=args.x, constraints=constraints)
     boot = bootstrap(data, fit, n_resamples=args.bootstrap, seed=args.seed) if args.bootstrap else None
@@ -206,8 +206,8 @@ def _window_arg(text: str) -> float | None:
 
 
 def _run_isoflop(args, data, out: Path, source: str, skipped, run_dirs) -> int:
-    from analysis import io, report
-    from analysis.isoflop import isoflop_profiles, training_envelope
+    from scaling.analysis import io, report
+    from scaling.analysis.isoflop import isoflop_profiles, training_envelope
 
     iso = isoflop_profiles(data, tolerance=args.tolerance, n_boot=args.bootstrap or 1000,
                            seed=args.seed, window=_window_arg(args.isoflop_window))
@@ -236,7 +236,7 @@ def _save(fig, out: Path, name: str) -> list[Path]:
 
 
 def _fit_figures(out, data, fit, boot, holdout) -> list[Path]:
-    from analysis import plots
+    from scaling.analysis import plots
 
     written = []
     fig, (ax,) = plots.new_figure()
@@ -258,7 +258,7 @@ def _fit_figures(out, data, fit, boot, holdout) -> list[Path]:
 
 
 def _isoflop_figures(out, data, iso, envelope) -> list[Path]:
-    from analysis import plots
+    from scaling.analysis import plots
 
     written = []
     fig, (ax,) = plots.new_figure()

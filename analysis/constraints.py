@@ -32,8 +32,8 @@ from typing import Mapping
 
 import numpy as np
 
-from analysis.errors import AnalysisError
-from analysis.forms import Form
+from scaling.analysis.errors import AnalysisError
+from scaling.analysis.forms import Form
 
 Bound = tuple[float | None, float | None]
 

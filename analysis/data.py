@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import ArrayLike
 
-from analysis.errors import DataError
+from scaling.analysis.errors import DataError
 
 REQUIRED = ("N", "D", "loss")
 

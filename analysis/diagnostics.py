@@ -15,7 +15,7 @@ to ``fit.json`` under its ``code``. Codes:
 - ``wide_interval``: a bootstrap interval is wider than the estimate itself.
 - ``bootstrap_not_converged``: some bootstrap resamples did not converge.
 
-Too few points is :class:`analysis.errors.TooFewPointsError`, raised before fitting.
+Too few points is :class:`scaling.analysis.errors.TooFewPointsError`, raised before fitting.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.errors import DataError, TooFewPointsError
+from scaling.analysis.errors import DataError, TooFewPointsError
 
 # poor_fit judges the residuals against the data's own noise scale, not R^2: R^2 depends on the
 # range of the losses, so a right law on noisy runs over a narrow range scores low and a wrong

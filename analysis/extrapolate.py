@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.data import Data
-from analysis.errors import AnalysisError
-from analysis.fit import FitResult, fit_law
+from scaling.analysis.data import Data
+from scaling.analysis.errors import AnalysisError
+from scaling.analysis.fit import FitResult, fit_law
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,7 +58,7 @@ def holdout_check(
     """Hold out the ``k`` largest runs by ``by`` ("C", "N" or "D"), fit ``law`` on the rest and
     report relative errors of the predicted loss on the held-out runs.
 
-    Extra keyword arguments go to :func:`analysis.fit.fit_law`.
+    Extra keyword arguments go to :func:`scaling.analysis.fit.fit_law`.
     """
     if by not in ("C", "N", "D"):
         raise AnalysisError(f"by={by!r}; hold out the largest runs by 'C', 'N' or 'D'")

@@ -5,16 +5,16 @@ Method (Hoffmann et al. 2022, as replicated by Epoch AI 2024): minimise
     sum_i Huber_delta( log L_i - log L_hat(N_i, D_i; theta) )
 
 with L-BFGS started from every point of a grid, and keep the best optimum. The laws are
-written in log space (:mod:`analysis.forms`), e.g. for Chinchilla
+written in log space (:mod:`scaling.analysis.forms`), e.g. for Chinchilla
 ``log L_hat = LSE(a - alpha log N, b - beta log D, e)`` with ``A = e^a, B = e^b, E = e^e``.
 
-Speed: all starts advance together as rows of one array (:mod:`analysis.optim`). The default
+Speed: all starts advance together as rows of one array (:mod:`scaling.analysis.optim`). The default
 ``screen=True`` first takes a few steps from every start, then keeps the best tenth and runs
 those to convergence; ``screen=False`` runs every start to convergence. On Chinchilla's data
 both find the optimum that a plain loop of ``scipy.optimize.minimize`` finds
 (``bench/fit_speed.py`` checks this), at a small fraction of the time.
 
-Constraints (:mod:`analysis.constraints`): any parameter can be fixed (``fix={"E": 1.69}``),
+Constraints (:mod:`scaling.analysis.constraints`): any parameter can be fixed (``fix={"E": 1.69}``),
 tied to others (``tie={"beta": "alpha"}``) or bounded (``bounds={"alpha": (0.05, 1.5)}``). The
 optimiser then moves only the free parameters, from the grid reduced to them, and the
 bootstrap and every derived quantity use the constrained law.
@@ -35,10 +35,10 @@ from typing import Mapping
 import numpy as np
 from numpy.typing import ArrayLike
 
-from analysis import laws
-from analysis.constraints import FIXED, FREE, TIED, Constraints, Reparam, resolve
-from analysis.data import Data
-from analysis.diagnostics import (
+from scaling.analysis import laws
+from scaling.analysis.constraints import FIXED, FREE, TIED, Constraints, Reparam, resolve
+from scaling.analysis.data import Data
+from scaling.analysis.diagnostics import (
     Diagnostic,
     fit_quality_diagnostics,
     interval_diagnostics,
@@ -46,9 +46,9 @@ from analysis.diagnostics import (
     require_points,
     span_diagnostics,
 )
-from analysis.errors import AnalysisError
-from analysis.forms import FORMS, Form, huber_value_and_grad
-from analysis.optim import minimize_batch
+from scaling.analysis.errors import AnalysisError
+from scaling.analysis.forms import FORMS, Form, huber_value_and_grad
+from scaling.analysis.optim import minimize_batch
 
 DEFAULT_X = {"power_law": "C", "kaplan_n": "N", "kaplan_d": "D", "broken_power_law": "C"}
 SCREEN_ITERS = 5  # steps every start takes before the screen; enough to rank basins
@@ -209,7 +209,7 @@ def _constraints(constraints, fix, tie, bounds) -> Constraints:
         raise AnalysisError("pass either constraints=Constraints(...) or fix/tie/bounds, not both")
     if constraints is not None and not isinstance(constraints, Constraints):
         raise AnalysisError(f"constraints is a {type(constraints).__name__}; pass "
-                            f"analysis.constraints.Constraints, or use fix=, tie=, bounds=")
+                            f"scaling.analysis.constraints.Constraints, or use fix=, tie=, bounds=")
     return constraints if constraints is not None else Constraints.of(fix, tie, bounds)
 
 
@@ -283,7 +283,7 @@ def fit_law(
     screen / keep: screen all starts by a few steps and run the best ``keep`` (default a
     tenth, at least 64) to convergence; ``screen=False`` runs them all.
     fix / tie / bounds: constraints in public names and units (see
-    :mod:`analysis.constraints`), e.g. ``fix={"E": 1.69}``, ``tie={"beta": "alpha"}``,
+    :mod:`scaling.analysis.constraints`), e.g. ``fix={"E": 1.69}``, ``tie={"beta": "alpha"}``,
     ``bounds={"alpha": (0.05, 1.5)}``; or pass a ready ``constraints=Constraints(...)``.
     The fit needs one more run than it has free parameters.
     """

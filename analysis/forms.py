@@ -1,6 +1,6 @@
 """Each law written in log space, with its Jacobian, for fitting.
 
-:mod:`analysis.laws` holds the laws as users read them. The fit needs something else: log L as
+:mod:`scaling.analysis.laws` holds the laws as users read them. The fit needs something else: log L as
 a function of unconstrained-ish parameters (log-scales such as ``a = log A``), and the
 derivative of log L with respect to each, evaluated for a whole batch of parameter vectors at
 once. Writing log L as a log-sum-exp keeps every term positive and the arithmetic stable, as in

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.data import Data
-from analysis.errors import DataError
+from scaling.analysis.data import Data
+from scaling.analysis.errors import DataError
 
 OPTIONAL_CSV = ("C", "run_id", "budget_flops")
 PLAN_NAME = "plan.json"

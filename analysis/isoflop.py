@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.data import Data
-from analysis.diagnostics import Diagnostic
-from analysis.errors import AnalysisError, DataError
+from scaling.analysis.data import Data
+from scaling.analysis.diagnostics import Diagnostic
+from scaling.analysis.errors import AnalysisError, DataError
 
 # Relative loss margin of the default window. Chosen by measurement: on synthetic IsoFLOP
 # sets of three Chinchilla laws (two asymmetric), size grids 1.5, 2 and 3 decades wide and
@@ -476,7 +476,7 @@ def training_envelope(curves, n_points: int = 60) -> EnvelopeResult:
     """Envelope of training curves: at each of ``n_points`` log-spaced FLOP values, the
     lowest loss of any run whose curve covers it (interpolated in log-log), and that run's N.
 
-    ``curves``: :class:`analysis.io.Curve` objects (from :func:`analysis.io.load_curves`).
+    ``curves``: :class:`scaling.analysis.io.Curve` objects (from :func:`scaling.analysis.io.load_curves`).
     """
     curves = [c for c in curves if len(c.flops) >= 2]
     if len(curves) < 2:

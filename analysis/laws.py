@@ -8,7 +8,7 @@ be evaluated on one point, a column of runs, or a grid. Conventions:
 - ``L``: loss in nats per token (or whatever unit the data's loss column uses).
 
 These are the readable forms. The fitter uses the same laws written in log space
-(:mod:`analysis.forms`), and a test checks the two agree.
+(:mod:`scaling.analysis.forms`), and a test checks the two agree.
 """
 
 from __future__ import annotations

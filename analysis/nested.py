@@ -34,10 +34,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from analysis.constraints import Constraints
-from analysis.diagnostics import Diagnostic
-from analysis.errors import AnalysisError
-from analysis.fit import FitResult
+from scaling.analysis.constraints import Constraints
+from scaling.analysis.diagnostics import Diagnostic
+from scaling.analysis.errors import AnalysisError
+from scaling.analysis.fit import FitResult
 
 LEVEL = 0.05  # significance level of the verdict; the p-value is reported too
 METHOD = ("likelihood-ratio-type test for Huber fits (Schrader & Hettmansperger 1980): "
@@ -183,8 +183,8 @@ def _smoothed_inside(r: np.ndarray, delta: float) -> float:
 
 
 def _fixed_at_bound(fit: FitResult, name: str) -> bool:
-    from analysis.constraints import public_bounds
-    from analysis.fit import get_form
+    from scaling.analysis.constraints import public_bounds
+    from scaling.analysis.fit import get_form
 
     form = get_form(fit.law)
     lo, hi = public_bounds(form, fit.constraints.bounds).get(name, form.bounds[name])
@@ -195,8 +195,8 @@ def _fixed_at_bound(fit: FitResult, name: str) -> bool:
 def compare_or_why(data, constrained: FitResult, level: float = LEVEL) -> NestedComparison | str:
     """Fit the unconstrained law ``constrained`` nests in and test the constraints; or, when the
     runs are too few for the unconstrained law, say so (a string) instead of failing."""
-    from analysis.constraints import resolve
-    from analysis.fit import get_form
+    from scaling.analysis.constraints import resolve
+    from scaling.analysis.fit import get_form
 
     n_free = resolve(get_form(constrained.law), constrained.constraints.relaxed()).n_free
     if constrained.n_points < n_free + 1:
@@ -208,7 +208,7 @@ def compare_or_why(data, constrained: FitResult, level: float = LEVEL) -> Nested
 
 def fit_unconstrained_for(data, constrained: FitResult, **fit_kwargs) -> FitResult:
     """The unconstrained fit a constrained one nests in: same law, runs, delta and bounds."""
-    from analysis.fit import fit_law
+    from scaling.analysis.fit import fit_law
 
     return fit_law(data, law=constrained.law, delta=constrained.delta, x=constrained.x,
                    constraints=constrained.constraints.relaxed(), **fit_kwargs)

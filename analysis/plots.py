@@ -12,11 +12,11 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from analysis.data import Data
-from analysis.errors import AnalysisError
-from analysis.extrapolate import HoldoutResult
-from analysis.fit import BootstrapResult, FitResult, compute_optimal
-from analysis.isoflop import EnvelopeResult, IsoFLOPResult
+from scaling.analysis.data import Data
+from scaling.analysis.errors import AnalysisError
+from scaling.analysis.extrapolate import HoldoutResult
+from scaling.analysis.fit import BootstrapResult, FitResult, compute_optimal
+from scaling.analysis.isoflop import EnvelopeResult, IsoFLOPResult
 
 LOSS_LABEL = "loss [nats/token]"
 C_LABEL = "training compute C [FLOPs]"

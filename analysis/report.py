@@ -10,10 +10,10 @@ import math
 
 import numpy as np
 
-from analysis.extrapolate import HoldoutResult
-from analysis.fit import BootstrapResult, FitResult, compute_optimal
-from analysis.isoflop import EnvelopeResult, IsoFLOPResult
-from analysis.nested import NestedComparison
+from scaling.analysis.extrapolate import HoldoutResult
+from scaling.analysis.fit import BootstrapResult, FitResult, compute_optimal
+from scaling.analysis.isoflop import EnvelopeResult, IsoFLOPResult
+from scaling.analysis.nested import NestedComparison
 
 SCHEMA_VERSION = 1
 EXAMPLE_BUDGETS = (1e21, 1e23, 1e25)  # FLOPs at which fit.json lists the allocation

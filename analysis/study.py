@@ -14,7 +14,7 @@ Three views of the same runs, as in Hoffmann et al. (2022):
 The study's spec may constrain the parametric law (``report.fix``, ``report.tie``,
 ``report.bound``, e.g. E fixed at a known floor). Then the constrained law is the one reported
 and extrapolated, and, when there are runs enough, the unconstrained law is fitted too and the
-constraints are tested against the data (:mod:`analysis.nested`).
+constraints are tested against the data (:mod:`scaling.analysis.nested`).
 
 `fit.json` is the parametric fit in the `scaling-fit` schema (law, params, stderr, interval,
 n_points, objective, diagnostics, derived), with the IsoFLOP analysis under `isoflop` and the
@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from analysis.data import Data
-from analysis.errors import AnalysisError
-from analysis.isoflop import DEFAULT_WINDOW
+from scaling.analysis.data import Data
+from scaling.analysis.errors import AnalysisError
+from scaling.analysis.isoflop import DEFAULT_WINDOW
 
 FIGURE_NAMES = ("loss_vs_compute", "isoflop", "optimal_allocation", "residuals", "predicted_vs_actual")
 BEYOND = (10.0, 100.0, 1000.0)  # budgets beyond the study's largest, for the allocation table
@@ -61,7 +61,7 @@ class StudyAnalysis:
 def _only_planned(data: Data, plan: dict | None) -> tuple[Data, list]:
     """Runs of the current plan only: a spec edited since an earlier launch leaves run folders
     behind that belong to another study."""
-    from analysis.io import SkippedRun
+    from scaling.analysis.io import SkippedRun
 
     if not plan:
         return data, []
@@ -98,12 +98,12 @@ def analyse_study(
 
     fix / tie / bounds constrain the parametric law as in `fit_law` (bounds may be [low, high]
     lists, as a YAML spec gives them); bad constraints raise before anything is fitted."""
-    from analysis.constraints import Constraints, resolve
-    from analysis.extrapolate import holdout_check
-    from analysis.fit import bootstrap, compute_optimal, fit_law, get_form
-    from analysis.io import load_runs
-    from analysis.isoflop import isoflop_profiles
-    from analysis.nested import compare_or_why
+    from scaling.analysis.constraints import Constraints, resolve
+    from scaling.analysis.extrapolate import holdout_check
+    from scaling.analysis.fit import bootstrap, compute_optimal, fit_law, get_form
+    from scaling.analysis.io import load_runs
+    from scaling.analysis.isoflop import isoflop_profiles
+    from scaling.analysis.nested import compare_or_why
 
     constraints = Constraints.of(fix, tie, {k: tuple(v) for k, v in (bounds or {}).items()})
     resolve(get_form("chinchilla"), constraints, "report.")
@@ -141,7 +141,7 @@ def analyse_study(
 
 def study_json(a: StudyAnalysis) -> dict:
     """The study's `fit.json`."""
-    from analysis.report import fit_to_json, isoflop_to_json
+    from scaling.analysis.report import fit_to_json, isoflop_to_json
 
     # fit.json is written in the study folder, so the input is "." relative to it: the file
     # stays right when the folder is moved or copied, and holds no machine's path.
@@ -170,7 +170,7 @@ def _jsonable(obj: Any) -> Any:
 
 def study_figures(a: StudyAnalysis) -> dict[str, Any]:
     """Figures by name; each is a matplotlib Figure (no pyplot, no display needed)."""
-    from analysis import plots
+    from scaling.analysis import plots
 
     figs = {}
     fig, (ax,) = plots.new_figure()
@@ -400,7 +400,7 @@ def _diagnostics(a: StudyAnalysis) -> str:
 
 def write_study_outputs(study_dir: str | Path, a: StudyAnalysis) -> dict[str, Path]:
     """Write figures/, fit.json and report.md (each atomically). Returns their paths."""
-    from analysis.io import write_json_atomic
+    from scaling.analysis.io import write_json_atomic
 
     study_dir = Path(study_dir)
     fig_dir = study_dir / "figures"

@@ -29,9 +29,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from analysis.data import Data  # noqa: E402
-from analysis.errors import AnalysisError  # noqa: E402
-from analysis.fit import fit_law  # noqa: E402
+from scaling.analysis.data import Data  # noqa: E402
+from scaling.analysis.errors import AnalysisError  # noqa: E402
+from scaling.analysis.fit import fit_law  # noqa: E402
 
 LAWS = ("power_law", "broken_power_law", "kaplan_d")
 BASELINES = ("loglog_line", "offset_lstsq")
@@ -51,7 +51,7 @@ def _families(rng: np.random.Generator, n_curves: int):
 
 
 def _run_curves(folder: str):
-    from analysis.io import load_curves
+    from scaling.analysis.io import load_curves
 
     for c in load_curves(folder):
         if len(c.tokens) >= 10:

@@ -5,7 +5,7 @@
 
 The plain loop is what a replication notebook does: ``scipy.optimize.minimize`` with L-BFGS-B
 and finite-difference gradients, one grid start at a time, keeping the best. The fast path is
-``analysis.fit.fit_law`` (all starts batched in numpy, screened, best polished). The bench
+``scaling.analysis.fit.fit_law`` (all starts batched in numpy, screened, best polished). The bench
 prints both optima, whether they agree, the speed ratio, and the time of 1,000 bootstrap
 resamples.
 
@@ -24,9 +24,9 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import huber, logsumexp
 
-from analysis.fit import FitResult, bootstrap, fit_law
-from analysis.forms import CHINCHILLA
-from analysis.io import load_csv
+from scaling.analysis.fit import FitResult, bootstrap, fit_law
+from scaling.analysis.forms import CHINCHILLA
+from scaling.analysis.io import load_csv
 
 DEFAULT_CSV = Path(__file__).resolve().parent.parent / "tests" / "data" / "chinchilla_fig4.csv"
 GOAL_RATIO = 100.0

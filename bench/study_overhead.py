@@ -19,7 +19,7 @@ OVERRIDES are `scaling-study` overrides (e.g. `launcher.parallel=1`, `study.size
 Compare two measurements only with the same plan and the same threads per run and runs at once:
 `--compare` checks and warns.
 
-How the launch is timed. `launch.study.launch_study` is called in this process and timed around
+How the launch is timed. `scaling.launch.study.launch_study` is called in this process and timed around
 the call alone: planning, the lock and state reads, every run's process, and the launcher's
 polling are in it; composing the config, the fit and the report are not (the CLI's
 `report.enabled=false` would leave the CLI's own start in the figure). With `--from-dir` there
@@ -220,7 +220,7 @@ def summarize(
     if launch_start is not None and launch_end is not None:
         wall_s, wall_source = launch_end - launch_start, "launch_study timed in-process, planning included"
     elif first_start is not None and last_end is not None:
-        wall_s, wall_source = last_end - first_start, "the runs' span from launch.json, planning not included"
+        wall_s, wall_source = last_end - first_start, "the runs' span from scaling.launch.json, planning not included"
     else:
         wall_s, wall_source = None, "no launch.json with start and end times"
 
@@ -373,10 +373,10 @@ def run_study(study: str, study_dir: Path, overrides: list[str]) -> dict[str, An
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from launch.config import register_configs, to_dataclass
-    from launch.local import parallel_runs
-    from launch.plan import CONF_DIR
-    from launch.study import launch_study
+    from scaling.launch.config import register_configs, to_dataclass
+    from scaling.launch.local import parallel_runs
+    from scaling.launch.plan import CONF_DIR
+    from scaling.launch.study import launch_study
 
     register_configs()
     # Inside the Hydra context, as in `scaling-study`: the planner composes each run's trainer

@@ -10,7 +10,7 @@ PY=${PY:-.venv/bin/python}
 DIR=$(mktemp -d)/study
 LOG=$DIR.log
 start=$(date +%s.%N)
-$PY -m launch.study study.dir="$DIR" "$@" 2>&1 | tee "$LOG" | grep -v "^runs:" || true
+$PY -m scaling.launch.study study.dir="$DIR" "$@" 2>&1 | tee "$LOG" | grep -v "^runs:" || true
 end=$(date +%s.%N)
 $PY - "$DIR" "$start" "$end" "$LOG" <<'PYEOF'
 import json, re, sys

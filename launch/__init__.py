@@ -10,3 +10,10 @@
 
 Nothing here imports torch or DeepSpeed: it runs on login nodes and laptops.
 """
+
+if __name__ != "scaling.launch":
+    # Run from the repository root, `import launch` would find this folder as a second, top-level
+    # copy of the package, with its own module state. Only the installed name is allowed.
+    raise ImportError(f"{__name__!r} is the launch/ folder imported by its path; it is installed as "
+                      "scaling.launch: import scaling.launch (pip install -e . if it is missing)")
+

@@ -336,8 +336,8 @@ class ReportConfig:
     bound: dict[str, list[float]] = field(default_factory=dict)
 
     def problems(self, prefix: str = "report") -> list[str]:
-        from analysis.constraints import Constraints, constraint_problems
-        from analysis.forms import CHINCHILLA
+        from scaling.analysis.constraints import Constraints, constraint_problems
+        from scaling.analysis.forms import CHINCHILLA
 
         out = constraint_problems(CHINCHILLA, Constraints.of(self.fix, self.tie, self.bound), prefix + ".")
         if self.bootstrap < 0:

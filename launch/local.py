@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from launch.plan import RunSpec
-from launch.state import last_metric, proc_start, update_launch, write_launch
+from scaling.launch.plan import RunSpec
+from scaling.launch.state import last_metric, proc_start, update_launch, write_launch
 from scaling.rundir import EXIT_REQUEUE, exit_status
 
 
@@ -40,7 +40,7 @@ def parallel_runs(setting: Any, runs: list[RunSpec], cores: Optional[int] = None
     cores = cores or cpu_count()
     widest = max((r.nproc for r in runs), default=1)
     if widest == 1 and runs:
-        from launch.calibrate import core_split
+        from scaling.launch.calibrate import core_split
 
         return core_split(cores, echo=echo)[0]
     return max(1, cores // widest)

@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from launch.config import StudySpec, parse_count
+from scaling.launch.config import StudySpec, parse_count
 from scaling.config import CNNConfig, GPTConfig, TrainAppConfig
 from scaling.errors import ConfigError, raise_if
 from scaling.runid import NON_RESULT_KEYS, RUN_ID_RULE, config_hash, legacy_config_hash  # noqa: F401 - re-exported

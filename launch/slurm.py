@@ -29,9 +29,9 @@ from pathlib import Path
 from string import Template
 from typing import Callable, Optional
 
-from launch.config import ClusterConfig, LauncherConfig
-from launch.plan import Plan, RunSpec
-from launch.state import write_launch
+from scaling.launch.config import ClusterConfig, LauncherConfig
+from scaling.launch.plan import Plan, RunSpec
+from scaling.launch.state import write_launch
 from scaling.errors import ConfigError
 from scaling.rundir import EXIT_REQUEUE
 

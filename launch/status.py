@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from launch.state import ACTIVE, STATES, RunState, read_states
+from scaling.launch.state import ACTIVE, STATES, RunState, read_states
 
 
 def _plan_runs(study_dir: Path) -> list[dict]:
@@ -46,7 +46,7 @@ def _si(x: Optional[float]) -> str:
 
 
 def format_status(runs: list[dict], states: dict[str, RunState]) -> str:
-    from launch.plan import format_table
+    from scaling.launch.plan import format_table
 
     rows = []
     for r in runs:

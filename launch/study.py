@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from launch.config import ClusterConfig, LauncherConfig, ReportConfig, StudyAppConfig, StudySpec
-from launch.plan import Plan, format_plan, make_plan, throughput_for, write_plan
-from launch.state import archive_failed, read_states
+from scaling.launch.config import ClusterConfig, LauncherConfig, ReportConfig, StudyAppConfig, StudySpec
+from scaling.launch.plan import Plan, format_plan, make_plan, throughput_for, write_plan
+from scaling.launch.state import archive_failed, read_states
 from scaling.errors import ConfigError, ScalingError
 
 
@@ -92,7 +92,7 @@ def launch_study(
 ) -> LaunchOutcome:
     """Plan `spec` and launch the runs that need it. Local launches block until the runs end;
     Slurm launches return once submitted (unless launcher.wait)."""
-    from launch.config import validate
+    from scaling.launch.config import validate
 
     cluster = cluster or ClusterConfig()
     validate(StudyAppConfig(study=spec, launcher=launcher, cluster=cluster))
@@ -100,7 +100,7 @@ def launch_study(
     configured = cluster.throughput_flops if launcher.name == "slurm" else None
     plan = make_plan(spec, study_dir, throughput=throughput_for(spec, study_dir, configured))
     if launcher.name == "slurm":
-        from launch.slurm import check_cluster
+        from scaling.launch.slurm import check_cluster
 
         check_cluster(plan, cluster)  # before anything is written or submitted
     outcome = LaunchOutcome(plan=plan)
@@ -109,7 +109,7 @@ def launch_study(
         outcome.dry_run = True
         return outcome
     if launcher.name == "slurm" and launcher.print_script:
-        from launch.slurm import render_sbatch
+        from scaling.launch.slurm import render_sbatch
 
         run = plan.by_id().get(launcher.print_run) if launcher.print_run else plan.runs[0]
         if run is None:
@@ -153,17 +153,17 @@ def launch_study(
         outcome.launched = [r.id for r in todo]
 
         if launcher.name == "local":
-            from launch.local import run_local
+            from scaling.launch.local import run_local
 
             outcome.exit_codes = run_local(todo, launcher.parallel, echo=echo, warm=launcher.warm_workers,
                                            stall_timeout_s=launcher.stall_timeout_s)  # fmt: skip
         else:
-            from launch.slurm import submit_runs
+            from scaling.launch.slurm import submit_runs
 
             outcome.job_ids = submit_runs(plan, todo, cluster, launcher, echo=echo)
 
     if launcher.name == "slurm" and launcher.wait and (outcome.launched or outcome.skipped_active):
-        from launch.status import follow
+        from scaling.launch.status import follow
 
         follow(study_dir, poll_s=launcher.poll_s, echo=echo)
     outcome.states = {rid: st.state for rid, st in read_states({r.id: r.dir for r in plan.runs}).items()}
@@ -180,7 +180,7 @@ def summarize(outcome: LaunchOutcome) -> str:
 def _main(dcfg) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
-    from launch.config import to_dataclass
+    from scaling.launch.config import to_dataclass
 
     try:
         cfg = to_dataclass(dcfg)
@@ -210,8 +210,8 @@ def report_study(study_dir: str, cfg: ReportConfig, echo: Callable[[str], None] 
     summary and where the report is. Refits from the run directories every time."""
     import time
 
-    from analysis.errors import AnalysisError
-    from analysis.study import analyse_study, headline, write_study_outputs
+    from scaling.analysis.errors import AnalysisError
+    from scaling.analysis.study import analyse_study, headline, write_study_outputs
 
     t0 = time.time()
     echo(f"fitting {study_dir} ...")
@@ -265,8 +265,8 @@ def main() -> None:
 
     import hydra
 
-    from launch.config import register_configs
-    from launch.plan import CONF_DIR
+    from scaling.launch.config import register_configs
+    from scaling.launch.plan import CONF_DIR
 
     register_configs()
     state = {"started": False, "code": 0}

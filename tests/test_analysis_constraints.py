@@ -7,16 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis import laws
-from analysis.cli import main
-from analysis.constraints import Constraints, constraint_problems, parse_cli, resolve
-from analysis.data import Data
-from analysis.errors import AnalysisError, TooFewPointsError
-from analysis.fit import bootstrap, compute_optimal, fit_law, get_form
-from analysis.forms import CHINCHILLA, FORMS, huber_value_and_grad
-from analysis.io import load_csv
-from analysis.nested import compare_nested, compare_or_why, fit_unconstrained_for
-from analysis.study import analyse_study, render_report, study_json
+from scaling.analysis import laws
+from scaling.analysis.cli import main
+from scaling.analysis.constraints import Constraints, constraint_problems, parse_cli, resolve
+from scaling.analysis.data import Data
+from scaling.analysis.errors import AnalysisError, TooFewPointsError
+from scaling.analysis.fit import bootstrap, compute_optimal, fit_law, get_form
+from scaling.analysis.forms import CHINCHILLA, FORMS, huber_value_and_grad
+from scaling.analysis.io import load_csv
+from scaling.analysis.nested import compare_nested, compare_or_why, fit_unconstrained_for
+from scaling.analysis.study import analyse_study, render_report, study_json
 from test_analysis_fit import EPOCH_BEST
 from test_analysis_io_cli import FIG4, write_study
 
@@ -343,7 +343,7 @@ def test_study_report_fixes_E_and_tests_it(tmp_path):
 
 
 def test_report_config_checks_constraints_before_launch():
-    from launch.config import ReportConfig
+    from scaling.launch.config import ReportConfig
 
     problems = ReportConfig(fix={"gamma": 1.0}, tie={"beta": "alpha"}, bound={"beta": [0.1, 0.5]}).problems()
     assert any(p.startswith("report.fix.gamma=1.0: law chinchilla has no parameter") for p in problems)

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from analysis.cli import main
-from analysis.errors import DataError
-from analysis.extrapolate import holdout_check
-from analysis.io import load_csv
+from scaling.analysis.cli import main
+from scaling.analysis.errors import DataError
+from scaling.analysis.extrapolate import holdout_check
+from scaling.analysis.io import load_csv
 
 
 def write(path, header, rows):

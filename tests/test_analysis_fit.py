@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from analysis import laws
-from analysis.data import Data
-from analysis.errors import AnalysisError, DataError, TooFewPointsError
-from analysis.fit import bootstrap, compute_optimal, fit_law
-from analysis.forms import CHINCHILLA, huber_value_and_grad
-from analysis.io import load_csv
-from analysis.optim import minimize_batch
+from scaling.analysis import laws
+from scaling.analysis.data import Data
+from scaling.analysis.errors import AnalysisError, DataError, TooFewPointsError
+from scaling.analysis.fit import bootstrap, compute_optimal, fit_law
+from scaling.analysis.forms import CHINCHILLA, huber_value_and_grad
+from scaling.analysis.io import load_csv
+from scaling.analysis.optim import minimize_batch
 
 FIG4 = Path(__file__).parent / "data" / "chinchilla_fig4.csv"
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis import laws
-from analysis.cli import main
-from analysis.data import Data
-from analysis.errors import DataError
-from analysis.study import analyse_study
+from scaling.analysis import laws
+from scaling.analysis.cli import main
+from scaling.analysis.data import Data
+from scaling.analysis.errors import DataError
+from scaling.analysis.study import analyse_study
 from test_analysis_io_cli import FIG4, write_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def test_binary_csv_is_named_by_the_real_command(tmp_path):
     # A spreadsheet saved as .xlsx is a zip: binary, with NUL bytes in its first line.
     p = tmp_path / "runs.csv"
     p.write_bytes(b"PK\x03\x04\x14\x00\x06\x00\x08\x00\x00\x00!\x00\xff\xfe" + bytes(range(256)))
-    proc = subprocess.run([sys.executable, "-m", "analysis.cli", "--csv", str(p), "--out",
+    proc = subprocess.run([sys.executable, "-m", "scaling.analysis.cli", "--csv", str(p), "--out",
                            str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr

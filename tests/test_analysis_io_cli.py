@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis import laws
-from analysis.cli import main
-from analysis.errors import DataError
-from analysis.io import load_csv, load_curves, load_runs, write_json_atomic
+from scaling.analysis import laws
+from scaling.analysis.cli import main
+from scaling.analysis.errors import DataError
+from scaling.analysis.io import load_csv, load_curves, load_runs, write_json_atomic
 
 FIG4 = Path(__file__).parent / "data" / "chinchilla_fig4.csv"
 TRUE = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
@@ -204,9 +204,9 @@ def test_cli_missing_file_and_no_input(tmp_path, capsys):
 
 def test_importing_analysis_loads_neither_torch_nor_deepspeed():
     code = (
-        "import sys, importlib, pkgutil, analysis\n"
+        "import sys, importlib, pkgutil, scaling.analysis as analysis\n"
         "for m in pkgutil.iter_modules(analysis.__path__):\n"
-        "    importlib.import_module('analysis.' + m.name)\n"
+        "    importlib.import_module('scaling.analysis.' + m.name)\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'deepspeed')]\n"
         "assert not bad, bad\n"
         "print('ok')\n"

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from analysis import laws
-from analysis.data import Data
-from analysis.errors import AnalysisError, DataError
-from analysis.extrapolate import holdout_check
-from analysis.io import Curve
-from analysis.isoflop import group_budgets, isoflop_profiles, training_envelope
+from scaling.analysis import laws
+from scaling.analysis.data import Data
+from scaling.analysis.errors import AnalysisError, DataError
+from scaling.analysis.extrapolate import holdout_check
+from scaling.analysis.io import Curve
+from scaling.analysis.isoflop import group_budgets, isoflop_profiles, training_envelope
 
 TRUE = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 A_TRUE = TRUE["beta"] / (TRUE["alpha"] + TRUE["beta"])  # 0.4516

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from analysis import laws
-from analysis.cli import main
-from analysis.data import Data
-from analysis.errors import AnalysisError
-from analysis.isoflop import DEFAULT_WINDOW, isoflop_profiles, window_mask
+from scaling.analysis import laws
+from scaling.analysis.cli import main
+from scaling.analysis.data import Data
+from scaling.analysis.errors import AnalysisError
+from scaling.analysis.isoflop import DEFAULT_WINDOW, isoflop_profiles, window_mask
 
 # An asymmetric profile (alpha far from beta): a parabola over two decades of N misfits it.
 TRUE = dict(E=1.69, A=4000.0, B=400.0, alpha=0.6, beta=0.25)
@@ -74,7 +74,7 @@ def test_small_profile_uses_all_sizes_and_says_so():
 
 
 def test_bootstrap_redraws_resamples_with_fewer_than_three_sizes():
-    from analysis.isoflop import _draw_counts
+    from scaling.analysis.isoflop import _draw_counts
 
     rng = np.random.default_rng(0)
     sizes = np.array([1.0, 2.0, 3.0, 4.0])
@@ -107,7 +107,7 @@ def test_cli_window_option_and_dropped_points_in_fit_json(tmp_path, capsys):
 
 
 def test_budget_is_reported_as_given_not_a_rounded_mean():
-    from analysis.report import format_isoflop
+    from scaling.analysis.report import format_isoflop
 
     iso = isoflop_profiles(wide_grid(), n_boot=0)  # C = 6ND carries rounding noise
     assert [p.budget for p in iso.profiles] == [1e18, 1e19, 1e20, 1e21, 1e22]
@@ -115,7 +115,7 @@ def test_budget_is_reported_as_given_not_a_rounded_mean():
 
 
 def test_study_fit_json_names_its_input_relative_to_itself(tmp_path):
-    from analysis.study import analyse_study, study_json
+    from scaling.analysis.study import analyse_study, study_json
     from test_analysis_io_cli import write_study
 
     root = tmp_path / "study"

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from analysis import laws
-from analysis.forms import FORMS, huber_value_and_grad
+from scaling.analysis import laws
+from scaling.analysis.forms import FORMS, huber_value_and_grad
 
 
 def test_chinchilla_published_point():
@@ -92,7 +92,7 @@ def test_analytic_gradient_matches_finite_differences(name):
 
 
 def test_fused_chinchilla_objective_matches_generic_path():
-    from analysis.forms import CHINCHILLA, huber_value_and_grad_generic
+    from scaling.analysis.forms import CHINCHILLA, huber_value_and_grad_generic
 
     rng = np.random.default_rng(0)
     cols = {"lnN": np.log(np.geomspace(1e7, 1e10, 50)), "lnD": np.log(np.geomspace(1e9, 1e11, 50))}

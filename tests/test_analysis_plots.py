@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from analysis import laws, plots
-from analysis.data import Data
-from analysis.extrapolate import holdout_check
-from analysis.fit import bootstrap, fit_law
-from analysis.isoflop import isoflop_profiles
+from scaling.analysis import laws, plots
+from scaling.analysis.data import Data
+from scaling.analysis.extrapolate import holdout_check
+from scaling.analysis.fit import bootstrap, fit_law
+from scaling.analysis.isoflop import isoflop_profiles
 
 TRUE = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 

@@ -2,11 +2,11 @@
 
 import numpy as np
 
-from analysis import laws
-from analysis.cli import main
-from analysis.data import Data
-from analysis.diagnostics import noise_scale, runs_z
-from analysis.fit import fit_law
+from scaling.analysis import laws
+from scaling.analysis.cli import main
+from scaling.analysis.data import Data
+from scaling.analysis.diagnostics import noise_scale, runs_z
+from scaling.analysis.fit import fit_law
 
 
 def kink(seed=0):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from analysis.data import Data
-from analysis.fit import fit_law
+from scaling.analysis.data import Data
+from scaling.analysis.fit import fit_law
 
 
 def below_one(column, x_c=1e7, alpha=0.095, sigma=0.002, seed=0):
@@ -41,7 +41,7 @@ def test_power_law_grid_follows_a_rescaled_loss():
 
 
 def test_grid_is_extended_once_before_it_warns():
-    from analysis.fit import _extended
+    from scaling.analysis.fit import _extended
 
     starts = np.array([[0.0, 0.1], [1.0, 0.1], [0.0, 0.5], [1.0, 0.5]])
     lower, upper = np.array([-50.0, 0.0]), np.array([50.0, 10.0])
@@ -51,7 +51,7 @@ def test_grid_is_extended_once_before_it_warns():
 
 
 def test_kaplan_nd_finds_scales_below_the_data():
-    from analysis import laws
+    from scaling.analysis import laws
 
     rng = np.random.default_rng(0)
     N, D = np.meshgrid(np.geomspace(1e7, 1e9, 6), np.geomspace(1e9, 1e11, 6))

@@ -22,7 +22,7 @@ REQUIRED = {("data", "shards"): ["data.path=/data/my-shards"]}
 def _register_all() -> None:
     register_configs()
     try:
-        from launch.config import register_configs as register_launch
+        from scaling.launch.config import register_configs as register_launch
     except ImportError:  # the launch package registers its own schema
         return
     register_launch()

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from launch.config import BudgetsConfig, LauncherConfig, SizesConfig, StudySpec
-from launch.local import train_command
-from launch.plan import make_plan
-from launch.state import read_states
-from launch.study import StudyLocked, launch_study, study_lock
+from scaling.launch.config import BudgetsConfig, LauncherConfig, SizesConfig, StudySpec
+from scaling.launch.local import train_command
+from scaling.launch.plan import make_plan
+from scaling.launch.state import read_states
+from scaling.launch.study import StudyLocked, launch_study, study_lock
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,7 +106,7 @@ def test_failed_runs_are_listed_and_retried_only_when_asked(completed_study):
 
 def test_status_cli_prints_states_and_losses(completed_study):
     spec, outcome = completed_study
-    out = subprocess.run([sys.executable, "-m", "launch.status", spec.dir], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "scaling.launch.status", spec.dir], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     for r in outcome.plan.runs:
         line = next(l for l in out.stdout.splitlines() if l.startswith(r.id))
@@ -136,7 +136,7 @@ def test_status_of_1000_runs_takes_about_a_second(tmp_path):
             (d / "result.json").write_text(json.dumps({"status": kind, "eval_loss": 3.0, "error": "boom"}))
     (study / "plan.json").write_text(json.dumps({"runs": runs}))
     t0 = time.time()
-    out = subprocess.run([sys.executable, "-m", "launch.status", str(study)], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "scaling.launch.status", str(study)], cwd=ROOT, capture_output=True, text=True)
     took = time.time() - t0
     print(f"scaling-status on 1000 runs: {took:.2f}s (interpreter start included)")
     assert out.returncode == 0, out.stderr
@@ -176,7 +176,7 @@ def test_a_two_process_local_run_completes_under_torchrun(tmp_path, env_module):
 @pytest.mark.slow
 def test_interrupting_the_local_launcher_checkpoints_and_a_relaunch_resumes(tmp_path, env_module):
     spec = tiny_spec(tmp_path / "int", sizes=SizesConfig(targets=[2e4]), budgets=BudgetsConfig(flops=[3e11]))
-    cmd = [sys.executable, "-m", "launch.study", f"study.name=int", "study.data=synthetic", "study.sizes.targets=[2e4]",
+    cmd = [sys.executable, "-m", "scaling.launch.study", f"study.name=int", "study.data=synthetic", "study.sizes.targets=[2e4]",
            "study.budgets.flops=[3e11]", f"study.dir={spec.dir}", "study.throughput_flops=1e9",
            'study.overrides=["logger.wandb.mode=disabled","train.eval_tokens=2048"]']  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

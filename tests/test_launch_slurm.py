@@ -9,9 +9,9 @@ import subprocess
 import pytest
 from hydra import compose, initialize_config_dir
 
-from launch.config import BudgetsConfig, ClusterConfig, SizesConfig, StudySpec, register_configs, to_dataclass
-from launch.plan import CONF_DIR, make_plan
-from launch.slurm import TrainJob, executor_parameters, job_shape, render_sbatch
+from scaling.launch.config import BudgetsConfig, ClusterConfig, SizesConfig, StudySpec, register_configs, to_dataclass
+from scaling.launch.plan import CONF_DIR, make_plan
+from scaling.launch.slurm import TrainJob, executor_parameters, job_shape, render_sbatch
 from scaling.errors import ConfigError
 
 

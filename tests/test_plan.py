@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from launch.config import (
+from scaling.launch.config import (
     BudgetsConfig, ClusterConfig, LadderConfig, LauncherConfig, PowerLaw, RulesConfig, SizesConfig, StudyAppConfig,
     StudySpec, register_configs, to_dataclass, validate,
 )  # fmt: skip
-from launch.plan import CONF_DIR, format_plan, make_plan, read_plan, write_plan
+from scaling.launch.plan import CONF_DIR, format_plan, make_plan, read_plan, write_plan
 from scaling.counting import count_params, flops_per_sample
 from scaling.config import GPTConfig
 from scaling.errors import ConfigError
@@ -161,7 +161,7 @@ def test_a_slurm_launch_without_a_partition_fails_before_submitting(tmp_path):
     cfg = StudyAppConfig(study=spec(tmp_path), launcher=LauncherConfig(name="slurm"), cluster=ClusterConfig())
     with pytest.raises(ConfigError, match=r"cluster.partition is unset .*cluster=NAME"):
         validate(cfg)
-    from launch.study import launch_study
+    from scaling.launch.study import launch_study
 
     with pytest.raises(ConfigError, match="cluster.partition"):
         launch_study(cfg.study, cfg.launcher, cfg.cluster)
@@ -213,7 +213,7 @@ def test_default_study_is_an_isoflop_grid(tmp_path):
 
 def test_dry_run_prints_the_plan_table_and_total_compute(tmp_path):
     script = Path(sys.executable).with_name("scaling-study")  # the console script, as a user runs it
-    launcher = [str(script)] if script.exists() else [sys.executable, "-m", "launch.study"]
+    launcher = [str(script)] if script.exists() else [sys.executable, "-m", "scaling.launch.study"]
     cmd = [*launcher, "study.name=dry", "study.data=synthetic",
            "study.sizes.targets=[5e3,2e4]", "study.budgets.flops=[3e10]", f"study.dir={tmp_path}/dry",
            "study.throughput_flops=1e9", "study.dry_run=true"]  # fmt: skip
@@ -229,7 +229,7 @@ def test_dry_run_prints_the_plan_table_and_total_compute(tmp_path):
 
 
 def test_cli_reports_config_errors_without_a_traceback(tmp_path):
-    cmd = [sys.executable, "-m", "launch.study", "study.data=synthetic", "study.budgets.flops=[1e3]",
+    cmd = [sys.executable, "-m", "scaling.launch.study", "study.data=synthetic", "study.budgets.flops=[1e3]",
            f"study.dir={tmp_path}/bad", "launcher=slurm"]  # fmt: skip
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
@@ -242,7 +242,7 @@ def _training_units(s: StudySpec) -> int:
     """Unique training tokens of the study's data, read from its manifest file on disk."""
     from scaling.config import to_dataclass as train_dataclass
     from scaling.data import prepare_dataset
-    from launch.plan import compose_train
+    from scaling.launch.plan import compose_train
 
     data = train_dataclass(compose_train([f"data={s.data}", *s.overrides, "train.tokens=1"])).data
     folder = Path(prepare_dataset(data).location)
@@ -321,7 +321,7 @@ def test_a_budget_too_small_for_any_automatic_size_names_the_smallest_budget_tha
     # The stated budget plans; the round budget just below it does not.
     plan = make_plan(spec(tmp_path, sizes=auto, budgets=BudgetsConfig(flops=[smallest])))
     assert plan.runs and {r.budget_flops for r in plan.runs} == {smallest}
-    from launch.plan import _ROUND_MANTISSAS
+    from scaling.launch.plan import _ROUND_MANTISSAS
 
     grid = sorted(float(f"{m}e{k}") for k in range(3, 20) for m in _ROUND_MANTISSAS)
     below = grid[grid.index(smallest) - 1]

@@ -12,8 +12,8 @@ from hydra import compose, initialize_config_dir
 
 import scaling.config as schema
 import scaling.runid as runid
-from launch.config import register_configs, to_dataclass
-from launch.plan import CONF_DIR, make_plan
+from scaling.launch.config import register_configs, to_dataclass
+from scaling.launch.plan import CONF_DIR, make_plan
 from scaling.runid import flatten
 
 LEGACY = Path(__file__).parent / "data" / "plan_v1"
@@ -68,7 +68,7 @@ def test_a_study_planned_under_rule_1_relaunches_into_its_own_run_directories(tm
 
 
 def test_the_planner_and_the_trainer_hash_the_same_resolved_config(tmp_path):
-    from launch.plan import compose_train
+    from scaling.launch.plan import compose_train
     from scaling.config import to_dataclass as train_dataclass
     from scaling.data import prepare_dataset
     from scaling.distributed import World

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from launch.config import BudgetsConfig, ClusterConfig, LauncherConfig, PowerLaw, RulesConfig, SizesConfig, StudySpec
-from launch.state import read_states
-from launch.status import follow
-from launch.study import launch_study
+from scaling.launch.config import BudgetsConfig, ClusterConfig, LauncherConfig, PowerLaw, RulesConfig, SizesConfig, StudySpec
+from scaling.launch.state import read_states
+from scaling.launch.status import follow
+from scaling.launch.study import launch_study
 from scaling.errors import ConfigError
 
 pytestmark = pytest.mark.slurm
@@ -147,7 +147,7 @@ def test_a_two_run_study_completes_through_submitit(two_run_study):
     assert states == {r.id: "completed" for r in outcome.plan.runs}
     for result in results(outcome):
         assert result["status"] == "completed"
-    out = subprocess.run([sys.executable, "-m", "launch.status", s.dir], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "scaling.launch.status", s.dir], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     for rid, job in outcome.job_ids.items():
         line = next(l for l in out.stdout.splitlines() if l.startswith(rid))

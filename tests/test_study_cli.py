@@ -60,8 +60,8 @@ def test_a_failed_run_exits_1(env, tmp_path, monkeypatch):
     is left to fit, which is no config error."""
     from hydra import compose, initialize_config_dir
 
-    from launch.config import register_configs, to_dataclass
-    from launch.plan import CONF_DIR, make_plan
+    from scaling.launch.config import register_configs, to_dataclass
+    from scaling.launch.plan import CONF_DIR, make_plan
 
     args = ["study.data=synthetic", "study.sizes.targets=[5e3,2e4]", "study.budgets.flops=[1e10]",
             f"study.dir={tmp_path / 'study'}", "study.throughput_flops=1e9"]  # fmt: skip

@@ -24,7 +24,7 @@ REDUCED = [
 
 def _study(tmp: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, SCALING_CACHE=str(cache), WANDB_MODE="offline", WANDB_SILENT="true")
-    cmd = [sys.executable, "-m", "launch.study", f"study.dir={tmp / 'study'}", *REDUCED, *extra]
+    cmd = [sys.executable, "-m", "scaling.launch.study", f"study.dir={tmp / 'study'}", *REDUCED, *extra]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -77,7 +77,7 @@ def test_report_and_console_show_epochs_and_warn_of_repetition(study):
     assert f"note: {warning}" in proc.stdout
 
     # A plan written before the planner counted epochs still renders: n/a, and no sentence.
-    from analysis.study import _epochs_sentence, _plan_table
+    from scaling.analysis.study import _epochs_sentence, _plan_table
 
     for r in plan["runs"]:
         del r["epochs"]

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from launch.config import BudgetsConfig, SizesConfig, StudySpec
-from launch.local import run_local
-from launch.plan import make_plan
-from launch.state import read_states
+from scaling.launch.config import BudgetsConfig, SizesConfig, StudySpec
+from scaling.launch.local import run_local
+from scaling.launch.plan import make_plan
+from scaling.launch.state import read_states
 from scaling.rundir import EXIT_FAILED, checkpoint_dirs, read_metrics, read_result
 
 
@@ -119,7 +119,7 @@ def test_a_run_that_makes_no_progress_is_killed_and_recorded_as_failed(tmp_path)
 
 @pytest.mark.slow
 def test_the_core_split_is_measured_once_per_host_and_cached(tmp_path, monkeypatch):
-    import launch.calibrate as calibrate
+    import scaling.launch.calibrate as calibrate
 
     calls: list[tuple[int, int]] = []
     real = calibrate.measure
