@@ -16,9 +16,9 @@ from typing import Any, Optional
 
 from scaling.config import FLOPS_CONVENTIONS
 from scaling.errors import ConfigError, raise_if
+from scaling.families import DEFAULT as DEFAULT_FAMILY, FAMILIES
 from scaling.ladder import parse_count
 
-FAMILIES = ("gpt", "cnn")
 COUNTS = ("nonembedding", "total")
 LAUNCHERS = ("local", "slurm")
 @dataclass
@@ -138,8 +138,10 @@ class StudySpec:
     one run directory per run."""
 
     name: str = "study"
-    family: str = "gpt"
-    model: str = "gpt_debug"  # the trainer's model config (conf/model/NAME.yaml) the sizes start from
+    family: str = DEFAULT_FAMILY
+    # The trainer's model config (conf/model/NAME.yaml) the sizes start from; None: the family's
+    # default (its `default_model`).
+    model: Optional[str] = None
     data: str = "stdlib_text"  # the trainer's data config (conf/data/NAME.yaml)
     overrides: list[str] = field(default_factory=list)  # trainer overrides for every run, e.g. train.schedule=wsd
     # Data-dependent model sizes; None reads them from the dataset's manifest.
@@ -160,10 +162,14 @@ class StudySpec:
     throughput_flops: Optional[float] = None  # achieved training FLOP/s per process, for estimates
     assumed_mfu: float = 0.3  # share of the measured matmul FLOP/s a small model reaches
 
+    def __post_init__(self) -> None:
+        if self.model is None and self.family in FAMILIES:
+            self.model = FAMILIES[self.family].default_model
+
     def problems(self, prefix: str = "study") -> list[str]:
         out = []
         if self.family not in FAMILIES:
-            out.append(f"{prefix}.family={self.family!r}; use one of {FAMILIES}")
+            out.append(f"{prefix}.family={self.family!r}; use one of {sorted(FAMILIES)}")
         if self.flops_convention not in FLOPS_CONVENTIONS:
             out.append(f"{prefix}.flops_convention={self.flops_convention!r}; use one of {FLOPS_CONVENTIONS}")
         if not self.name or "/" in self.name:

@@ -41,7 +41,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from scaling.launch.config import StudySpec, parse_count
-from scaling.config import CNNConfig, GPTConfig, TrainAppConfig
+from scaling.config import TrainAppConfig
+from scaling.families import get as get_family
 from scaling.errors import ConfigError, raise_if
 from scaling.runid import NON_RESULT_KEYS, RUN_ID_RULE, config_hash, legacy_config_hash  # noqa: F401 - re-exported
 
@@ -52,7 +53,6 @@ PLAN_FORMAT = "scaling-plan/1"
 # Keys the planner sets for every run; a study's `overrides` may not set them.
 _PLANNED_KEYS = ("train.tokens", "train.flops", "train.global_batch_size", "train.lr", "train.seed",
                  "train.flops_convention")  # fmt: skip
-_DATA_SIZES = {"gpt": ("seq_len", "vocab_size"), "cnn": ("image_size", "in_channels", "n_classes")}
 
 
 @dataclass
@@ -182,8 +182,8 @@ def data_sizes(spec: StudySpec, base: TrainAppConfig, manifest: Any = None) -> d
     """The data-dependent model sizes (seq_len and vocab_size, or the image shape): from the spec,
     else from the base model config, else from the dataset's manifest (`read_manifest` unless
     given)."""
-    keys = _DATA_SIZES[spec.family]
-    sizes = {k: getattr(spec, k) for k in keys}
+    keys = tuple(get_family(spec.family, "study.family").data_fields)
+    sizes = {k: getattr(spec, k, None) for k in keys}
     sizes = {k: v if v is not None else getattr(base.model, k, None) for k, v in sizes.items()}
     if any(v is None for v in sizes.values()):
         from scaling.data import apply_manifest
@@ -193,21 +193,20 @@ def data_sizes(spec: StudySpec, base: TrainAppConfig, manifest: Any = None) -> d
     return {k: int(v) for k, v in sizes.items()}
 
 
-def _shape_fields(cfg: GPTConfig | CNNConfig, family: str) -> dict[str, Any]:
-    skip = {"family", *_DATA_SIZES[family]}
+def _shape_fields(cfg: Any, family: str) -> dict[str, Any]:
+    skip = {"family", *get_family(family).data_fields}
     return {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in skip}
 
 
-def _model_for_target(spec: StudySpec, target: float, sizes: dict[str, int], tie: bool) -> GPTConfig | CNNConfig:
-    from scaling.ladder import shape_for_params
-
-    if spec.family == "gpt":
-        return shape_for_params("gpt", target, count=spec.sizes.count, tie_embeddings=tie, **sizes)
-    return shape_for_params("cnn", target, **sizes)
+def _model_for_target(spec: StudySpec, target: float, sizes: dict[str, int], base_model: Any) -> Any:
+    """The family's ladder rung for `target`, keeping what the rule keeps of the base model (tied
+    embeddings, a patch size)."""
+    family = get_family(spec.family)
+    return family.ladder(parse_count(target), replace(base_model, **sizes), spec.sizes.count)
 
 
 def _model_from_shape(spec: StudySpec, base_model: Any, shape: dict[str, Any], sizes: dict[str, int], where: str):
-    cls = GPTConfig if spec.family == "gpt" else CNNConfig
+    cls = get_family(spec.family).config
     names = {f.name for f in fields(cls)} - {"family"}
     unknown = sorted(set(shape) - names)
     if unknown:
@@ -313,8 +312,7 @@ def make_plan(spec: StudySpec, study_dir: Optional[str] = None, throughput: Opti
         )
     manifest = read_manifest(spec, base)
     sizes = data_sizes(spec, base, manifest)
-    tokens_per_sample = sizes["seq_len"] if spec.family == "gpt" else 1
-    tie = bool(getattr(base.model, "tie_embeddings", False))
+    tokens_per_sample = get_family(spec.family).tokens_per_sample(sizes)
 
     # Models per budget: the same list for every budget, or (an IsoFLOP grid without a size list)
     # sizes spaced in log N around each budget's optimum.
@@ -328,7 +326,7 @@ def make_plan(spec: StudySpec, study_dir: Optional[str] = None, throughput: Opti
             if isinstance(item, dict):
                 model = _model_from_shape(spec, base.model, item, sizes, where)
             else:
-                model = _model_for_target(spec, item, sizes, tie)
+                model = _model_for_target(spec, item, sizes, base.model)
             cache[key] = _measure(spec, model, tokens_per_sample)
         return cache[key]
 
@@ -443,8 +441,8 @@ def make_plan(spec: StudySpec, study_dir: Optional[str] = None, throughput: Opti
         shape = _shape_fields(s.model, spec.family)
         for seed in spec.seeds:
             planned: dict[str, Any] = {f"model.{k}": v for k, v in shape.items()}
-            for k in _DATA_SIZES[spec.family]:
-                if getattr(spec, k) is not None:  # stated in the spec: let the trainer check it
+            for k in get_family(spec.family).data_fields:
+                if getattr(spec, k, None) is not None:  # stated in the spec: let the trainer check it
                     planned[f"model.{k}"] = getattr(spec, k)
             planned.update({
                 "train.tokens": d,
@@ -492,7 +490,7 @@ def make_plan(spec: StudySpec, study_dir: Optional[str] = None, throughput: Opti
     plan = Plan(
         study=spec.name, kind=spec.kind, dir=study_dir, family=spec.family,
         flops_convention=spec.flops_convention, n_count=spec.sizes.count,
-        rules={"lr": spec.rules.lr.describe(), "batch_tokens": spec.rules.batch_tokens.describe(" tokens")},
+        rules={"lr": spec.rules.lr.describe(), "batch_tokens": spec.rules.batch_tokens.describe(" " + get_family(spec.family).unit)},
         throughput_flops=None, throughput_source="none", runs=runs, notes=notes,
     )  # fmt: skip
     if throughput is not None:
@@ -508,7 +506,7 @@ def _repetition_notes(spec: StudySpec, runs: list[RunSpec], unique: int) -> list
     if not over:
         return []
     worst = max(over, key=lambda r: r.epochs or 0.0)
-    unit = "tokens" if spec.family == "gpt" else "images"
+    unit = get_family(spec.family).unit
     return [
         f"data repetition: {len(over)} of {len(runs)} runs pass over the training split ({_si(unique)} unique "
         f"{unit}) more than study.budgets.max_epochs={limit:g} times, up to {worst.epochs:.3g} epochs "

@@ -18,74 +18,24 @@ from typing import Any, Optional
 
 from scaling.data.config import DataConfig
 from scaling.errors import raise_if
-
-FLOPS_CONVENTIONS = ("kaplan", "6n", "chinchilla")
+from scaling.families import DEFAULT, FAMILIES, cnn as _cnn, gpt as _gpt
+from scaling.families.base import FLOPS_CONVENTIONS
 SCHEDULES = ("cosine", "wsd", "constant")
 PRECISIONS = ("fp32", "bf16")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 
-@dataclass
-class GPTConfig:
-    """A pre-norm decoder-only transformer. `seq_len` and `vocab_size` left as None come from the
-    data manifest, so a user never sets them twice."""
-
-    family: str = "gpt"
-    n_layers: int = 2
-    d_model: int = 64
-    n_heads: int = 2
-    d_ff: Optional[int] = None  # None means 4 * d_model
-    seq_len: Optional[int] = None
-    vocab_size: Optional[int] = None
-    tie_embeddings: bool = False
-
-    @property
-    def ffn_dim(self) -> int:
-        return self.d_ff if self.d_ff is not None else 4 * self.d_model
-
-    def problems(self, prefix: str = "model") -> list[str]:
-        out = []
-        if self.family != "gpt":
-            out.append(f"{prefix}.family={self.family!r} in a GPT config; use family=gpt or model=cnn")
-        for key in ("n_layers", "d_model", "n_heads", "d_ff", "seq_len", "vocab_size"):
-            value = getattr(self, key)
-            if value is not None and value <= 0:
-                out.append(f"{prefix}.{key}={value} must be positive; pick a size >= 1")
-        if self.d_model > 0 and self.n_heads > 0 and self.d_model % self.n_heads:
-            out.append(
-                f"{prefix}.d_model={self.d_model} is not divisible by {prefix}.n_heads={self.n_heads}; "
-                f"pick d_model as a multiple of n_heads"
-            )
-        return out
+# The model configs live with their families (scaling/families/); these names stay importable
+# from here, where older code and users' scripts import them.
+GPTConfig = _gpt.GPTConfig
+CNNConfig = _cnn.CNNConfig
+ModelConfig = Any  # a registered family's config dataclass
 
 
-@dataclass
-class CNNConfig:
-    """A ResNet-style classifier: a stem, `n_stages` stages of `depth` residual blocks each, and a
-    linear head. Stage i has `width * 2**i` channels. Image shape and class count left as None
-    come from the data manifest."""
-
-    family: str = "cnn"
-    width: int = 16
-    depth: int = 1
-    n_stages: int = 3
-    image_size: Optional[int] = None
-    in_channels: Optional[int] = None
-    n_classes: Optional[int] = None
-
-    def problems(self, prefix: str = "model") -> list[str]:
-        out = []
-        if self.family != "cnn":
-            out.append(f"{prefix}.family={self.family!r} in a CNN config; use family=cnn or model=gpt")
-        for key in ("width", "depth", "n_stages", "image_size", "in_channels", "n_classes"):
-            value = getattr(self, key)
-            if value is not None and value <= 0:
-                out.append(f"{prefix}.{key}={value} must be positive; pick a value >= 1")
-        return out
-
-
-ModelConfig = GPTConfig | CNNConfig
-MODEL_CONFIGS: dict[str, type] = {"gpt": GPTConfig, "cnn": CNNConfig}
+def model_configs() -> dict[str, type]:
+    """{family name: config class}, from the registry (read at call time: a family registered
+    later is included)."""
+    return {name: fam.config for name, fam in FAMILIES.items()}
 
 
 @dataclass
@@ -198,7 +148,7 @@ class RunConfig:
 class TrainAppConfig:
     """The whole config of `scaling-train`."""
 
-    model: Any = None  # GPTConfig or CNNConfig, picked by the `model` config group
+    model: Any = None  # a family's config (GPTConfig, CNNConfig, ...), picked by the `model` config group
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -208,9 +158,10 @@ class TrainAppConfig:
 def validate(cfg: TrainAppConfig) -> TrainAppConfig:
     """Check every section and raise one ConfigError listing all problems."""
     problems: list[str] = []
-    if not isinstance(cfg.model, (GPTConfig, CNNConfig)):
-        family = getattr(cfg.model, "family", cfg.model)
-        problems.append(f"model={family!r} is not a known family; use model=gpt or model=cnn")
+    family = FAMILIES.get(getattr(cfg.model, "family", None))
+    if family is None or not isinstance(cfg.model, family.config):
+        name = getattr(cfg.model, "family", cfg.model)
+        problems.append(f"model.family={name!r} is not a known family; use one of {sorted(FAMILIES)}")
     else:
         problems += cfg.model.problems()
     problems += cfg.data.problems()
@@ -228,8 +179,8 @@ def register_configs() -> None:
 
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainAppConfig)
-    cs.store(group="schema/model", name="gpt", node=GPTConfig)
-    cs.store(group="schema/model", name="cnn", node=CNNConfig)
+    for name, family in FAMILIES.items():
+        cs.store(group="schema/model", name=name, node=family.config)
     cs.store(group="schema/data", name="data", node=DataConfig)
     cs.store(group="schema/train", name="train", node=TrainConfig)
 
@@ -249,17 +200,15 @@ def from_dict(raw: dict) -> TrainAppConfig:
     keys with their full name."""
     raw = dict(raw)
     model_raw = dict(raw.pop("model", None) or {})
-    family = model_raw.get("family", "gpt")
-    if family not in MODEL_CONFIGS:
-        from scaling.errors import ConfigError
+    from scaling.families import get
 
-        raise ConfigError(f"model.family={family!r} is not a known family; use one of {sorted(MODEL_CONFIGS)}")
+    config = get(model_raw.get("family", DEFAULT)).config
     sections = {
         "data": DataConfig,
         "train": TrainConfig,
         "run": RunConfig,
     }
-    kwargs: dict[str, Any] = {"model": _build(MODEL_CONFIGS[family], model_raw, "model")}
+    kwargs: dict[str, Any] = {"model": _build(config, model_raw, "model")}
     for key, cls in sections.items():
         kwargs[key] = _build(cls, raw.pop(key, None) or {}, key)
     logger = raw.pop("logger", None) or {}

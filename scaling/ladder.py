@@ -11,27 +11,9 @@ preferred aspect ratio wherever the integer grid allows, and other ratios only f
 The returned count is within about 8% of the target from 1e5 parameters up (GPT; 15% for the
 CNN, whose depth steps are coarser) and within about 30% below, where widths step by 4 or 8 channels.
 
-GPT rules
----------
-- Aspect ratio d_model / n_layers = 64 (GPT-2 small has 768/12 = 64; Kaplan et al. found loss
-  nearly flat for ratios between about 20 and 200). Candidates have ratios from about 32 to 128;
-  from about 1e9 non-embedding parameters up every rung has exactly 64.
-- Head dimension 64: from 256 up, d_model is a multiple of 64 and n_heads = d_model / 64. Below
-  256, d_model is a multiple of 8 (of 4 below 32), so small models are not forced into 2x steps,
-  and n_heads is d_model // 64 (at least 1), lowered until it divides d_model: 200 has 2 heads
-  of 100.
-- n_layers >= 1; at the smallest widths one layer has a ratio below 32.
-- d_ff = 4 d_model. Embeddings untied unless `tie_embeddings=True`.
-- `count="nonembedding"` targets Kaplan's N, `count="total"` every parameter (see
-  `scaling.counting` for what counts as embedding).
-
-CNN rules
----------
-- n_stages = 3 (the CIFAR ResNet layout); any image size works, since each stride-2 stage maps
-  a side s to ceil(s / 2).
-- Width (channels of stage 0) grows with depth: width / depth = 16 (ResNet-20 has width 16 and
-  depth 3; a 16:1 ratio keeps depth growing with width). Candidates have ratios from about 8 to
-  32. Width is any integer up to 32, then a multiple of 8.
+Each family's rule (aspect ratio, head size, which shapes are candidates) is in its module under
+`scaling/families/`; this module holds what the rules share: parsing a count, thinning
+candidates to rungs, and picking the nearest rung.
 
 Coverage: GPT rungs span about 1e3 to 1e12 non-embedding parameters, CNN rungs about 1e3 to 1e11.
 A target whose nearest rung is more than 2x away (e.g. 1e4 *total* parameters with a 50k
@@ -46,13 +28,10 @@ import math
 import re
 from functools import lru_cache
 
-from scaling.config import CNNConfig, GPTConfig
+from typing import Any
+
 from scaling.errors import ConfigError
 
-GPT_ASPECT = 64  # d_model / n_layers
-GPT_HEAD_DIM = 64
-CNN_ASPECT = 16  # width / depth
-CNN_STAGES = 3
 SPACING = 1.08  # rungs are at least 8% apart; within that, the better aspect ratio wins
 MAX_MISS = 2.0  # the nearest rung must be within this factor of the target
 
@@ -75,16 +54,7 @@ def parse_count(text: str | int | float, key: str = "params") -> int:
     return int(round(value))
 
 
-def gpt_heads(d_model: int) -> int:
-    """d_model // 64 heads of 64, or at widths that are not a multiple of 64 (only below 256) the
-    nearest smaller head count that divides d_model."""
-    n_heads = max(1, d_model // GPT_HEAD_DIM)
-    while d_model % n_heads:
-        n_heads -= 1
-    return n_heads
-
-
-def _rungs(candidates: list[tuple[int, float, tuple]]) -> tuple[list[int], list[tuple]]:
+def thin_to_rungs(candidates: list[tuple[int, float, tuple]]) -> tuple[list[int], list[tuple]]:
     """Thin candidates (count, aspect penalty, shape) to rungs, best aspect first: a candidate
     becomes a rung unless a better-aspect rung already lies within a factor SPACING of its
     count. Poor-aspect shapes only fill gaps that good ones leave."""
@@ -110,49 +80,7 @@ def _nearest(counts: list[int], target: float) -> int:
     return i - 1 if math.log(target / below) <= math.log(above / target) else i
 
 
-@lru_cache(maxsize=64)
-def _gpt_rungs(
-    vocab_size: int, seq_len: int, count: str, tie_embeddings: bool
-) -> tuple[list[int], list[tuple]]:
-    big = 4 * GPT_HEAD_DIM  # from here on, whole heads of 64
-    widths = [*range(8, 32, 4), *range(32, big, 8), *range(big, 16384 + 1, GPT_HEAD_DIM)]
-    candidates = []
-    for d in widths:
-        # The same arithmetic as scaling.counting for d_ff = 4 d (a test checks the two agree).
-        per_layer = 12 * d * d + 13 * d
-        embedding = vocab_size * d + seq_len * d + (0 if tie_embeddings else vocab_size * d)
-        for n_layers in range(max(1, d // (2 * GPT_ASPECT)), max(1, -(-2 * d // GPT_ASPECT)) + 1):
-            n = n_layers * per_layer + 2 * d + (embedding if count == "total" else 0)
-            candidates.append((n, abs(math.log(d / n_layers / GPT_ASPECT)), (n_layers, d)))
-    return _rungs(candidates)
-
-
-def _cnn_count(width: int, depth: int, in_channels: int, n_classes: int) -> int:
-    """`count_params(...).total` of a CNN with CNN_STAGES stages, inlined because building tens
-    of thousands of configs is slow (a test checks the two agree)."""
-    total = 9 * in_channels * width + 2 * width  # stem
-    c_in = width
-    for stage in range(CNN_STAGES):
-        c = width * 2**stage
-        block = 18 * c * c + 4 * c  # two 3x3 convs and two norms
-        first = block if c_in == c else 9 * c_in * c + 9 * c * c + 4 * c + c_in * c + 2 * c  # + projection
-        total += first + (depth - 1) * block
-        c_in = c
-    return total + c_in * n_classes + n_classes  # head
-
-
-@lru_cache(maxsize=64)
-def _cnn_rungs(in_channels: int, n_classes: int) -> tuple[list[int], list[tuple]]:
-    widths = list(range(1, 32)) + list(range(32, 2048 + 1, 8))
-    candidates = []
-    for w in widths:
-        for depth in range(max(1, w // (2 * CNN_ASPECT)), max(1, -(-2 * w // CNN_ASPECT)) + 1):
-            n = _cnn_count(w, depth, in_channels, n_classes)
-            candidates.append((n, abs(math.log(w / depth / CNN_ASPECT)), (w, depth)))
-    return _rungs(candidates)
-
-
-def _pick(counts: list[int], target: float, what: str, fix: str) -> int:
+def pick_rung(counts: list[int], target: float, what: str, fix: str) -> int:
     i = _nearest(counts, target)
     if not counts[i] / MAX_MISS <= target <= counts[i] * MAX_MISS:
         raise ConfigError(
@@ -162,7 +90,7 @@ def _pick(counts: list[int], target: float, what: str, fix: str) -> int:
     return i
 
 
-def _check_sizes(what: str, given: tuple[tuple[str, int | None], ...]) -> None:
+def check_sizes(what: str, given: tuple[tuple[str, int | None], ...]) -> None:
     problems = []
     for key, value in given:
         if value is None:
@@ -173,53 +101,23 @@ def _check_sizes(what: str, given: tuple[tuple[str, int | None], ...]) -> None:
         raise ConfigError(problems)
 
 
-def shape_for_params(
-    family: str,
-    target_params: int | float | str,
-    *,
-    vocab_size: int | None = None,
-    seq_len: int | None = None,
-    count: str = "nonembedding",
-    tie_embeddings: bool = False,
-    image_size: int | None = None,
-    in_channels: int | None = None,
-    n_classes: int | None = None,
-) -> GPTConfig | CNNConfig:
-    """The ladder's shape for `target_params` (see the module docstring for the rules).
+def shape_for_params(family: str, target_params: int | float | str, *, count: str = "nonembedding",
+                     **base: Any) -> Any:
+    """The ladder's shape for `target_params` in `family` (the family's module gives its rule).
 
-    GPT needs `vocab_size` and `seq_len` (they set the embedding count, and the returned config
-    carries them); CNN needs `image_size`, `in_channels` and `n_classes`. `count` picks what the
-    target counts for GPT: "nonembedding" (Kaplan's N) or "total"; a CNN has no embeddings.
+    `base` holds the family's data fields (a GPT's `vocab_size` and `seq_len`, an image model's
+    `image_size`, `in_channels` and `n_classes`) and any field the rule keeps from the study's
+    base model (e.g. `tie_embeddings`, a ViT's `patch_size`); the returned config carries them.
+    `count` picks what the target counts: "nonembedding" (Kaplan's N) or "total".
     """
+    from scaling.families import get
+
     target = parse_count(target_params)
     if count not in ("nonembedding", "total"):
         raise ConfigError(f"count={count!r} is not known; use count=nonembedding or count=total")
-    if family == "gpt":
-        _check_sizes("GPT", (("vocab_size", vocab_size), ("seq_len", seq_len)))
-        counts, shapes = _gpt_rungs(vocab_size, seq_len, count, tie_embeddings)
-        fix = "pick a target inside the range"
-        if count == "total":
-            fix = "use count=nonembedding or a smaller vocabulary"
-        n_layers, d_model = shapes[_pick(counts, target, f"GPT ({count})", fix)]
-        return GPTConfig(
-            n_layers=n_layers,
-            d_model=d_model,
-            n_heads=gpt_heads(d_model),
-            seq_len=seq_len,
-            vocab_size=vocab_size,
-            tie_embeddings=tie_embeddings,
-        )
-    if family == "cnn":
-        given = (("image_size", image_size), ("in_channels", in_channels), ("n_classes", n_classes))
-        _check_sizes("CNN", given)
-        counts, shapes = _cnn_rungs(in_channels, n_classes)
-        width, depth = shapes[_pick(counts, target, "CNN", "pick a target inside the range")]
-        return CNNConfig(
-            width=width,
-            depth=depth,
-            n_stages=CNN_STAGES,
-            image_size=image_size,
-            in_channels=in_channels,
-            n_classes=n_classes,
-        )
-    raise ConfigError(f"family={family!r} is not a known family; use gpt or cnn")
+    fam = get(family, "family")
+    names = {f for f in fam.config.__dataclass_fields__} - {"family"}
+    unknown = sorted(set(base) - names)
+    if unknown:
+        raise ConfigError(f"{unknown} are not {family} config fields; valid fields are {sorted(names)}")
+    return fam.ladder(target, fam.config(**base), count)

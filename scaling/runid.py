@@ -28,7 +28,8 @@ import hashlib
 import json
 from typing import Any
 
-from scaling.config import MODEL_CONFIGS, TrainAppConfig, to_dict
+from scaling.config import TrainAppConfig, to_dict
+from scaling.families import DEFAULT, FAMILIES
 
 RUN_ID_RULE = 2
 
@@ -42,7 +43,8 @@ NON_RESULT_KEYS = (
     "train.trust_checkpoint", "train.eval_every_tokens",
 )  # fmt: skip
 
-# Rule 1 hashed every schema key of its day; frozen here so that later keys do not move old ids.
+# Rule 1 hashed every schema key of its day; frozen here (and each family's model keys in its
+# module, `Family.legacy_id_keys`) so that later keys do not move old ids.
 _V1_COMMON = (
     "data.name", "data.path", "data.seq_len", "data.tokenizer", "data.vocab_size", "data.streams",
     "data.max_source_mb", "data.val_fraction", "data.shard_samples", "data.split_seed", "data.synthetic_vocab",
@@ -52,12 +54,7 @@ _V1_COMMON = (
     "train.zero_stage", "train.precision", "train.activation_checkpointing", "train.eval_every_tokens",
     "train.eval_tokens", "train.seed",
 )  # fmt: skip
-_V1_KEYS = {
-    "gpt": ("model.family", "model.n_layers", "model.d_model", "model.n_heads", "model.d_ff", "model.seq_len",
-            "model.vocab_size", "model.tie_embeddings", *_V1_COMMON),
-    "cnn": ("model.family", "model.width", "model.depth", "model.n_stages", "model.image_size",
-            "model.in_channels", "model.n_classes", *_V1_COMMON),
-}  # fmt: skip
+
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -77,7 +74,7 @@ def is_result_key(key: str) -> bool:
 
 
 def _schema_defaults(family: str) -> dict[str, Any]:
-    return flatten(to_dict(TrainAppConfig(model=MODEL_CONFIGS[family]())))
+    return flatten(to_dict(TrainAppConfig(model=FAMILIES[family].config())))
 
 
 def result_config(cfg: TrainAppConfig) -> dict[str, Any]:
@@ -104,14 +101,15 @@ def config_hash(cfg: TrainAppConfig) -> str:
 def legacy_config_hash(cfg: TrainAppConfig) -> str:
     """The run id's hash under rule 1, for a config as the v1 planner composed it."""
     flat = flatten(to_dict(cfg))
-    return _digest({k: flat[k] for k in _V1_KEYS[cfg.model.family] if k in flat})
+    keys = (*FAMILIES[cfg.model.family].legacy_id_keys, *_V1_COMMON)
+    return _digest({k: flat[k] for k in keys if k in flat})
 
 
 def config_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """`key: recorded -> current` for every result-affecting key that differs (both sides as
     returned by `result_config`; a key absent on one side has its schema default there)."""
-    family = current.get("model.family", recorded.get("model.family", "gpt"))
-    defaults = _schema_defaults(family) if family in MODEL_CONFIGS else {}
+    family = current.get("model.family", recorded.get("model.family", DEFAULT))
+    defaults = _schema_defaults(family) if family in FAMILIES else {}
     out = []
     for k in sorted(set(recorded) | set(current)):
         a, b = recorded.get(k, defaults.get(k)), current.get(k, defaults.get(k))

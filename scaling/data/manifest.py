@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from scaling.errors import ConfigError, DataError
+from scaling.data.config import DataConfig
 
 FORMAT = "scaling-shards/1"
 MANIFEST_NAME = "manifest.json"
@@ -293,51 +294,44 @@ def sha256_file(path: str) -> str:
 # ---- the model follows the data ----
 
 
-def apply_manifest(model_cfg: Any, manifest: Manifest) -> Any:
-    """Return a copy of a GPTConfig or CNNConfig whose None data-dependent fields are filled from
-    the manifest. A set field that contradicts the data raises ConfigError naming both values.
+_DATA_KEYS = {f.name for f in dataclasses.fields(DataConfig)}  # manifest attributes a user sets as data.*
 
-    A GPT vocabulary may be larger than the data's (padding), never smaller: a token id past the
-    embedding table would fail mid-run. The sequence length and image shape must match exactly,
-    because every sample holds exactly those."""
-    family = getattr(model_cfg, "family", None)
+
+def apply_manifest(model_cfg: Any, manifest: Manifest) -> Any:
+    """Return a copy of a model config whose None data-dependent fields (its family's
+    `data_fields`) are filled from the manifest. A set field that contradicts the data raises
+    ConfigError naming both values.
+
+    A padded field (a GPT's vocabulary) may be larger than the data's, never smaller: a token id
+    past the embedding table would fail mid-run. Every other field (sequence length, image
+    shape, class count) must match exactly, because every sample holds exactly those."""
+    from scaling.families import FAMILIES, family_of
+
+    family = family_of(model_cfg)
     where = manifest._file()
+    if manifest.kind != family.data_kind:
+        others = sorted(name for name, f in FAMILIES.items() if f.data_kind == manifest.kind)
+        raise ConfigError(
+            f"model.family={family.name} trains on {family.data_kind} data but {where} holds {manifest.kind} data; "
+            f"use a {family.data_kind} dataset, or a model of a family for {manifest.kind} data ({', '.join(others)})"
+        )
     problems: list[str] = []
     updates: dict[str, Any] = {}
-    if family == "gpt":
-        if manifest.kind != "text":
-            raise ConfigError(f"model.family=gpt but {where} holds {manifest.kind} data; use model=cnn or a text dataset")
-        if model_cfg.vocab_size is None:
-            updates["vocab_size"] = manifest.vocab_size
-        elif model_cfg.vocab_size < manifest.vocab_size:
+    for key, attr in family.data_fields.items():
+        mine, theirs = getattr(model_cfg, key), getattr(manifest, attr)
+        if mine is None:
+            updates[key] = theirs
+        elif key in family.padded_fields and mine < theirs:
             problems.append(
-                f"model.vocab_size={model_cfg.vocab_size} is smaller than the vocabulary of {where}, vocab_size={manifest.vocab_size}; "
-                f"remove model.vocab_size (it comes from the data) or set it >= {manifest.vocab_size}"
+                f"model.{key}={mine} is smaller than the data's in {where}, {attr}={theirs}; "
+                f"remove model.{key} (it comes from the data) or set it >= {theirs}"
             )
-        if model_cfg.seq_len is None:
-            updates["seq_len"] = manifest.seq_len
-        elif model_cfg.seq_len != manifest.seq_len:
+        elif key not in family.padded_fields and mine != theirs:
+            remedy = f" or prepare the data with data.{attr}={mine}" if attr in _DATA_KEYS else ""
             problems.append(
-                f"model.seq_len={model_cfg.seq_len} but {where} has seq_len={manifest.seq_len}; remove model.seq_len "
-                f"(it comes from the data) or prepare the data with data.seq_len={model_cfg.seq_len}"
+                f"model.{key}={mine} but {where} has {attr}={theirs}; remove model.{key} (it comes from the data)"
+                + remedy
             )
-    elif family == "cnn":
-        if manifest.kind != "image":
-            raise ConfigError(f"model.family=cnn but {where} holds {manifest.kind} data; use model=gpt or an image dataset")
-        for key, value in (
-            ("image_size", manifest.image_size),
-            ("in_channels", manifest.in_channels),
-            ("n_classes", manifest.n_classes),
-        ):
-            mine = getattr(model_cfg, key)
-            if mine is None:
-                updates[key] = value
-            elif mine != value:
-                problems.append(
-                    f"model.{key}={mine} but {where} has {key}={value}; remove model.{key} (it comes from the data)"
-                )
-    else:
-        raise ConfigError(f"model.family={family!r}; apply_manifest knows gpt and cnn")
     if problems:
         raise ConfigError(problems)
     return dataclasses.replace(model_cfg, **updates)

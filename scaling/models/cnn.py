@@ -22,8 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from scaling.config import CNNConfig
-from scaling.counting import cnn_blocks
+from scaling.families.cnn import CNNConfig, cnn_blocks
 
 
 def norm_groups(channels: int) -> int:

@@ -19,13 +19,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from scaling.config import GPTConfig
+from scaling.families.gpt import GPTConfig
 
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.n_heads = cfg.n_heads
+        self.causal = True  # a ViT's blocks attend both ways
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
 
@@ -36,7 +37,7 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)
         k = k.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)
         v = v.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, head_dim)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, T, head_dim)
         y = y.transpose(1, 2).contiguous().view(B, T, D)  # (B, T, D)
         return self.proj(y)
 
