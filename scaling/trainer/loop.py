@@ -1,0 +1,212 @@
+"""The training loop: from the current state to the end of the budget.
+
+`Trainer.fit` steps the engine, evaluates when due, builds the metrics row, and stops cleanly
+(checkpoint, then StopRequested) when every rank has seen a stop signal.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from scaling.distributed import World
+from scaling.errors import ScalingError
+from scaling.rundir import append_metrics, read_metrics
+from scaling.runid import config_hash, data_checksum
+from scaling.trainer.checkpointing import Checkpointer, TrainState
+from scaling.trainer.engine import Engine
+from scaling.trainer.plan import RunPlan
+from scaling.trainer.process import agree
+
+log = logging.getLogger("scaling.train")
+PROGRESS_EVERY_S = 10.0  # how often a progress line is printed; every step goes to metrics.jsonl
+
+
+class NonFiniteLoss(ScalingError):
+    pass
+
+
+class StopRequested(Exception):
+    """A stop signal arrived; a checkpoint has been saved."""
+
+
+class Trainer:
+    """One run: the engine, its state and checkpoints, and the loop that trains it to the budget."""
+
+    def __init__(self, plan: RunPlan, manifest: Any, world: World):
+        self.plan, self.manifest, self.world = plan, manifest, world
+        self.cfg = plan.cfg
+        self.run_dir = Path(self.cfg.run.dir)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.engine = Engine(plan, world)
+        self.identity = {"config_hash": config_hash(self.cfg), "data_checksum": data_checksum(manifest)}
+        self.checkpointer = Checkpointer(self.engine, self.run_dir, self.identity)
+        self.state = TrainState(world_size=world.world_size)
+        self.stop_requested = False
+        self.stop_signal = ""  # the signal's name, set by the handler in train()
+        self.seconds = {"steps_s": 0.0, "eval_s": 0.0}  # this attempt's time in optimizer steps and evaluation
+        self.row_sinks: list[Callable[[dict], None]] = []  # rank 0 only, e.g. the wandb mirror
+        self.lease: Any = None  # the run directory's lease (rank 0), see scaling/runlock.py
+        self._started = time.time()
+
+    def train_step(self, x: Any, y: Any) -> float:
+        return self.engine.train_step(x, y)
+
+    def resume(self) -> bool:
+        """Load the newest loadable checkpoint, if any; returns whether the run resumed."""
+        state = self.checkpointer.resume()
+        if state is not None:
+            self.state = state
+        return state is not None
+
+    def save_checkpoint(self) -> Path:
+        self.state.wall_time_s = time.time() - self._started
+        return self.checkpointer.save(self.state)
+
+    def _evaluate(self, batches: list) -> float:
+        t0 = time.perf_counter()
+        loss = self.engine.evaluate(batches)
+        self.seconds["eval_s"] += time.perf_counter() - t0
+        return loss
+
+    def _eval_batches(self) -> list:
+        from scaling.data import eval_batches
+
+        return eval_batches(self.manifest, num_samples=self.plan.eval_samples, batch_size=self.plan.micro_batch,
+                            rank=self.world.rank, world_size=self.world.world_size)  # fmt: skip
+
+    def fit(self) -> dict:
+        """Train from the current state to the end of the budget. Returns the result dict, or
+        raises StopRequested after a checkpoint when a stop signal arrived."""
+        from scaling.data import train_batches
+
+        plan, t = self.plan, self.cfg.train
+        self._started = time.time() - self.state.wall_time_s
+        batches = train_batches(
+            self.manifest, global_batch_size=t.global_batch_size, rank=self.world.rank,
+            world_size=self.world.world_size, seed=t.seed, start_step=self.state.step,
+            num_workers=self.cfg.data.num_workers, streams=getattr(self.cfg.data, "streams", None),
+        )  # fmt: skip
+        eval_set = self._eval_batches()
+        eval_every = plan.steps_for(t.eval_every_tokens)
+        ckpt_every = plan.steps_for(t.checkpoint_every_tokens)
+        last_eval: float | None = None
+        window_start, window_tokens = time.time(), 0
+        train_loss = float("nan")
+        last_progress = 0.0
+
+        def due(every: int | None) -> bool:
+            return every is not None and self.state.step % every == 0
+
+        log.info(
+            "training %s: N=%s params (%s non-embedding), D=%s %s, C=%.3g FLOPs (%s), %d steps of %d, "
+            "micro batch %d x %d accumulation x %d processes, ZeRO-%d",
+            plan.run_id, f"{plan.params:,}", f"{plan.params_nonembedding:,}", f"{plan.tokens:,}",
+            "tokens" if plan.family == "gpt" else "images", plan.flops, t.flops_convention, plan.steps,
+            plan.tokens_per_step, plan.micro_batch, plan.accumulation, self.world.world_size, t.zero_stage,
+        )  # fmt: skip
+        while self.state.step < plan.steps:
+            if self.lease is not None and self.lease.lost:
+                raise ScalingError(
+                    f"another trainer took over {self.run_dir} (this one did not refresh its lease in time); "
+                    f"stopping without writing, so the two never share the directory"
+                )
+            x, y = next(batches)
+            lr = self.engine.lr
+            t0 = time.perf_counter()
+            train_loss = self.engine.train_step(x, y)
+            self.seconds["steps_s"] += time.perf_counter() - t0
+            self.state.step += 1
+            window_tokens += plan.tokens_per_step
+            if t.nan_check and not math.isfinite(train_loss):
+                raise NonFiniteLoss(
+                    f"loss is {train_loss} at step {self.state.step}; lower train.lr, raise warmup, or "
+                    f"check the data"
+                )
+            last = self.state.step == plan.steps
+            row: dict[str, Any] | None = None
+            if due(eval_every) or last:
+                elapsed = time.time() - window_start
+                last_eval = self._evaluate(eval_set)
+                window_start = time.time() - elapsed  # evaluation time is not training throughput
+                row = {"eval_loss": last_eval}
+            if row is not None or due(t.log_every_steps) or last:
+                row = self._metrics_row(train_loss, lr, window_tokens, time.time() - window_start) | (row or {})
+                window_start, window_tokens = time.time(), 0
+                self.state.wall_time_s = time.time() - self._started
+                if self.world.is_main:
+                    append_metrics(self.metrics_path, row)
+                    for sink in self.row_sinks:
+                        sink(row)
+                    if "eval_loss" in row or time.time() - last_progress > PROGRESS_EVERY_S:
+                        self._log_progress(row)
+                        last_progress = time.time()
+            saved = False
+            if due(ckpt_every) and not last:
+                self.save_checkpoint()
+                saved = True
+            # On the last step the run is about to finish: finishing beats a checkpoint that a
+            # requeue would resume with nothing left to train.
+            if not last and self._stop_agreed():
+                if not saved:
+                    self.save_checkpoint()
+                raise StopRequested()
+        if last_eval is None:  # resumed from a checkpoint taken at the very end
+            last_eval = self._evaluate(eval_set)
+            rows = read_metrics(self.metrics_path)
+            train_loss = rows[-1]["loss"] if rows else float("nan")
+        self.state.wall_time_s = time.time() - self._started
+        return {
+            "status": "completed",
+            "run_id": plan.run_id,
+            "family": plan.family,
+            "params": plan.params,
+            "params_nonembedding": plan.params_nonembedding,
+            "tokens": plan.tokens,
+            "flops": plan.flops,
+            "flops_convention": t.flops_convention,
+            "train_loss": train_loss,
+            "eval_loss": last_eval,
+            "steps": self.state.step,
+            "world_size": self.world.world_size,
+            "zero_stage": t.zero_stage,
+            "wall_time_s": round(self.state.wall_time_s, 3),
+            "group": self.cfg.run.group,
+        }
+
+    def _metrics_row(self, loss: float, lr: float, tokens: int, seconds: float) -> dict:
+        plan = self.plan
+        tps = tokens / seconds if seconds > 0 else float("nan")
+        row = {
+            "step": self.state.step,
+            "tokens": self.state.step * plan.tokens_per_step,
+            "flops": self.state.step * plan.tokens_per_step * plan.flops_per_sample,
+            "loss": loss,
+            "lr": lr,
+            "tokens_per_s": tps,
+            "flops_per_s": tps * plan.flops_per_sample,
+            "elapsed_s": round(self.state.wall_time_s, 3),
+        }
+        if self.engine.peak_flops:
+            row["mfu"] = row["flops_per_s"] / (self.engine.peak_flops * self.world.world_size)
+        return row
+
+    def _log_progress(self, row: dict) -> None:
+        steps = self.plan.steps
+        remaining = (steps - row["step"]) * self.plan.tokens_per_step / row["tokens_per_s"] if row["tokens_per_s"] else 0
+        extra = f" eval {row['eval_loss']:.4f}" if "eval_loss" in row else ""
+        log.info(
+            "step %d/%d (%.0f%%) loss %.4f%s lr %.2e %.0f tok/s ETA %.0fs",
+            row["step"], steps, 100 * row["step"] / steps, row["loss"], extra, row["lr"], row["tokens_per_s"],
+            remaining,
+        )  # fmt: skip
+
+    def _stop_agreed(self) -> bool:
+        # Saving is collective, so every rank must agree to stop at the same step.
+        stop = agree(self.world, self.stop_requested)
+        if stop:  # logged here, not in the signal handler: logging there can deadlock or lose the signal
+            log.warning("received %s: saving a checkpoint and stopping", self.stop_signal or "a stop on another rank")
+        return stop
