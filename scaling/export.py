@@ -305,18 +305,40 @@ def _shared_with(model: Any, alias: str) -> str:
 # ---- muP and depth multipliers ---------------------------------------------------------------
 def fold_multipliers(state: dict[str, Any], model_cfg: Any) -> dict[str, Any]:
     """Fold the model's constant multipliers into its weights, so that a plain GPT-2 computes the
-    same logits. Our GPT has none today, so this is the identity. When a parametrization adds them
-    (muP's output multiplier scales the head's weight; a residual branch multiplier scales the
-    output projection, attn.proj and mlp.proj weight and bias, of every block), fold them here and
-    only here; `gpt_to_hf` refuses a config field it does not know, so a new multiplier cannot be
-    exported unfolded by mistake."""
-    return state
+    same logits; the identity under `sp`. Under muP (scaling.families.base.MupScales), each is a
+    constant factor on a linear map's output, so it moves into that map's weight (and bias):
+        output logits x 1/width_mult          -> head.weight
+        residual branches x r^(-alpha)        -> attn.proj and mlp.proj, weight and bias
+        attention logits sqrt(d_base) / d_head -> the query rows of attn.qkv, times sqrt(d_head),
+                                                 since GPT-2 divides by sqrt(d_head) itself
+    This is the only place multipliers are folded; `gpt_to_hf` refuses config fields it does not
+    know, so a new multiplier cannot be exported unfolded by mistake."""
+    if getattr(model_cfg, "parametrization", "sp") != "mup":
+        return state
+    from scaling.families import family_of
+
+    scales = family_of(model_cfg).mup(model_cfg)
+    out = dict(state)
+    out["head.weight"] = state["head.weight"] * scales.output
+    d, head_dim = model_cfg.d_model, model_cfg.d_model // model_cfg.n_heads
+    base_head = model_cfg.mup.base_head_dim or head_dim
+    query = math.sqrt(base_head) / head_dim * math.sqrt(head_dim)  # our logit scale / GPT-2's
+    for i in range(model_cfg.n_layers):
+        for part in ("attn.proj", "mlp.proj"):
+            for kind in ("weight", "bias"):
+                out[f"blocks.{i}.{part}.{kind}"] = state[f"blocks.{i}.{part}.{kind}"] * scales.residual
+        for kind in ("weight", "bias"):
+            qkv = state[f"blocks.{i}.attn.qkv.{kind}"].clone()
+            qkv[:d] = qkv[:d] * query
+            out[f"blocks.{i}.attn.qkv.{kind}"] = qkv
+    return out
 
 
 # ---- GPT -> Hugging Face GPT-2 ------------------------------------------------------------------
 # The GPT config fields the mapping knows. A new field may change the computation in a way GPT-2
 # cannot express, so a config with any other field is refused until the mapping learns it.
-GPT2_FIELDS = ("family", "n_layers", "d_model", "n_heads", "d_ff", "seq_len", "vocab_size", "tie_embeddings")
+GPT2_FIELDS = ("family", "n_layers", "d_model", "n_heads", "d_ff", "seq_len", "vocab_size", "tie_embeddings",
+               "parametrization", "mup")  # muP's multipliers are folded into the weights (fold_multipliers)
 
 
 def gpt2_names(n_layers: int) -> list[tuple[str, str, bool]]:

@@ -235,6 +235,34 @@ def test_gpt2_mapping_is_exact_where_activations_are_large(tmp_path):
     assert (ours - approximated).abs().max().item() > 1e-4  # the check can tell GELUs apart
 
 
+def test_mup_multipliers_are_folded_into_the_weights(tmp_path):
+    # Away from the base shape every muP multiplier is active: logits x 1/4, residual branches
+    # x 1/2, attention logits sqrt(4)/8 instead of 1/sqrt(8). GPT-2 has none of them; folded into
+    # the weights, it computes our logits.
+    from scaling.export import fold_multipliers
+    from scaling.families.base import MupConfig
+
+    cfg, model = _gpt(parametrization="mup", mup=MupConfig(base_width=4, base_depth=1, base_head_dim=4))
+    cfg = GPTConfig(**{**cfg.__dict__, "n_layers": 2})
+    model = build_model(cfg)
+    scales = model.mup
+    assert (scales.output, scales.residual, model.blocks[0].attn.scale) == (0.25, 0.5, 0.25)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(p.numel()))
+    tensors, config = gpt_to_hf(fold_multipliers(model.state_dict(), cfg), cfg, model)
+    from safetensors.torch import save_file
+
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    x = fixed_batch(11, 8)
+    with torch.no_grad():
+        ours, theirs = model.eval()(x), load_hf(tmp_path)(x).logits
+        unfolded = gpt_to_hf(model.state_dict(), cfg, model)[0]
+    assert (ours - theirs).abs().max().item() < 1e-5
+    assert not torch.equal(unfolded["lm_head.weight"], tensors["lm_head.weight"])  # something was folded
+
+
 def test_gpt2_mapping_refuses_what_it_cannot_express():
     cfg, model = _gpt()
     state = model.state_dict()
@@ -250,12 +278,12 @@ def test_gpt2_mapping_refuses_what_it_cannot_express():
         gpt_to_hf(extra, cfg, model)
 
     @dataclass
-    class MuPConfig(GPTConfig):
-        parametrization: str = "mup"
+    class QKNormConfig(GPTConfig):
+        qk_norm: bool = True
 
-    mup = MuPConfig(n_layers=1, d_model=16, n_heads=2, seq_len=8, vocab_size=11)
-    with pytest.raises(ExportError, match=r"model.parametrization='mup' is a field the GPT-2 mapping does not know"):
-        gpt_to_hf(state, mup, model)
+    qk = QKNormConfig(n_layers=1, d_model=16, n_heads=2, seq_len=8, vocab_size=11)
+    with pytest.raises(ExportError, match=r"model.qk_norm=True is a field the GPT-2 mapping does not know"):
+        gpt_to_hf(state, qk, model)
 
     tied_cfg, tied = _gpt(tie_embeddings=True)
     tied_state = {k: v.clone() for k, v in tied.state_dict().items()}

@@ -85,6 +85,96 @@ def per_sample_from_matmuls(forward: Callable[[Any], FlopTerms]) -> Callable[[An
     return flops_per_sample
 
 
+PARAMETRIZATIONS = ("sp", "mup")
+ROLES = ("input", "hidden", "output", "vector")
+
+
+@dataclass
+class MupConfig:
+    """The base shape of a muP parametrization: the width and depth the hyperparameters were
+    tuned at. Every multiplier is relative to it, so at the base shape muP computes exactly what
+    the standard parametrization computes.
+
+    base_width     the family's width (a transformer's d_model, a CNN's stage-0 channels)
+    base_depth     the family's depth (a transformer's n_layers, a CNN's blocks per stage)
+    depth_alpha    residual branches are multiplied by (base_depth / depth)^alpha; CompleteP's
+                   alpha = 1 by default (Dey et al. 2025); 0.5 is Bordelon et al.'s depth-muP
+    base_head_dim  a transformer's head dimension at the base shape; None: the model's own, so
+                   attention keeps 1/sqrt(d_head). Set it when the head dimension grows with width.
+    """
+
+    base_width: Optional[int] = None
+    base_depth: Optional[int] = None
+    depth_alpha: float = 1.0
+    base_head_dim: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class MupScales:
+    """The multipliers of one shape relative to its base shape (Yang et al. 2022, "Tensor
+    Programs V", table 3, for Adam; depth as in CompleteP). With m = width / base_width and
+    r = depth / base_depth:
+        hidden matrices    init std x 1/sqrt(m), Adam LR x (1/m) * r^(alpha - 1)
+        input weights      (embeddings, patch and stem projections) init and LR unchanged
+        output logits      x 1/m (the head's init and LR unchanged)
+        vectors            (biases, norm gains) init and LR unchanged
+        residual branches  x r^(-alpha)
+    Weight decay is AdamW's decoupled decay, lr * lambda per step, with lambda unchanged: a
+    hidden matrix's decay per step shrinks with its LR, as in the mup package's MuAdam. Adam's
+    epsilon stays 1e-8: at these widths it is orders of magnitude below the gradients' RMS, where
+    Everett et al. (2024, "Scaling Exponents Across Parameterizations and Optimizers") found its
+    width scaling to matter only once gradients approach it."""
+
+    width_mult: float = 1.0
+    depth_mult: float = 1.0
+    alpha: float = 1.0
+
+    @property
+    def hidden_init(self) -> float:
+        return self.width_mult**-0.5
+
+    @property
+    def output(self) -> float:
+        return 1.0 / self.width_mult
+
+    @property
+    def residual(self) -> float:
+        return self.depth_mult**-self.alpha
+
+    def lr(self, role: str) -> float:
+        if role == "hidden":
+            return self.depth_mult ** (self.alpha - 1) / self.width_mult
+        return 1.0
+
+
+def mup_problems(cfg: Any, width: int, depth: int, prefix: str = "model") -> list[str]:
+    """The checks every family's config runs on `parametrization` and `mup`."""
+    out = []
+    if cfg.parametrization not in PARAMETRIZATIONS:
+        return [f"{prefix}.parametrization={cfg.parametrization!r}; use one of {PARAMETRIZATIONS}"]
+    if cfg.parametrization != "mup":
+        return out
+    mup = cfg.mup
+    for key, value in (("base_width", mup.base_width), ("base_depth", mup.base_depth)):
+        if value is None:
+            out.append(f"{prefix}.mup.{key} is not set: {prefix}.parametrization=mup needs the base shape the LR was "
+                       f"tuned at; set {prefix}.mup.{key}=N")
+        elif value <= 0:
+            out.append(f"{prefix}.mup.{key}={value} must be positive")
+    if mup.base_head_dim is not None and mup.base_head_dim <= 0:
+        out.append(f"{prefix}.mup.base_head_dim={mup.base_head_dim} must be positive, or null")
+    if not 0 <= mup.depth_alpha <= 1:
+        out.append(f"{prefix}.mup.depth_alpha={mup.depth_alpha} must lie in [0, 1] (1: CompleteP, 0.5: depth-muP)")
+    return out
+
+
+def mup_scales(cfg: Any, width: int, depth: int) -> MupScales:
+    """The multipliers of `cfg` (identity under `sp`)."""
+    if getattr(cfg, "parametrization", "sp") != "mup":
+        return MupScales()
+    return MupScales(width / cfg.mup.base_width, depth / cfg.mup.base_depth, cfg.mup.depth_alpha)
+
+
 @dataclass(frozen=True)
 class Family:
     """One model family. Every field is data or a plain function of a config.
@@ -104,6 +194,9 @@ class Family:
     default_model   the conf/model file a study of this family starts from
     parametrizations how the family can be parametrized ("sp" today)
     legacy_id_keys  the keys run-id rule 1 hashed (frozen; empty for families born after it)
+    width_field, depth_field  the config fields muP scales against `model.mup.base_width/depth`
+    input_params, output_params  parameter-name prefixes of the input weights (embeddings, stem)
+                    and the output head; every other matrix is hidden, every vector a vector
     describe        cfg -> [(key, value)] rows for `scaling-size`
     """
 
@@ -123,6 +216,10 @@ class Family:
     parametrizations: tuple[str, ...] = ("sp",)
     legacy_id_keys: tuple[str, ...] = ()
     describe: Optional[Callable[[Any], list[tuple[str, str]]]] = None
+    width_field: Optional[str] = None
+    depth_field: Optional[str] = None
+    input_params: tuple[str, ...] = ()
+    output_params: tuple[str, ...] = ()
 
     @property
     def unit(self) -> str:
@@ -144,6 +241,42 @@ class Family:
             if getattr(cfg, key) is None
         ]
         return out + cfg.problems(prefix)
+
+    def mup(self, cfg: Any) -> MupScales:
+        """The muP multipliers of `cfg` relative to its base shape (identity under `sp`)."""
+        if self.width_field is None:
+            return MupScales()
+        return mup_scales(cfg, getattr(cfg, self.width_field), getattr(cfg, self.depth_field))
+
+    def role(self, name: str, ndim: int) -> str:
+        """A parameter's muP role, from its name and rank: input, output, hidden or vector."""
+        if ndim < 2:
+            return "vector"
+        if name.startswith(self.input_params):
+            return "input"
+        if name.startswith(self.output_params):
+            return "output"
+        return "hidden"
+
+    def param_groups(self, model: Any, cfg: Any, lr: float, weight_decay: float) -> list[dict]:
+        """AdamW's parameter groups. Weight decay applies to matrices (linear, conv and embedding
+        weights) only, never to biases and norm gains. Under `sp` every group has `lr` (the two
+        groups, decayed and not, that checkpoints of earlier versions hold). Under `mup` one group
+        per role (input, hidden, output, vector), each with `lr` x its muP multiplier."""
+        if getattr(cfg, "parametrization", "sp") != "mup":
+            decay, no_decay = [], []
+            for p in model.parameters():
+                if p.requires_grad:
+                    (decay if p.ndim >= 2 else no_decay).append(p)
+            return [{"params": decay, "weight_decay": weight_decay, "lr": lr},
+                    {"params": no_decay, "weight_decay": 0.0, "lr": lr}]  # fmt: skip
+        scales = self.mup(cfg)
+        groups = {role: {"params": [], "weight_decay": 0.0 if role == "vector" else weight_decay,
+                         "lr": lr * scales.lr(role)} for role in ROLES}  # fmt: skip
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                groups[self.role(name, p.ndim)]["params"].append(p)
+        return [g for g in groups.values() if g["params"]]
 
     def build(self, cfg: Any) -> Any:
         """The torch module for `cfg` (imports torch). Checks the config first and raises

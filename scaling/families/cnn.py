@@ -18,7 +18,7 @@ Ladder rule (see `scaling.ladder` for how rungs are thinned and picked)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Optional
 
@@ -26,7 +26,9 @@ from scaling.families.base import (
     NORM_FLOPS_PER_ELEMENT,
     Family,
     FlopTerms,
+    MupConfig,
     ParamCount,
+    mup_problems,
     per_sample_from_matmuls,
     require_sizes,
 )
@@ -51,6 +53,8 @@ class CNNConfig:
     image_size: Optional[int] = None
     in_channels: Optional[int] = None
     n_classes: Optional[int] = None
+    parametrization: str = "sp"  # sp | mup: width = stage-0 channels, depth = blocks per stage
+    mup: MupConfig = field(default_factory=MupConfig)
 
     def problems(self, prefix: str = "model") -> list[str]:
         out = []
@@ -60,7 +64,7 @@ class CNNConfig:
             value = getattr(self, key)
             if value is not None and value <= 0:
                 out.append(f"{prefix}.{key}={value} must be positive; pick a value >= 1")
-        return out
+        return out + mup_problems(self, self.width, self.depth, prefix)
 
 
 def cnn_blocks(cfg: CNNConfig) -> list[tuple[int, int, int, bool]]:
@@ -172,4 +176,8 @@ FAMILY = Family(
     module="scaling.models.cnn:CNN",
     default_model="cnn_debug",
     legacy_id_keys=LEGACY_ID_KEYS,
+    width_field="width",
+    depth_field="depth",
+    input_params=("stem.0.",),
+    output_params=("head.",),
 )

@@ -47,7 +47,7 @@ Ladder rule (see `scaling.ladder` for how rungs are thinned and picked)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Optional
 
@@ -57,8 +57,10 @@ from scaling.families.base import (
     SOFTMAX_FLOPS_PER_ELEMENT,
     Family,
     FlopTerms,
+    MupConfig,
     ParamCount,
     check_convention,
+    mup_problems,
     require_sizes,
 )
 from scaling.errors import ConfigError
@@ -82,6 +84,8 @@ class GPTConfig:
     seq_len: Optional[int] = None
     vocab_size: Optional[int] = None
     tie_embeddings: bool = False
+    parametrization: str = "sp"  # sp | mup (see scaling.families.base.MupScales)
+    mup: MupConfig = field(default_factory=MupConfig)
 
     @property
     def ffn_dim(self) -> int:
@@ -100,6 +104,11 @@ class GPTConfig:
                 f"{prefix}.d_model={self.d_model} is not divisible by {prefix}.n_heads={self.n_heads}; "
                 f"pick d_model as a multiple of n_heads"
             )
+        out += mup_problems(self, self.d_model, self.n_layers, prefix)
+        if self.parametrization == "mup" and self.tie_embeddings:
+            out.append(f"{prefix}.tie_embeddings=true with {prefix}.parametrization=mup is not supported: muP scales the "
+                       f"output logits by 1/width but keeps the input embedding's scale, which one tied matrix cannot "
+                       f"do; set {prefix}.tie_embeddings=false")
         return out
 
 
@@ -240,4 +249,8 @@ FAMILY = Family(
     module="scaling.models.gpt:GPT",
     default_model="gpt_debug",
     legacy_id_keys=LEGACY_ID_KEYS,
+    width_field="d_model",
+    depth_field="n_layers",
+    input_params=("wte.", "wpe."),
+    output_params=("head.",),
 )

@@ -28,7 +28,7 @@ Ladder rule (see `scaling.ladder` for how rungs are thinned and picked)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Optional
 
@@ -36,7 +36,9 @@ from scaling.families.base import (
     NORM_FLOPS_PER_ELEMENT,
     Family,
     FlopTerms,
+    MupConfig,
     ParamCount,
+    mup_problems,
     per_sample_from_matmuls,
     require_sizes,
 )
@@ -63,6 +65,8 @@ class ViTConfig:
     image_size: Optional[int] = None
     in_channels: Optional[int] = None
     n_classes: Optional[int] = None
+    parametrization: str = "sp"  # sp | mup (as the GPT's)
+    mup: MupConfig = field(default_factory=MupConfig)
 
     @property
     def ffn_dim(self) -> int:
@@ -93,7 +97,7 @@ class ViTConfig:
             divisors = [p for p in range(1, self.image_size + 1) if self.image_size % p == 0]
             out.append(f"{prefix}.patch_size={self.patch_size} does not divide {prefix}.image_size={self.image_size}; "
                        f"pick one of {divisors}")
-        return out
+        return out + mup_problems(self, self.d_model, self.n_layers, prefix)
 
 
 def count_params(cfg: ViTConfig) -> ParamCount:
@@ -173,4 +177,8 @@ FAMILY = Family(
     sizes=SIZES,
     module="scaling.models.vit:ViT",
     default_model="vit_debug",
+    width_field="d_model",
+    depth_field="n_layers",
+    input_params=("patch.", "pos", "cls"),
+    output_params=("head.",),
 )

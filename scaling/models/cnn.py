@@ -17,11 +17,14 @@ the head has one. `scaling.counting` follows these choices exactly.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from scaling.families import family_of
 from scaling.families.cnn import CNNConfig, cnn_blocks
 
 
@@ -39,8 +42,9 @@ def norm(channels: int) -> nn.GroupNorm:
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int):
+    def __init__(self, c_in: int, c_out: int, stride: int, residual: float = 1.0):
         super().__init__()
+        self.residual = residual  # muP's depth multiplier on the branch; 1 under sp
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
         self.norm1 = norm(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, stride=1, padding=1, bias=False)
@@ -53,6 +57,8 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.norm1(self.conv1(x)))  # (B, c_out, H / stride, W / stride)
         out = self.norm2(self.conv2(out))  # (B, c_out, H / stride, W / stride)
+        if self.residual != 1.0:
+            out = self.residual * out
         return F.relu(out + self.shortcut(x))
 
 
@@ -67,7 +73,8 @@ class CNN(nn.Module):
             nn.Conv2d(cfg.in_channels, cfg.width, 3, padding=1, bias=False), norm(cfg.width), nn.ReLU()
         )
         # The layout is shared with the analytic count, so the two cannot drift apart.
-        blocks = [BasicBlock(c_in, c_out, stride) for c_in, c_out, stride, _ in cnn_blocks(cfg)]
+        self.mup = family_of(cfg).mup(cfg)
+        blocks = [BasicBlock(c_in, c_out, stride, self.mup.residual) for c_in, c_out, stride, _ in cnn_blocks(cfg)]
         self.blocks = nn.ModuleList(blocks)
         self.head = nn.Linear(cfg.width * 2 ** (cfg.n_stages - 1), cfg.n_classes)
         self._init_weights()
@@ -75,9 +82,16 @@ class CNN(nn.Module):
     def _init_weights(self) -> None:
         # He init for convs followed by ReLU; the last norm of each residual branch starts at
         # zero so every block starts as the identity (Goyal et al. 2017), which keeps deep
-        # ladders trainable without tuning per size.
+        # ladders trainable without tuning per size. He init's variance, 2 / fan_out, already
+        # falls as 1/width for the hidden convs, as muP asks; the stem is an input weight, whose
+        # scale muP keeps constant in width, so under muP its fan is taken at the base width.
+        stem = self.stem[0]
         for module in self.modules():
-            if isinstance(module, nn.Conv2d):
+            if module is stem and self.cfg.parametrization == "mup":
+                fan = self.cfg.mup.base_width * stem.kernel_size[0] * stem.kernel_size[1]
+                with torch.no_grad():
+                    stem.weight.normal_(0, math.sqrt(2.0) / math.sqrt(fan))  # kaiming_normal_'s draw
+            elif isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
         for block in self.blocks:
             nn.init.zeros_(block.norm2.weight)
@@ -92,4 +106,5 @@ class CNN(nn.Module):
             else:
                 x = block(x)
         x = x.mean(dim=(2, 3))  # (B, channels of the last stage)
-        return self.head(x)  # (B, n_classes)
+        logits = self.head(x)  # (B, n_classes)
+        return logits if self.mup.output == 1.0 else logits * self.mup.output  # muP: x 1/width_mult

@@ -13,12 +13,14 @@ against `sum(p.numel())`.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from scaling.families import family_of
 from scaling.families.gpt import GPTConfig
 
 
@@ -27,6 +29,13 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_heads = cfg.n_heads
         self.causal = True  # a ViT's blocks attend both ways
+        # Attention logits scale 1/sqrt(d_head), or under muP sqrt(d_head_base) / d_head (Yang et
+        # al. 2022: 1/d keeps the logits' scale as d_head grows); None leaves SDPA's default, so
+        # the base shape computes exactly what sp computes.
+        self.scale = None
+        head_dim, base = cfg.d_model // cfg.n_heads, getattr(cfg, "mup", None)
+        if cfg.parametrization == "mup" and base.base_head_dim not in (None, head_dim):
+            self.scale = math.sqrt(base.base_head_dim) / head_dim
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
 
@@ -37,7 +46,7 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)
         k = k.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)
         v = v.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, T, head_dim)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, scale=self.scale)  # (B, H, T, head_dim)
         y = y.transpose(1, 2).contiguous().view(B, T, D)  # (B, T, D)
         return self.proj(y)
 
@@ -59,11 +68,36 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(cfg)
         self.ln_2 = nn.LayerNorm(cfg.d_model)
         self.mlp = MLP(cfg)
+        # muP's depth multiplier (base_depth / depth)^alpha on each residual branch; 1 under sp.
+        self.residual = family_of(cfg).mup(cfg).residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))  # (B, T, D)
-        x = x + self.mlp(self.ln_2(x))  # (B, T, D)
-        return x
+        if self.residual == 1.0:
+            x = x + self.attn(self.ln_1(x))  # (B, T, D)
+            return x + self.mlp(self.ln_2(x))  # (B, T, D)
+        x = x + self.residual * self.attn(self.ln_1(x))
+        return x + self.residual * self.mlp(self.ln_2(x))
+
+
+def init_transformer(model: nn.Module, cfg: Any, std: float = 0.02) -> None:
+    """GPT-2's init, shared with the ViT: every Linear and Embedding N(0, std), zero biases, and
+    the projections that write into the residual stream N(0, std / sqrt(2 n_layers)) so the
+    stream's variance does not grow with depth (two residual writes per layer). LayerNorms keep
+    ones and zeros. Under muP the matrices inside the blocks (hidden) get std x 1/sqrt(width_mult),
+    and the residual factor is taken at the base depth: depth is scaled by the branch multiplier
+    instead, not twice. Modules are visited in the same order under both parametrizations, so sp
+    draws the same initial weights as it always has."""
+    scales = family_of(cfg).mup(cfg)
+    hidden = std * scales.hidden_init
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=hidden if name.startswith("blocks.") else std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+    depth = cfg.mup.base_depth if cfg.parametrization == "mup" else cfg.n_layers
+    for block in model.blocks:
+        nn.init.normal_(block.attn.proj.weight, mean=0.0, std=hidden / math.sqrt(2 * depth))
+        nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=hidden / math.sqrt(2 * depth))
 
 
 class GPT(nn.Module):
@@ -78,23 +112,13 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.mup = family_of(cfg).mup(cfg)
         if cfg.tie_embeddings:
             self.head.weight = self.wte.weight
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # GPT-2: N(0, 0.02) everywhere, zero biases, and the projections that write into the
-        # residual stream scaled by 1/sqrt(2 n_layers) so the stream's variance does not grow
-        # with depth (two residual writes per layer).
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-        residual_std = 0.02 / math.sqrt(2 * self.cfg.n_layers)
-        for block in self.blocks:
-            nn.init.normal_(block.attn.proj.weight, mean=0.0, std=residual_std)
-            nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=residual_std)
+        init_transformer(self, self.cfg)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         B, T = idx.shape  # (batch, seq)
@@ -108,4 +132,5 @@ class GPT(nn.Module):
             else:
                 x = block(x)
         x = self.ln_f(x)  # (B, T, D)
-        return self.head(x)  # (B, T, vocab_size)
+        logits = self.head(x)  # (B, T, vocab_size)
+        return logits if self.mup.output == 1.0 else logits * self.mup.output  # muP: x 1/width_mult

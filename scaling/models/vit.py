@@ -19,7 +19,8 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from scaling.families.vit import ViTConfig
-from scaling.models.gpt import Block
+from scaling.families import family_of
+from scaling.models.gpt import Block, init_transformer
 
 
 class ViT(nn.Module):
@@ -38,28 +39,21 @@ class ViT(nn.Module):
             block.attn.causal = False  # every patch sees every other
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, cfg.n_classes)
+        self.mup = family_of(cfg).mup(cfg)
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # As the GPT: N(0, 0.02) for linear maps, position table and class token, zero biases,
-        # residual writes scaled by 1/sqrt(2 n_layers). The patch projection is a linear map of
-        # a flattened patch, initialised like one (fan-in). The head starts at zero, so the
-        # first loss is ln(n_classes) whatever the width (as in Dosovitskiy et al.).
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, mean=0.0, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        # As the GPT (init_transformer, muP included). The position table and class token are
+        # N(0, 0.02); the patch projection is a linear map of a flattened patch, initialised like
+        # one (fan-in, constant in width: an input weight under muP). The head starts at zero, so
+        # the first loss is ln(n_classes) whatever the width (as in Dosovitskiy et al.).
+        init_transformer(self, self.cfg)
         nn.init.normal_(self.pos, std=0.02)
         if self.cls is not None:
             nn.init.normal_(self.cls, std=0.02)
         fan_in = self.patch.in_channels * self.cfg.patch_size**2
         nn.init.normal_(self.patch.weight, std=1 / math.sqrt(fan_in))
         nn.init.zeros_(self.patch.bias)
-        residual_std = 0.02 / math.sqrt(2 * self.cfg.n_layers)
-        for block in self.blocks:
-            nn.init.normal_(block.attn.proj.weight, mean=0.0, std=residual_std)
-            nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=residual_std)
         nn.init.zeros_(self.head.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,4 +69,5 @@ class ViT(nn.Module):
                 x = block(x)
         x = self.ln_f(x)  # (B, T, d)
         x = x[:, 0] if self.cls is not None else x.mean(dim=1)  # (B, d)
-        return self.head(x)  # (B, n_classes)
+        logits = self.head(x)  # (B, n_classes)
+        return logits if self.mup.output == 1.0 else logits * self.mup.output  # muP: x 1/width_mult
