@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-BUILTIN_DATASETS = ("stdlib_text", "digits", "synthetic")
+BUILTIN_DATASETS = ("stdlib_text", "digits", "synthetic", "markov", "shapes")
 TOKENIZERS = ("byte", "bpe")
 
 
@@ -35,6 +35,28 @@ class DataConfig:
     split_seed: int = 0  # seeds the train/val split and the order samples are written in
     synthetic_vocab: int = 64  # synthetic: tokens of the Markov language (an end-of-document token is added)
     synthetic_tokens: int = 262144  # synthetic: tokens generated in total
+    # markov: a k-th order Markov language with a known floor (scaling/data/markov.py). Defaults:
+    # its transition table holds V^k * log2(V!/(V-b)!) = 262,144 * 47.7 bits = 12.5M bits, about
+    # 60 times what a 1e5-parameter model can store at 2 bits per parameter (Allen-Zhu and Li
+    # 2024), so models from 1e4 to 1e6 parameters all keep gaining; a = 1 is Zipf's law; eps
+    # leaves 95% of every next-token distribution to its context.
+    markov_vocab: int = 64  # V: tokens (an end-of-document token is added)
+    markov_order: int = 3  # k: tokens of context the next token depends on
+    markov_branching: int = 8  # b: the tokens each context favours (the sparsity of the transitions)
+    markov_zipf: float = 1.0  # a: Zipf exponent of the token weights and of the b successors' probabilities
+    markov_smoothing: float = 0.05  # eps: share of every next-token distribution spread over all tokens by Zipf weight
+    # 2^23 tokens: more than the longest run of a CPU IsoFLOP grid like isoflop_tiny trains on
+    # (about 5.6M tokens at 6e11 FLOPs), so no run sees a token twice.
+    markov_tokens: int = 8388608  # tokens generated in total
+    markov_doc_tokens: float = 256.0  # mean document length; lengths are geometric
+    # shapes: procedural images with a known floor (scaling/data/shapes.py).
+    shapes_classes: int = 10  # K: glyph patterns, one per class
+    shapes_image_size: int = 16  # side in pixels; even, 10 to 64
+    shapes_distractors: int = 3  # at most this many distractor glyphs per image (0 to 3)
+    shapes_label_noise: float = 0.1  # eps: share of labels flipped to one of the other K - 1 classes
+    # 2^16 images: more than a CPU run of 2e11 FLOPs at the smallest CNN (cnn_debug, 5K parameters,
+    # 3.5 MFLOPs per 16x16 image) trains on, so no run sees an image twice.
+    shapes_images: int = 65536  # images generated in total
 
     def problems(self, prefix: str = "data") -> list[str]:
         out = []
@@ -69,4 +91,53 @@ class DataConfig:
             out.append(f"{prefix}.synthetic_vocab={self.synthetic_vocab} must lie in [2, 65534]")
         if self.synthetic_tokens <= 0:
             out.append(f"{prefix}.synthetic_tokens={self.synthetic_tokens} must be positive")
+        return out + self._markov_problems(prefix) + self._shapes_problems(prefix)
+
+    def _markov_problems(self, prefix: str) -> list[str]:
+        from scaling.data.markov import MAX_TRANSITIONS, MAX_ZIPF, MarkovSpec, too_large_message
+
+        out = []
+        V, k, b = self.markov_vocab, self.markov_order, self.markov_branching
+        if not 2 <= V <= 65534:
+            out.append(f"{prefix}.markov_vocab={V} must lie in [2, 65534]")
+        if k < 1:
+            out.append(f"{prefix}.markov_order={k} must be >= 1")
+        if not 1 <= b <= V:
+            out.append(f"{prefix}.markov_branching={b} must lie in [1, markov_vocab={V}]: the successors of a context are distinct tokens")
+        if not 0 < self.markov_zipf <= MAX_ZIPF:
+            out.append(
+                f"{prefix}.markov_zipf={self.markov_zipf} must lie in (0, {MAX_ZIPF}]: 0 makes every token equally "
+                f"likely (no Zipf law), and above {MAX_ZIPF} the top successor takes nearly all the mass; 1 is Zipf's law"
+            )
+        if not 0 < self.markov_smoothing <= 1:
+            out.append(
+                f"{prefix}.markov_smoothing={self.markov_smoothing} must lie in (0, 1]: above 0 every transition is "
+                f"possible, which makes the chain irreducible and aperiodic; e.g. 0.05"
+            )
+        if self.markov_tokens <= 0:
+            out.append(f"{prefix}.markov_tokens={self.markov_tokens} must be positive")
+        if not (math.isfinite(self.markov_doc_tokens) and self.markov_doc_tokens >= 1):
+            out.append(f"{prefix}.markov_doc_tokens={self.markov_doc_tokens} must be a mean document length >= 1")
+        if 2 <= V and k >= 1 and 1 <= b and V**k * b > MAX_TRANSITIONS:
+            out.append(too_large_message(MarkovSpec(V, k, b, self.markov_zipf, self.markov_smoothing), prefix))
+        return out
+
+    def _shapes_problems(self, prefix: str) -> list[str]:
+        from scaling.data.shapes import MAX_CLASSES, MAX_DISTRACTORS
+
+        out = []
+        K, eps = self.shapes_classes, self.shapes_label_noise
+        if not 2 <= K <= MAX_CLASSES:
+            out.append(f"{prefix}.shapes_classes={K} must lie in [2, {MAX_CLASSES}]")
+        if not (10 <= self.shapes_image_size <= 64 and self.shapes_image_size % 2 == 0):
+            out.append(f"{prefix}.shapes_image_size={self.shapes_image_size} must be even and in [10, 64]: a 5-pixel glyph in each quadrant")
+        if not 0 <= self.shapes_distractors <= MAX_DISTRACTORS:
+            out.append(f"{prefix}.shapes_distractors={self.shapes_distractors} must lie in [0, {MAX_DISTRACTORS}]: one glyph per quadrant")
+        if K >= 2 and not 0 <= eps < (K - 1) / K:
+            out.append(
+                f"{prefix}.shapes_label_noise={eps} must lie in [0, (K-1)/K = {(K - 1) / K:.4g}) for shapes_classes={K}: "
+                f"at (K-1)/K labels are uniform and say nothing about the image; e.g. 0.1"
+            )
+        if self.shapes_images < 2 * max(K, 2):
+            out.append(f"{prefix}.shapes_images={self.shapes_images} must be at least 2 x shapes_classes = {2 * max(K, 2)}")
         return out

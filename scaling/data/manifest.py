@@ -183,6 +183,10 @@ class Manifest:
                 f"{split}: {self.num_samples(split)} samples, {self.tokens(split)} "
                 f"{'tokens' if self.kind == 'text' else 'images'}, {len(self.splits[split])} shards"
             )
+        if "loss_floor_nats" in self.source:
+            rate = self.source.get("entropy_rate_nats_per_token")
+            parts.append(f"loss floor: {self.source['loss_floor_nats']:.6g} nats"
+                         + (f" (entropy rate {rate:.6g} nats per token)" if rate is not None else ""))
         return "\n  ".join(parts)
 
 

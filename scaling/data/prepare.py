@@ -72,6 +72,12 @@ def builtin_params(cfg: DataConfig) -> dict[str, Any]:
                     max_source_mb=cfg.max_source_mb, python=sys.version.split()[0])
     if cfg.name == "synthetic":
         return dict(common, seq_len=cfg.seq_len, vocab=cfg.synthetic_vocab, tokens=cfg.synthetic_tokens)
+    if cfg.name == "markov":
+        return dict(common, seq_len=cfg.seq_len, vocab=cfg.markov_vocab, order=cfg.markov_order, branching=cfg.markov_branching,
+                    zipf=cfg.markov_zipf, smoothing=cfg.markov_smoothing, tokens=cfg.markov_tokens, doc_tokens=cfg.markov_doc_tokens)
+    if cfg.name == "shapes":
+        return dict(common, classes=cfg.shapes_classes, image_size=cfg.shapes_image_size, distractors=cfg.shapes_distractors,
+                    label_noise=cfg.shapes_label_noise, images=cfg.shapes_images)
     return common
 
 
@@ -86,9 +92,18 @@ def build_builtin(cfg: DataConfig, folder: str) -> Manifest:
         tokenizer = {"type": "synthetic", "vocab_size": cfg.synthetic_vocab + 1, "eod_id": cfg.synthetic_vocab, "file": None}
         return write_text(folder, docs, name=cfg.name, tokenizer=tokenizer, seq_len=cfg.seq_len,
                           val_fraction=cfg.val_fraction, shard_samples=cfg.shard_samples, seed=cfg.split_seed, source=source)
+    if cfg.name == "markov":
+        docs, source = sources.markov_documents(cfg)
+        tokenizer = {"type": "markov", "vocab_size": cfg.markov_vocab + 1, "eod_id": cfg.markov_vocab, "file": None}
+        return write_text(folder, docs, name=cfg.name, tokenizer=tokenizer, seq_len=cfg.seq_len,
+                          val_fraction=cfg.val_fraction, shard_samples=cfg.shard_samples, seed=cfg.split_seed, source=source)
     if cfg.name == "digits":
         items, classes, source = sources.digits_items()
         return write_images(folder, items, name=cfg.name, classes=classes, image_size=8, channels=1,
+                            val_fraction=cfg.val_fraction, shard_samples=cfg.shard_samples, seed=cfg.split_seed, source=source)
+    if cfg.name == "shapes":
+        items, classes, source = sources.shapes_items(cfg)
+        return write_images(folder, items, name=cfg.name, classes=classes, image_size=cfg.shapes_image_size, channels=3,
                             val_fraction=cfg.val_fraction, shard_samples=cfg.shard_samples, seed=cfg.split_seed, source=source)
     raise DataError(f"data.name={cfg.name!r} is not built in")
 
@@ -151,4 +166,11 @@ def prepare_image_folder(root: str, out: str, cfg: DataConfig, image_size: Optio
 def synthetic_tokens_entropy(manifest: Manifest) -> Optional[float]:
     """The entropy rate of the synthetic language, the loss a perfect model approaches (nats/token)."""
     return manifest.source.get("entropy_nats_per_token") if manifest.source.get("type") == "synthetic-markov" else None
+
+
+def loss_floor(manifest: Manifest) -> Optional[float]:
+    """The lowest expected loss any model can reach on this data as the loader delivers it (nats
+    per token or image): the known E of the `markov` and `shapes` sets; None for other data."""
+    value = manifest.source.get("loss_floor_nats")
+    return None if value is None else float(value)
 

@@ -1,5 +1,6 @@
 """Where data comes from: the built-in sets (the running interpreter's standard library, scikit-learn's
-handwritten digits, a synthetic Markov language) and user files (text files, folders, JSONL; image
+handwritten digits, a synthetic Markov language, a k-th order Markov language and procedural images
+whose floors are known) and user files (text files, folders, JSONL; image
 folders with one subfolder per class).
 
 Every source is deterministic: file lists are sorted, random choices are seeded.
@@ -20,6 +21,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from scaling.data.build import ImageLoader
+from scaling.data.config import DataConfig
 from scaling.errors import DataError
 
 # Standard-library folders that are not library source (tests carry odd encodings and huge data
@@ -120,6 +122,37 @@ def synthetic_documents(vocab: int, total_tokens: int, seed: int, zipf_a: float 
         "seed": seed,
     }
     return docs, source
+
+
+# ---- built-in sets whose floor is known: a k-th order Markov language, procedural images ----
+
+
+def markov_documents(cfg: DataConfig) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """The `markov` set's documents and source record (scaling/data/markov.py). The record holds
+    the entropy rate and the floor over the loader's windows, and, as a check of both, the true
+    chain's mean loss over the validation windows as they will be written, with its standard error."""
+    from scaling.data.build import pack, split_documents
+    from scaling.data.markov import MarkovSpec, markov_documents as generate
+
+    spec = MarkovSpec(cfg.markov_vocab, cfg.markov_order, cfg.markov_branching, cfg.markov_zipf, cfg.markov_smoothing)
+    docs, source, chain = generate(spec, cfg.markov_tokens, cfg.markov_doc_tokens, cfg.seq_len, cfg.split_seed)
+    _, val_idx = split_documents([len(d) for d in docs], cfg.val_fraction, cfg.split_seed)
+    rows = pack([docs[i] for i in val_idx], cfg.markov_vocab, cfg.seq_len + 1)
+    if len(rows):
+        per_window = chain.window_losses(rows, cfg.markov_vocab, cfg.markov_doc_tokens).mean(1)
+        source["val_true_loss_nats"] = float(per_window.mean())
+        source["val_true_loss_se"] = float(per_window.std() / np.sqrt(len(per_window)))
+    return docs, source
+
+
+def shapes_items(cfg: DataConfig) -> tuple[list[tuple[ImageLoader, int]], list[str], dict[str, Any]]:
+    """The `shapes` set's images and labels (scaling/data/shapes.py); the record holds the floor."""
+    from scaling.data.shapes import shapes_images
+
+    pixels, labels, _, source = shapes_images(cfg.shapes_classes, cfg.shapes_image_size, cfg.shapes_distractors,
+                                              cfg.shapes_label_noise, cfg.shapes_images, cfg.split_seed)
+    items = [((lambda i=i: pixels[i]), int(labels[i])) for i in range(len(labels))]
+    return items, [str(c) for c in range(cfg.shapes_classes)], source
 
 
 # ---- built-in images: scikit-learn's digits ----
