@@ -84,3 +84,59 @@ def test_mup_config_errors_name_the_key_and_the_fix():
                               mup=MupConfig(64, 2)))
     with pytest.raises(ConfigError, match=r"model.parametrization='mu'; use one of \('sp', 'mup'\)"):
         build_model(CNNConfig(image_size=8, in_channels=1, n_classes=2, parametrization="mu"))
+
+
+# ---- through the trainer ------------------------------------------------------------------------
+from scaling.rundir import read_metrics, read_result  # noqa: E402
+from trainer_utils import ROOT, data_cache, env, run_train, train_cmd  # noqa: E402,F401 - fixture
+
+BUDGET = "train.tokens=16384"  # 16 steps of 1024 tokens
+MUP = ["model.parametrization=mup", "model.mup.base_width=16", "model.mup.base_depth=1"]  # x2 wider, x2 deeper
+
+
+def _losses(run) -> list[float]:
+    return [r["loss"] for r in read_metrics(run / "metrics.jsonl")]
+
+
+def _ok(proc) -> None:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_trainer_mup_at_base_shape_is_sp_and_zero2_matches_one_process(data_cache, tmp_path):
+    _ok(run_train(data_cache, tmp_path / "sp", BUDGET))
+    _ok(run_train(data_cache, tmp_path / "base", BUDGET, "model.parametrization=mup", "model.mup.base_width=32",
+                  "model.mup.base_depth=2"))  # fmt: skip
+    assert _losses(tmp_path / "base") == pytest.approx(_losses(tmp_path / "sp"), abs=1e-6)
+
+    _ok(run_train(data_cache, tmp_path / "mup1", BUDGET, *MUP, "train.zero_stage=0"))
+    _ok(run_train(data_cache, tmp_path / "mup2", BUDGET, *MUP, "train.zero_stage=2", nproc=2))
+    one, two = _losses(tmp_path / "mup1"), _losses(tmp_path / "mup2")
+    assert read_result(tmp_path / "mup2")["world_size"] == 2
+    assert two == pytest.approx(one, abs=1e-4)
+    assert one != pytest.approx(_losses(tmp_path / "sp"), abs=1e-3)  # the multipliers do act off the base shape
+
+
+def test_a_killed_mup_run_resumes_with_its_group_lrs(data_cache, tmp_path):
+    import subprocess
+    import time
+
+    budget = ("train.tokens=16384", "train.checkpoint_every_tokens=4096", *MUP)
+    straight = tmp_path / "straight"
+    _ok(run_train(data_cache, straight, *budget))
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(train_cmd(run, *budget), cwd=ROOT, env=env(data_cache), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            rows = read_metrics(run / "metrics.jsonl")
+            if rows and rows[-1]["step"] >= 10:
+                break
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert read_result(run) is None
+    _ok(run_train(data_cache, run, *budget))
+    assert _losses(run) == pytest.approx(_losses(straight), abs=1e-6)

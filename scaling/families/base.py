@@ -258,7 +258,7 @@ class Family:
             return "output"
         return "hidden"
 
-    def param_groups(self, model: Any, cfg: Any, lr: float, weight_decay: float) -> list[dict]:
+    def param_groups(self, model: Any, cfg: Any, lr: Optional[float], weight_decay: float) -> list[dict]:
         """AdamW's parameter groups. Weight decay applies to matrices (linear, conv and embedding
         weights) only, never to biases and norm gains. Under `sp` every group has `lr` (the two
         groups, decayed and not, that checkpoints of earlier versions hold). Under `mup` one group
@@ -268,8 +268,10 @@ class Family:
             for p in model.parameters():
                 if p.requires_grad:
                     (decay if p.ndim >= 2 else no_decay).append(p)
-            return [{"params": decay, "weight_decay": weight_decay, "lr": lr},
-                    {"params": no_decay, "weight_decay": 0.0, "lr": lr}]  # fmt: skip
+            groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            return [g | ({} if lr is None else {"lr": lr}) for g in groups]
+        if lr is None:
+            raise ValueError("param_groups under mup needs the base lr, to scale each role's")
         scales = self.mup(cfg)
         groups = {role: {"params": [], "weight_decay": 0.0 if role == "vector" else weight_decay,
                          "lr": lr * scales.lr(role)} for role in ROLES}  # fmt: skip

@@ -44,14 +44,14 @@ def deepspeed_config(plan: RunPlan, bf16: bool) -> dict:
     }
 
 
-def param_groups(model: Any, weight_decay: float) -> list[dict]:
-    """AdamW groups: weight decay on matrices (linear, conv and embedding weights) only; biases
-    and norm gains are not decayed."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def param_groups(model: Any, weight_decay: float, cfg: Any = None, lr: float | None = None) -> list[dict]:
+    """AdamW groups, from the model's family (`Family.param_groups`): weight decay on matrices
+    only; under muP one group per role, each with its LR multiplier. `cfg` defaults to the
+    model's own config."""
+    from scaling.families import family_of
+
+    cfg = cfg if cfg is not None else model.cfg
+    return family_of(cfg).param_groups(model, cfg, lr, weight_decay)
 
 
 class Engine:
@@ -83,7 +83,7 @@ class Engine:
         model = build_model(plan.cfg.model)
         model.activation_checkpointing = t.activation_checkpointing
         optimizer = torch.optim.AdamW(
-            param_groups(model, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2), eps=1e-8,
+            param_groups(model, t.weight_decay, plan.cfg.model, t.lr), lr=t.lr, betas=(t.beta1, t.beta2), eps=1e-8,
             foreach=True,  # PyTorch picks the per-tensor loop on CPU by default, which is slower
         )
         schedule = torch.optim.lr_scheduler.LambdaLR(
