@@ -17,6 +17,11 @@
 # "train plain auto ckpt"). For a quick try of the script itself on a small machine: LAYERS,
 # D_MODEL, HEADS, SEQ, DEVICE (cuda or cpu; on cpu there is no MFU).
 # Every part runs even when an earlier one fails; the exit status is 1 if any failed.
+#
+# Measured on one H200 (torch 2.11, DeepSpeed 0.19.8, commit 445a626; MFU against 989 TFLOP/s with
+# the 6n convention, attention included): scaling-train 139.8k tokens/s, MFU 43.1%; plain loop
+# 145.5k tokens/s, 44.9%; micro_batch_size=auto picked 16 (x 2 accumulation): 148.7k, 45.8%;
+# activation checkpointing (micro 8): 116.4k, 35.9%.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
