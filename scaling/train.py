@@ -28,10 +28,14 @@ from scaling.distributed import World, detect_world
 from scaling.errors import ConfigError, DataError, ScalingError
 from scaling.runid import RUN_ID_RULE, config_hash, data_checksum
 from scaling.rundir import (
-    EXIT_COMPLETED, EXIT_CONFIG, EXIT_FAILED, EXIT_REQUEUE, STOP_NAME, RunFileError, load_result, truncate_metrics,
-    write_atomic, write_json_atomic,
+    EXIT_COMPLETED, EXIT_CONFIG, EXIT_FAILED, EXIT_REQUEUE, STOP_NAME, RunFileError, load_result, write_atomic,
+    write_json_atomic,
 )  # fmt: skip
 from scaling.runlock import RunLock
+from scaling.trainer.callbacks import Callback, end_all, load_callbacks
+from scaling.trainer.callbacks.checkpoint import CheckpointCadence
+from scaling.trainer.callbacks.metrics import MetricsFile
+from scaling.trainer.callbacks.progress import ProgressLog
 from scaling.trainer.checkpointing import TrainState, identity_problems  # noqa: F401 - re-exported
 from scaling.trainer.directory import RunRefused, check_same_run, prior_result, take_run_dir
 from scaling.trainer.engine import deepspeed_config, param_groups  # noqa: F401 - re-exported
@@ -95,35 +99,28 @@ def train(cfg: TrainAppConfig, started: float | None = None) -> int:
         if epochs > 1:
             log.warning("this run repeats its training data: %.2f epochs over %s unique %s", epochs,
                         f"{unique_units:,}", "tokens" if plan.samples_per_seq > 1 else "samples")  # fmt: skip
+        # A user's callbacks are imported before the engine is built: a wrong name fails in seconds.
+        user_callbacks = load_callbacks(_callback_paths(plan.cfg))
         timing.mark("setup_s")  # torch, data preparation, counting
         trainer = Trainer(plan, manifest, world)
         trainer.stop_requested, trainer.stop_signal = stop["flag"], stop.get("signal", "")
         trainer.lease = lock
         timing.mark("deepspeed_init_s")  # DeepSpeed import, process group, model, engine
         resumed = trainer.resume()
-        if world.is_main:
-            if resumed:
-                truncate_metrics(run_dir / "metrics.jsonl", trainer.state.step)
-            else:
-                # config.yaml records what the run trains with: written when it starts, never after.
-                write_atomic(run_dir / "config.yaml", _to_yaml(scrub_secrets(to_dict(plan.cfg))))
-                (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # rows of a run that never checkpointed
-        mirror = None
-        mode = wandb_mode(plan.cfg.logger.wandb.mode) if world.is_main else "disabled"
-        if mode != "disabled":
-            # The dashboard mirrors metrics.jsonl: every row written is also logged. It starts in
-            # the background, so its start-up never delays the first step.
-            mirror = WandbMirror(plan, trainer.state, scrub_secrets(to_dict(plan.cfg)), mode)
-            trainer.row_sinks.append(mirror.log)
+        if world.is_main and not resumed:
+            # config.yaml records what the run trains with: written when it starts, never after.
+            write_atomic(run_dir / "config.yaml", _to_yaml(scrub_secrets(to_dict(plan.cfg))))
+        trainer.callbacks = _callbacks(trainer, resumed, user_callbacks)
         timing.mark("resume_and_wandb_s")
+        result = None
         try:
             result = trainer.fit()
+            result |= {**identity, "run_id_rule": RUN_ID_RULE, "epochs": round(epochs, 4),
+                       "unique_tokens": unique_units}  # fmt: skip
             timing.mark("train_s")  # the training loop, evaluation included
         finally:
-            if mirror is not None:
-                mirror.finish()
+            end_all(trainer.callbacks, trainer, result)
         timing.mark("finish_s")
-        result |= {**identity, "run_id_rule": RUN_ID_RULE, "epochs": round(epochs, 4), "unique_tokens": unique_units}
         result["timing"] = timing.as_dict() | {k: round(v, 3) for k, v in trainer.seconds.items()}
         if world.is_main:
             write_json_atomic(run_dir / "result.json", result)
@@ -162,6 +159,28 @@ def train(cfg: TrainAppConfig, started: float | None = None) -> int:
         if lock is not None:
             lock.release()
         teardown()
+
+
+def _callback_paths(cfg: TrainAppConfig) -> list[str]:
+    # train.callbacks, once scaling/config.py declares it; no user callbacks until then.
+    return list(getattr(cfg.train, "callbacks", None) or [])
+
+
+def _callbacks(trainer: Trainer, resumed: bool, user: list[Callback]) -> list[Callback]:
+    """The loop's callbacks, in the order they are called: on the main rank the metrics file, the
+    wandb mirror and the progress log; then the user's; last, on every rank, the checkpoint
+    cadence, so that every other callback has seen a step before it is checkpointed."""
+    plan, world = trainer.plan, trainer.world
+    out: list[Callback] = []
+    if world.is_main:
+        out.append(MetricsFile(trainer.run_dir / "metrics.jsonl", trainer.state.step if resumed else None))
+        mode = wandb_mode(plan.cfg.logger.wandb.mode)
+        if mode != "disabled":
+            # The dashboard mirrors metrics.jsonl: every row written is also logged. It starts in
+            # the background, so its start-up never delays the first step.
+            out.append(WandbMirror(plan, trainer.state, scrub_secrets(to_dict(plan.cfg)), mode))
+        out.append(ProgressLog())
+    return out + user + [CheckpointCadence(plan.steps_for(plan.cfg.train.checkpoint_every_tokens))]
 
 
 def _write_failure(run_dir: Path, world: World, error: str, step: int | None) -> None:

@@ -1,10 +1,12 @@
 """The wandb dashboard: a mirror of `metrics.jsonl`, never the record.
 
-`WandbMirror` starts (or continues) the run's wandb run in a background thread: wandb's start-up
-(its service process, about 1.5 s even offline) never delays the first step. Rows logged before
-it is ready are buffered and sent in order once it is. A wandb error is logged and never fails
-the run. The wandb run id is decided at once (it lives in the run directory and in every
-checkpoint), so a resumed or requeued run continues the same wandb run.
+`WandbMirror` is a trainer callback (scaling/trainer/callbacks/): each metrics row the loop logs is
+sent to wandb, and the wandb run is finished when the attempt ends, however it ends. It starts (or
+continues) the run's wandb run in a background thread: wandb's start-up (its service process,
+about 1.5 s even offline) never delays the first step. Rows logged before it is ready are
+buffered and sent in order once it is. A wandb error is logged and never fails the run. The wandb
+run id is decided at once (it lives in the run directory and in every checkpoint), so a resumed or
+requeued run continues the same wandb run.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import os
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from scaling.rundir import write_atomic
+from scaling.trainer.callbacks import Callback
 
 log = logging.getLogger("scaling.wandb")
 
@@ -78,7 +81,7 @@ def call(fn: Callable, *args: Any, **kwargs: Any) -> None:
         log.warning("wandb: %s: %s (metrics.jsonl is unaffected)", type(e).__name__, e)
 
 
-class WandbMirror:
+class WandbMirror(Callback):
     """Mirror each metrics row to the run's wandb run (rank 0 only)."""
 
     def __init__(self, plan: Any, state: Any, config: dict, mode: str | None = None):
@@ -119,14 +122,16 @@ class WandbMirror:
         if self.run is not None:
             call(self.run.log, {k: v for k, v in row.items() if k != "step"}, step=row["step"])
 
-    def log(self, row: dict) -> None:
+    def on_step(self, trainer: Any, row: Optional[dict]) -> None:
+        if row is None:
+            return
         with self._lock:
             if self._ready:
                 self._send(row)
             else:
                 self._pending.append(row)
 
-    def finish(self) -> None:
+    def on_end(self, trainer: Any, result: Any) -> None:
         self._thread.join(FINISH_WAIT_S)
         if self._thread.is_alive():
             log.warning("wandb did not start within %.0f s; the dashboard misses this run's rows", FINISH_WAIT_S)

@@ -1,7 +1,9 @@
 """The training loop: from the current state to the end of the budget.
 
 `Trainer.fit` steps the engine, evaluates when due, builds the metrics row, and stops cleanly
-(checkpoint, then StopRequested) when every rank has seen a stop signal.
+(checkpoint, then StopRequested) when every rank has seen a stop signal. Everything else a run
+does as it goes (the metrics file, the dashboard, the progress log, the checkpoint cadence, a
+user's own) is a callback (scaling/trainer/callbacks/), called at the loop's seams.
 """
 
 from __future__ import annotations
@@ -10,19 +12,19 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Optional
 
 from scaling.distributed import World
 from scaling.errors import ScalingError
-from scaling.rundir import append_metrics, read_metrics
+from scaling.rundir import read_metrics
 from scaling.runid import config_hash, data_checksum
+from scaling.trainer.callbacks import Callback
 from scaling.trainer.checkpointing import Checkpointer, TrainState
 from scaling.trainer.engine import Engine
 from scaling.trainer.plan import RunPlan
 from scaling.trainer.process import agree
 
 log = logging.getLogger("scaling.train")
-PROGRESS_EVERY_S = 10.0  # how often a progress line is printed; every step goes to metrics.jsonl
 
 
 class NonFiniteLoss(ScalingError):
@@ -34,13 +36,13 @@ class StopRequested(Exception):
 
 
 class Trainer:
-    """One run: the engine, its state and checkpoints, and the loop that trains it to the budget."""
+    """One run: the engine, its state and checkpoints, its callbacks, and the loop that trains it
+    to the budget."""
 
-    def __init__(self, plan: RunPlan, manifest: Any, world: World):
+    def __init__(self, plan: RunPlan, manifest: Any, world: World, callbacks: Optional[list[Callback]] = None):
         self.plan, self.manifest, self.world = plan, manifest, world
         self.cfg = plan.cfg
         self.run_dir = Path(self.cfg.run.dir)
-        self.metrics_path = self.run_dir / "metrics.jsonl"
         self.engine = Engine(plan, world)
         self.identity = {"config_hash": config_hash(self.cfg), "data_checksum": data_checksum(manifest)}
         self.checkpointer = Checkpointer(self.engine, self.run_dir, self.identity)
@@ -48,8 +50,9 @@ class Trainer:
         self.stop_requested = False
         self.stop_signal = ""  # the signal's name, set by the handler in train()
         self.seconds = {"steps_s": 0.0, "eval_s": 0.0}  # this attempt's time in optimizer steps and evaluation
-        self.row_sinks: list[Callable[[dict], None]] = []  # rank 0 only, e.g. the wandb mirror
+        self.callbacks = list(callbacks or [])
         self.lease: Any = None  # the run directory's lease (rank 0), see scaling/runlock.py
+        self.saved_step: Optional[int] = None  # the step of this attempt's latest checkpoint
         self._started = time.time()
 
     def train_step(self, x: Any, y: Any) -> float:
@@ -63,8 +66,13 @@ class Trainer:
         return state is not None
 
     def save_checkpoint(self) -> Path:
+        """Checkpoint the current step (a collective: every rank calls it)."""
         self.state.wall_time_s = time.time() - self._started
-        return self.checkpointer.save(self.state)
+        path = self.checkpointer.save(self.state)
+        self.saved_step = self.state.step
+        for callback in self.callbacks:
+            callback.on_checkpoint(self, path)
+        return path
 
     def _evaluate(self, batches: list) -> float:
         t0 = time.perf_counter()
@@ -92,11 +100,9 @@ class Trainer:
         )  # fmt: skip
         eval_set = self._eval_batches()
         eval_every = plan.steps_for(t.eval_every_tokens)
-        ckpt_every = plan.steps_for(t.checkpoint_every_tokens)
         last_eval: float | None = None
         window_start, window_tokens = time.time(), 0
         train_loss = float("nan")
-        last_progress = 0.0
 
         def due(every: int | None) -> bool:
             return every is not None and self.state.step % every == 0
@@ -127,36 +133,31 @@ class Trainer:
                     f"check the data"
                 )
             last = self.state.step == plan.steps
-            row: dict[str, Any] | None = None
+            eval_loss = None
             if due(eval_every) or last:
                 elapsed = time.time() - window_start
-                last_eval = self._evaluate(eval_set)
+                eval_loss = last_eval = self._evaluate(eval_set)
                 window_start = time.time() - elapsed  # evaluation time is not training throughput
-                row = {"eval_loss": last_eval}
-            if row is not None or due(t.log_every_steps) or last:
-                row = self._metrics_row(train_loss, lr, window_tokens, time.time() - window_start) | (row or {})
+                for callback in self.callbacks:
+                    callback.on_eval(self, eval_loss)
+            row = None
+            if eval_loss is not None or due(t.log_every_steps) or last:
+                row = self._metrics_row(train_loss, lr, window_tokens, time.time() - window_start, eval_loss)
                 window_start, window_tokens = time.time(), 0
                 self.state.wall_time_s = time.time() - self._started
-                if self.world.is_main:
-                    append_metrics(self.metrics_path, row)
-                    for sink in self.row_sinks:
-                        sink(row)
-                    if "eval_loss" in row or time.time() - last_progress > PROGRESS_EVERY_S:
-                        self._log_progress(row)
-                        last_progress = time.time()
-            saved = False
-            if due(ckpt_every) and not last:
-                self.save_checkpoint()
-                saved = True
+            for callback in self.callbacks:
+                callback.on_step(self, row)
             # On the last step the run is about to finish: finishing beats a checkpoint that a
             # requeue would resume with nothing left to train.
             if not last and self._stop_agreed():
-                if not saved:
+                for callback in self.callbacks:
+                    callback.on_signal(self, self.stop_signal)
+                if self.saved_step != self.state.step:
                     self.save_checkpoint()
                 raise StopRequested()
         if last_eval is None:  # resumed from a checkpoint taken at the very end
             last_eval = self._evaluate(eval_set)
-            rows = read_metrics(self.metrics_path)
+            rows = read_metrics(self.run_dir / "metrics.jsonl")
             train_loss = rows[-1]["loss"] if rows else float("nan")
         self.state.wall_time_s = time.time() - self._started
         return {
@@ -177,7 +178,7 @@ class Trainer:
             "group": self.cfg.run.group,
         }
 
-    def _metrics_row(self, loss: float, lr: float, tokens: int, seconds: float) -> dict:
+    def _metrics_row(self, loss: float, lr: float, tokens: int, seconds: float, eval_loss: float | None) -> dict:
         plan = self.plan
         tps = tokens / seconds if seconds > 0 else float("nan")
         row = {
@@ -192,17 +193,9 @@ class Trainer:
         }
         if self.engine.peak_flops:
             row["mfu"] = row["flops_per_s"] / (self.engine.peak_flops * self.world.world_size)
+        if eval_loss is not None:
+            row["eval_loss"] = eval_loss
         return row
-
-    def _log_progress(self, row: dict) -> None:
-        steps = self.plan.steps
-        remaining = (steps - row["step"]) * self.plan.tokens_per_step / row["tokens_per_s"] if row["tokens_per_s"] else 0
-        extra = f" eval {row['eval_loss']:.4f}" if "eval_loss" in row else ""
-        log.info(
-            "step %d/%d (%.0f%%) loss %.4f%s lr %.2e %.0f tok/s ETA %.0fs",
-            row["step"], steps, 100 * row["step"] / steps, row["loss"], extra, row["lr"], row["tokens_per_s"],
-            remaining,
-        )  # fmt: skip
 
     def _stop_agreed(self) -> bool:
         # Saving is collective, so every rank must agree to stop at the same step.

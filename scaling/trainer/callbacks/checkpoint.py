@@ -1,0 +1,23 @@
+"""The checkpoint cadence: a checkpoint every `train.checkpoint_every_tokens`, on every rank (saving
+is collective). A checkpoint on a stop signal is the loop's, not the cadence's."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+from scaling.trainer.callbacks import Callback
+
+if TYPE_CHECKING:
+    from scaling.trainer.loop import Trainer
+
+
+class CheckpointCadence(Callback):
+    def __init__(self, every_steps: Optional[int]):
+        self.every_steps = every_steps
+
+    def on_step(self, trainer: Trainer, row: Optional[dict]) -> None:
+        step = trainer.state.step
+        # Not on the last step: the run is about to finish, and finishing beats a checkpoint that a
+        # requeue would resume with nothing left to train.
+        if self.every_steps is not None and step % self.every_steps == 0 and step < trainer.plan.steps:
+            trainer.save_checkpoint()
