@@ -55,6 +55,8 @@ def best_lr(lrs: list[float], losses: list[float]) -> tuple[float, bool]:
         return lrs[i], False
     lo, hi = max(0, i - 2), min(len(lrs), i + 3)
     x, y = np.log(lrs[lo:hi]), np.array(losses[lo:hi])
+    if not np.all(np.isfinite(y)):  # a diverged or missing neighbour: the grid point itself
+        return lrs[i], True
     a, b, _ = np.polyfit(x, y, 2)
     if a <= 0:
         return lrs[i], True
