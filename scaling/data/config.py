@@ -36,7 +36,7 @@ class DataConfig:
     synthetic_vocab: int = 64  # synthetic: tokens of the Markov language (an end-of-document token is added)
     synthetic_tokens: int = 262144  # synthetic: tokens generated in total
     # markov: a k-th order Markov language with a known floor (scaling/data/markov.py). Defaults:
-    # its transition table holds V^k * log2(V!/(V-b)!) = 262,144 * 47.7 bits = 12.5M bits, about
+    # its tables hold (V + V^2 + V^3) * log2(V!/(V-b)!) = 266,304 * 47.7 bits = 12.7M bits, about
     # 60 times what a 1e5-parameter model can store at 2 bits per parameter (Allen-Zhu and Li
     # 2024), so models from 1e4 to 1e6 parameters all keep gaining; a = 1 is Zipf's law; eps
     # leaves 95% of every next-token distribution to its context.
@@ -45,6 +45,9 @@ class DataConfig:
     markov_branching: int = 8  # b: the tokens each context favours (the sparsity of the transitions)
     markov_zipf: float = 1.0  # a: Zipf exponent of the token weights and of the b successors' probabilities
     markov_smoothing: float = 0.05  # eps: share of every next-token distribution spread over all tokens by Zipf weight
+    # rho: each longer context's share of the rest relative to the one before. 0.5: every order a
+    # model learns (V times more entries) halves what is left to learn.
+    markov_order_decay: float = 0.5
     # 2^23 tokens: more than the longest run of a CPU IsoFLOP grid like isoflop_tiny trains on
     # (about 5.6M tokens at 6e11 FLOPs), so no run sees a token twice.
     markov_tokens: int = 8388608  # tokens generated in total
@@ -118,8 +121,14 @@ class DataConfig:
             out.append(f"{prefix}.markov_tokens={self.markov_tokens} must be positive")
         if not (math.isfinite(self.markov_doc_tokens) and self.markov_doc_tokens >= 1):
             out.append(f"{prefix}.markov_doc_tokens={self.markov_doc_tokens} must be a mean document length >= 1")
-        if 2 <= V and k >= 1 and 1 <= b and V**k * b > MAX_TRANSITIONS:
-            out.append(too_large_message(MarkovSpec(V, k, b, self.markov_zipf, self.markov_smoothing), prefix))
+        if not 0 < self.markov_order_decay <= 1:
+            out.append(
+                f"{prefix}.markov_order_decay={self.markov_order_decay} must lie in (0, 1]: each longer context's "
+                f"share relative to the one before (1: equal shares); e.g. 0.5"
+            )
+        spec = MarkovSpec(V, k, b, self.markov_zipf, self.markov_smoothing, self.markov_order_decay)
+        if 2 <= V and k >= 1 and 1 <= b and spec.transitions > MAX_TRANSITIONS:
+            out.append(too_large_message(spec, prefix))
         return out
 
     def _shapes_problems(self, prefix: str) -> list[str]:

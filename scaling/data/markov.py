@@ -1,24 +1,34 @@
 """A k-th order Markov language whose best achievable loss is known: the `markov` built-in set.
 
-The chain (V tokens, order k, branching b, Zipf exponent a, smoothing eps)
------------------------------------------------------------------------------
-    u_j       = (j + 1)^-a / sum_i (i + 1)^-a                token weights: Zipf's law over ids
-    S_c       = b distinct tokens drawn one after another, each with probability proportional to u
-                among the tokens not yet drawn (so frequent tokens tend to come first), for each
-                context c = (x_1, ..., x_k) in V^k
-    z_r       = r^-a / sum_{s <= b} s^-a                     the Zipf law over the b ranks
-    p(y | c)  = (1 - eps) z_r [y = S_c[r]]  +  eps u_y
+The chain (V tokens, order k, branching b, Zipf exponent a, smoothing eps, order decay rho)
+-------------------------------------------------------------------------------------------
+An interpolated n-gram model (Jelinek and Mercer 1980) with random sparse tables:
+
+    u_y        = (y + 1)^-a / sum_i (i + 1)^-a        token weights: Zipf's law over ids
+    S_j(c)     = b distinct tokens for each context c of the last j tokens, j = 1..k, drawn one
+                 after another with probability proportional to u among those not yet drawn
+                 (so frequent tokens tend to come first, and in front)
+    z_r        = r^-a / sum_{s <= b} s^-a             the Zipf law over the b ranks
+    w_j        = (1 - eps) rho^(j-1) (1 - rho) / (1 - rho^k),   j = 1..k
+    p(y | x)   = eps u_y + sum_j w_j sum_r z_r [y = S_j(last j tokens of x)[r]]
+
+Every order of context carries information: a model learns the V b entries of the first-order
+table from little data, then the V^2 b of the second, and so on; each longer context holds V
+times more entries and, with rho < 1, a smaller share of the mass, so what a model has not yet
+learned shrinks by about rho for every factor V in what it stores: a power law of exponent
+about ln(1/rho) / ln(V) in its capacity, smoothed by the Zipf-like frequencies of contexts
+(frequent ones are learned first), as in natural text. With all the mass on the longest
+context instead, shorter contexts say almost nothing and nothing is learned until the whole
+k-token conjunction is: GPTs of 1e4 to 1e5 parameters stayed at the unigram entropy after 1M
+tokens of such a chain (V = 64, k = 3).
 
 Every transition has probability >= eps u_y > 0, so the chain on contexts reaches any context
 from any other in k steps: it is irreducible and aperiodic by construction, and its stationary
-distribution pi over the V^k contexts is unique. Because supports favour frequent tokens, token
-frequencies follow Zipf's law and context frequencies are a product of such laws: heavy tailed,
-so a model keeps gaining from more parameters (it stores more contexts' rows) and more data (it
-sees rarer contexts often enough) over a wide range, instead of saturating at once.
+distribution pi over the V^k contexts is unique.
 
 What is computed exactly
 ------------------------
-- pi, by power iteration on the V^k contexts (one sparse step costs V^k b), until successive
+- pi, by power iteration on the V^k contexts (one sparse step costs V^k k b), until successive
   iterates differ by less than `STATIONARY_TOL` in L1; its L1 error is bounded from the observed
   rate of convergence. A total-variation error T in pi moves each entropy below by at most
   2 (T k ln V + h(T)) (the Fannes-Audenaert continuity bound on the block entropies), which is
@@ -58,12 +68,13 @@ import numpy as np
 
 from scaling.errors import DataError
 
-# The largest transition table (V^k contexts x b successors) whose stationary distribution is
-# computed exactly: about 0.5 GB of working memory and a second per power-iteration step.
+# The largest expanded table (V^k contexts x k b successors) whose stationary distribution is
+# computed exactly: about 1 GB of working memory and a second per power-iteration step.
 MAX_TRANSITIONS = 2**25
 MAX_ZIPF = 4.0  # above, the top successor of a context takes over 90% of its mass
 STATIONARY_TOL = 1e-12
 MAX_ITERATIONS = 10_000
+ENTROPY_CHUNK = 65536  # contexts per vectorised block of `row_entropies`
 SMALL_STATE_SPACE = 1000  # below this many contexts the state-frequency fit uses every rank
 
 
@@ -74,10 +85,22 @@ class MarkovSpec:
     branching: int
     zipf: float
     smoothing: float
+    order_decay: float = 0.5
 
     @property
     def contexts(self) -> int:
         return self.vocab**self.order
+
+    @property
+    def transitions(self) -> int:
+        """Sparse entries of the expanded table: V^k contexts x k b successors."""
+        return self.contexts * self.order * self.branching
+
+    def weights(self) -> np.ndarray:
+        """(k + 1,) [eps, w_1, ..., w_k]: the unigram's and each order's share of every row."""
+        k, rho, eps = self.order, self.order_decay, self.smoothing
+        w = rho ** np.arange(k) * ((1 - rho) / (1 - rho**k) if rho < 1 else 1.0 / k)
+        return np.concatenate([[eps], (1 - eps) * w])
 
     def build(self, seed: int) -> "MarkovChain":
         return MarkovChain(self, seed)
@@ -119,6 +142,10 @@ def entropy(p: np.ndarray) -> float:
     return float(-(p * np.log(p)).sum())
 
 
+def plogp(p: np.ndarray) -> np.ndarray:
+    return p * np.log(p)  # every p here is > 0
+
+
 def binary_entropy(q: float) -> float:
     return 0.0 if q in (0.0, 1.0) else -q * math.log(q) - (1 - q) * math.log(1 - q)
 
@@ -127,29 +154,45 @@ class MarkovChain:
     """The chain of a MarkovSpec, drawn from a seed; see the module docstring."""
 
     def __init__(self, spec: MarkovSpec, seed: int):
-        if spec.contexts * spec.branching > MAX_TRANSITIONS:
+        if spec.transitions > MAX_TRANSITIONS:
             raise DataError(too_large_message(spec))
         self.spec = spec
         V, k, b = spec.vocab, spec.order, spec.branching
         self.u = zipf_weights(V, spec.zipf)  # (V,)
         self.z = zipf_weights(b, spec.zipf)  # (b,)
+        weights = spec.weights()
+        self.eps = float(weights[0])
+        # The sparse part of every row: k b (token, mass) entries, b from each order's table.
+        self.masses = np.concatenate([w * self.z for w in weights[1:]])  # (k b,)
         rng = np.random.default_rng([seed, 11])
-        self.support = successive_draws(spec.contexts, b, self.u, rng).astype(np.int32)  # (V^k, b)
+        self.tables = [successive_draws(V**j, b, self.u, rng).astype(np.int32) for j in range(1, k + 1)]  # (V^j, b) each
         self.stationary_iterations = 0
         self.stationary_error = math.inf  # L1, set by `stationary`
 
+    def entries(self, contexts: np.ndarray) -> np.ndarray:
+        """(n, k b) the tokens of the sparse entries of the rows of `contexts` (indices over V^k),
+        in the order of `masses`."""
+        V = self.spec.vocab
+        return np.concatenate([table[contexts % V**j] for j, table in enumerate(self.tables, 1)], axis=1)
+
+    def prob(self, contexts: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """p(token | context) for paired arrays of context indices and tokens."""
+        hits = self.entries(contexts) == tokens[:, None]
+        return self.eps * self.u[tokens] + (hits * self.masses[None, :]).sum(1)
+
     # ---- the transition step on contexts ----
     def _successors(self) -> np.ndarray:
-        """(V^k, b) index of the context after c when the next token is S_c[r]."""
-        tail = np.arange(self.spec.contexts, dtype=np.int64) % (self.spec.contexts // self.spec.vocab)
-        return tail[:, None] * self.spec.vocab + self.support
+        """(V^k, k b) index of the context after c when the next token is that of an entry."""
+        V, n = self.spec.vocab, self.spec.contexts
+        contexts = np.arange(n, dtype=np.int64)
+        return (contexts % (n // V))[:, None] * V + self.entries(contexts)
 
     def step(self, dist: np.ndarray, successors: np.ndarray) -> np.ndarray:
         """One step of the chain on a distribution over contexts: dist P."""
-        V, eps = self.spec.vocab, self.spec.smoothing
-        out = np.bincount(successors.ravel(), weights=((1 - eps) * dist[:, None] * self.z[None, :]).ravel(),
+        V = self.spec.vocab
+        out = np.bincount(successors.ravel(), weights=(dist[:, None] * self.masses[None, :]).ravel(),
                           minlength=self.spec.contexts)
-        out += eps * np.outer(dist.reshape(V, -1).sum(0), self.u).ravel()  # the backoff part: to (tail, y) w.p. eps u_y
+        out += self.eps * np.outer(dist.reshape(V, -1).sum(0), self.u).ravel()  # the unigram part: to (tail, y) w.p. eps u_y
         return out
 
     @cached_property
@@ -181,13 +224,25 @@ class MarkovChain:
         return self.stationary.reshape(V ** (k - m), V**m).sum(0)
 
     def row_entropies(self) -> np.ndarray:
-        """h(c) = H(p(. | c)) for every context, (V^k,)."""
-        eps = self.spec.smoothing
-        base = eps * self.u  # (V,) the backoff part of every row
-        in_support = base[self.support] + (1 - eps) * self.z[None, :]  # (V^k, b)
-        backoff = base[self.support]
-        plogp = lambda p: p * np.log(p)  # noqa: E731 - p > 0 everywhere here
-        return -float(plogp(base).sum()) - (plogp(in_support) - plogp(backoff)).sum(1)
+        """h(c) = H(p(. | c)) for every context, (V^k,). A row is the unigram part plus k b
+        entries, several of which may name the same token: entries are sorted by token within
+        each row and each token's total mass is counted once."""
+        base = self.eps * self.u  # (V,)
+        n, m = self.spec.contexts, len(self.masses)
+        out = np.full(n, -float(plogp(base).sum()))
+        for lo in range(0, n, ENTROPY_CHUNK):
+            tokens = self.entries(np.arange(lo, min(lo + ENTROPY_CHUNK, n)))  # (rows, k b)
+            order = np.argsort(tokens, axis=1, kind="stable")
+            tokens = np.take_along_axis(tokens, order, 1).ravel()
+            masses = self.masses[order].ravel()
+            first = np.ones(len(tokens), dtype=bool)  # the first entry of each (row, token) group
+            first[1:] = tokens[1:] != tokens[:-1]
+            first[::m] = True
+            at = np.flatnonzero(first)
+            total = base[tokens[at]] + np.add.reduceat(masses, at)
+            gain = plogp(base[tokens[at]]) - plogp(total)
+            out[lo : lo + len(order)] += np.bincount(at // m, weights=gain, minlength=len(order))
+        return out
 
     @cached_property
     def conditional_entropies(self) -> list[float]:
@@ -228,7 +283,7 @@ class MarkovChain:
         """Independent documents of at least `total_tokens` tokens in all: each starts from a
         k-gram drawn from pi and runs for a geometric number of tokens (mean `mean_doc_tokens`).
         All documents advance together, one vectorised step per position."""
-        V, k, eps = self.spec.vocab, self.spec.order, self.spec.smoothing
+        V, k = self.spec.vocab, self.spec.order
         rng = np.random.default_rng([seed, 12])
         q = 1.0 / mean_doc_tokens
         lengths: list[int] = []
@@ -247,7 +302,7 @@ class MarkovChain:
         flat = np.empty(int(lens.sum()), dtype=np.int64)
         ctx = np.searchsorted(np.cumsum(self.stationary), rng.random(len(lens)) * self.stationary.sum(), side="right")
         ctx = np.minimum(ctx, self.spec.contexts - 1)[by_length]  # (docs,) each document's first k-gram
-        cum_u, cum_z = np.cumsum(self.u), np.cumsum(self.z)
+        cum_u, cum_z, cum_w = np.cumsum(self.u), np.cumsum(self.z), np.cumsum(self.spec.weights())
         alive = len(lens)
         for t in range(int(lens_sorted[0])):
             while alive and lens_sorted[alive - 1] <= t:
@@ -256,10 +311,12 @@ class MarkovChain:
             if t < k:  # the first k tokens are the digits of the starting k-gram
                 y = (c // V ** (k - 1 - t)) % V
             else:
-                backoff = rng.random(alive) < eps
+                part = np.minimum(np.searchsorted(cum_w, rng.random(alive) * cum_w[-1], side="right"), k)  # 0: unigram, j: order j
                 rank = np.minimum(np.searchsorted(cum_z, rng.random(alive), side="right"), len(cum_z) - 1)
-                y = np.where(backoff, np.minimum(np.searchsorted(cum_u, rng.random(alive), side="right"), V - 1),
-                             self.support[c, rank])
+                y = np.minimum(np.searchsorted(cum_u, rng.random(alive), side="right"), V - 1)
+                for j, table in enumerate(self.tables, 1):
+                    sel = part == j
+                    y[sel] = table[c[sel] % V**j, rank[sel]]
                 ctx[:alive] = (c % (self.spec.contexts // V)) * V + y
             flat[starts_sorted[:alive] + t] = y
         return [flat[s : s + n] for s, n in zip(starts.tolist(), lens.tolist())]
@@ -274,7 +331,6 @@ class MarkovChain:
         n, width = rows.shape
         # p(next | the last m tokens of a document), m < k, from the stationary blocks.
         blocks = [np.ones(1)] + [self.block(m) for m in range(1, k + 1)]
-        eps = self.spec.smoothing
         out = np.empty((n, width - 1))
         seen = np.zeros(n, dtype=np.int64)  # tokens of the current document visible so far
         ctx = np.zeros(n, dtype=np.int64)  # index of its last min(seen, k) tokens
@@ -292,7 +348,7 @@ class MarkovChain:
                     continue
                 c, target = ctx[sel], tok[sel]
                 if mm == k:
-                    row = eps * self.u[target] + (1 - eps) * ((self.support[c] == target[:, None]) * self.z[None, :]).sum(1)
+                    row = self.prob(c, target)
                 else:
                     row = blocks[mm + 1][c * V + target] / blocks[mm][c]
                 ends = y[sel] == eod
@@ -334,9 +390,9 @@ def position_floors(conditional_entropies: list[float], q: float, seq_len: int) 
 def too_large_message(spec: MarkovSpec, prefix: str = "data") -> str:
     return (
         f"{prefix}.markov_vocab={spec.vocab} ^ {prefix}.markov_order={spec.order} = {spec.contexts:,} contexts x "
-        f"{prefix}.markov_branching={spec.branching} = {spec.contexts * spec.branching:,} transitions, more than "
-        f"{MAX_TRANSITIONS:,} (2^25), the most whose stationary distribution and entropy rate are computed exactly; "
-        f"lower markov_order, markov_vocab or markov_branching"
+        f"{spec.order * spec.branching} successors ({prefix}.markov_order x {prefix}.markov_branching={spec.branching}) = "
+        f"{spec.transitions:,} transitions, more than {MAX_TRANSITIONS:,} (2^25), the most whose stationary distribution "
+        f"and entropy rate are computed exactly; lower markov_order, markov_vocab or markov_branching"
     )
 
 
@@ -354,6 +410,8 @@ def markov_documents(spec: MarkovSpec, total_tokens: int, mean_doc_tokens: float
         "branching": spec.branching,
         "zipf_exponent": spec.zipf,
         "smoothing": spec.smoothing,
+        "order_decay": spec.order_decay,
+        "order_weights": spec.weights().tolist(),
         "mean_doc_tokens": mean_doc_tokens,
         "seed": seed,
         "entropy_rate_nats_per_token": H[-1],

@@ -74,7 +74,7 @@ def builtin_params(cfg: DataConfig) -> dict[str, Any]:
         return dict(common, seq_len=cfg.seq_len, vocab=cfg.synthetic_vocab, tokens=cfg.synthetic_tokens)
     if cfg.name == "markov":
         return dict(common, seq_len=cfg.seq_len, vocab=cfg.markov_vocab, order=cfg.markov_order, branching=cfg.markov_branching,
-                    zipf=cfg.markov_zipf, smoothing=cfg.markov_smoothing, tokens=cfg.markov_tokens, doc_tokens=cfg.markov_doc_tokens)
+                    zipf=cfg.markov_zipf, smoothing=cfg.markov_smoothing, order_decay=cfg.markov_order_decay, tokens=cfg.markov_tokens, doc_tokens=cfg.markov_doc_tokens)
     if cfg.name == "shapes":
         return dict(common, classes=cfg.shapes_classes, image_size=cfg.shapes_image_size, distractors=cfg.shapes_distractors,
                     label_noise=cfg.shapes_label_noise, images=cfg.shapes_images)

@@ -134,7 +134,8 @@ def markov_documents(cfg: DataConfig) -> tuple[list[np.ndarray], dict[str, Any]]
     from scaling.data.build import pack, split_documents
     from scaling.data.markov import MarkovSpec, markov_documents as generate
 
-    spec = MarkovSpec(cfg.markov_vocab, cfg.markov_order, cfg.markov_branching, cfg.markov_zipf, cfg.markov_smoothing)
+    spec = MarkovSpec(cfg.markov_vocab, cfg.markov_order, cfg.markov_branching, cfg.markov_zipf, cfg.markov_smoothing,
+                      cfg.markov_order_decay)
     docs, source, chain = generate(spec, cfg.markov_tokens, cfg.markov_doc_tokens, cfg.seq_len, cfg.split_seed)
     _, val_idx = split_documents([len(d) for d in docs], cfg.val_fraction, cfg.split_seed)
     rows = pack([docs[i] for i in val_idx], cfg.markov_vocab, cfg.seq_len + 1)
