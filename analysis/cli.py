@@ -28,10 +28,10 @@ import sys
 from pathlib import Path
 
 from scaling.analysis.errors import AnalysisError
-from scaling.analysis.forms import FORMS
 from scaling.analysis.isoflop import DEFAULT_WINDOW
+from scaling.analysis.laws import LAWS as PARAMETRIC
 
-LAWS = tuple(FORMS) + ("isoflop",)
+LAWS = tuple(PARAMETRIC) + ("isoflop",)
 FIGURE_FORMATS = ("png", "pdf")
 
 
@@ -117,18 +117,17 @@ def _run(args: argparse.Namespace) -> int:
                             "analysis has none, so drop them or pick a --law")
     if constraints:
         # Checked before any file is read, with every problem named as it was typed.
-        problems = constraint_problems(FORMS[args.law], constraints, "--")
+        problems = constraint_problems(PARAMETRIC[args.law], constraints, "--")
         if problems:
             raise AnalysisError("; ".join(problems))
     skipped, run_dirs = [], None
-    from scaling.analysis.fit import DEFAULT_X
-
+    default_x = PARAMETRIC[args.law].default_x if args.law in PARAMETRIC else None
     if args.csv:
         # A one-variable law reads only its input and loss; its file may lack the others.
-        x_1d = args.x or DEFAULT_X.get(args.law)
+        x_1d = args.x or default_x
         data = io.load_csv(args.csv, skip_bad=args.skip_bad_rows, x=x_1d)
         source = args.csv
-        if data.c_derived and "C" in (args.x, args.holdout_by, DEFAULT_X.get(args.law)):
+        if data.c_derived and "C" in (args.x, args.holdout_by, default_x):
             print(f"note: {Path(args.csv).name} has no C column; C = 6 N D is derived from "
                   f"its N and D")
     else:
@@ -249,7 +248,7 @@ def _fit_figures(out, data, fit, boot, holdout) -> list[Path]:
     plots.plot_predicted_vs_actual(ax, data, fit, holdout)
     written += _save(fig, out, "predicted_vs_actual")
     # A degenerate fit (alpha = beta = 0) has no compute-optimal allocation to draw.
-    if fit.law in ("chinchilla", "kaplan_nd") and all(map(math.isfinite, fit.derived.values())):
+    if fit.has_optimal and all(map(math.isfinite, fit.derived.values())):
         fig, axes = plots.new_figure(ncols=2)
         plots.plot_optimal(axes, fit, boot=boot,
                            C=_geomspace(data.C.min(), data.C.max() * 1e4))

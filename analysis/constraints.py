@@ -8,7 +8,7 @@ parameter of every law can be
 - bounded: ``bounds={"alpha": (0.05, 1.5)}``; ``None`` (or an infinite end) keeps the law's
   own bound on that side.
 
-Names are the law's public parameters (``Form.param_names``: E, A, B, alpha, beta for
+Names are the law's public parameters (``Law.param_names``: E, A, B, alpha, beta for
 Chinchilla) and values are in their units (A, not log A). A tie is an expression of numbers,
 parameter names, ``+ - * / **`` and parentheses; ties may chain (``B = A``, ``A = 2*alpha``)
 but not loop.
@@ -33,7 +33,7 @@ from typing import Mapping
 import numpy as np
 
 from scaling.analysis.errors import AnalysisError
-from scaling.analysis.forms import Form
+from scaling.analysis.laws import Law
 
 Bound = tuple[float | None, float | None]
 
@@ -218,15 +218,15 @@ def _combine(da: dict, ca, db: dict, cb) -> dict:
 
 # ---- resolving constraints against a law -------------------------------------------------------
 
-def constraint_problems(form: Form, c: Constraints, prefix: str = "") -> list[str]:
-    """Every problem of ``c`` for ``form``, each naming the key, the bad value and the fix.
+def constraint_problems(law: Law, c: Constraints, prefix: str = "") -> list[str]:
+    """Every problem of ``c`` for ``law``, each naming the key, the bad value and the fix.
 
     ``prefix`` says where the constraints came from, so that each message names the key as the
     user wrote it: ``"--"`` for the command line (``--fix gamma=1``), ``"report."`` for a study
     spec (``report.fix.gamma=1``), ``""`` for the Python API (``fix gamma=1``).
     """
-    names = form.param_names
-    own = form.bounds
+    names = law.param_names
+    own = law.bounds
     known = ", ".join(names)
     out: list[str] = []
 
@@ -241,7 +241,7 @@ def constraint_problems(form: Form, c: Constraints, prefix: str = "") -> list[st
         return head if name is None else f"{head} {name}={shown}"
 
     def unknown(kind: str, name: str, shown) -> str:
-        return (f"{key(kind, name, shown)}: law {form.name} has no parameter {name!r}; its "
+        return (f"{key(kind, name, shown)}: law {law.name} has no parameter {name!r}; its "
                 f"parameters are {known}")
 
     for name, value in c.fix.items():
@@ -263,11 +263,11 @@ def constraint_problems(form: Form, c: Constraints, prefix: str = "") -> list[st
         if name not in names:
             out.append(unknown("bound", name, shown))
             continue
-        lo_eff, hi_eff = public_bounds(form, c.bounds).get(name, own[name])
+        lo_eff, hi_eff = public_bounds(law, c.bounds).get(name, own[name])
         if not lo_eff < hi_eff:
             out.append(f"{key('bound', name, shown)}: the low end must be below the high end "
                        f"(the law's own bounds are {_g(own[name][0])} to {_g(own[name][1])})")
-        if lo is not None and math.isfinite(lo) and lo < 0 and form.logged[form.encodes.index(name)]:
+        if lo is not None and math.isfinite(lo) and lo < 0 and law.logged[law.encodes.index(name)]:
             out.append(f"{key('bound', name, shown)}: {name} is a positive scale (fitted as "
                        f"log {name}); give a low end of 0 or more")
         if name in c.tie:
@@ -290,7 +290,7 @@ def constraint_problems(form: Form, c: Constraints, prefix: str = "") -> list[st
         if strangers:
             out.append(f"{key('tie', name, text)}: {', '.join(map(repr, strangers))} "
                        f"{'is not a parameter' if len(strangers) == 1 else 'are not parameters'} "
-                       f"of law {form.name}; tie it to one of {known}")
+                       f"of law {law.name}; tie it to one of {known}")
         deps[name] = expr.names & set(names)
     cycle = _find_cycle({k: v & deps.keys() for k, v in deps.items()})
     if cycle:
@@ -299,14 +299,14 @@ def constraint_problems(form: Form, c: Constraints, prefix: str = "") -> list[st
         out.append(f"{key('tie')}: the ties form a cycle ({' -> '.join(cycle)}); leave {which} free")
     for name, value in c.fix.items():
         if name in names and _real(value) and math.isfinite(value):
-            lo, hi = public_bounds(form, c.bounds).get(name, own[name])
+            lo, hi = public_bounds(law, c.bounds).get(name, own[name])
             if not lo <= value <= hi:
-                src = "its bound" if name in c.bounds else f"law {form.name}'s bounds for it"
+                src = "its bound" if name in c.bounds else f"law {law.name}'s bounds for it"
                 wide = key('bound', name, _pair_example(prefix, 'LOW', 'HIGH'))
                 out.append(f"{key('fix', name, f'{value:g}')} lies outside {src} "
                            f"[{_g(lo)}, {_g(hi)}]; fix it inside, or widen the bound with {wide}")
     if not out and len(set(c.fix) | set(c.tie)) >= len(names):
-        out.append(f"{key('fix')}/{key('tie')}: every parameter of law {form.name} is fixed or "
+        out.append(f"{key('fix')}/{key('tie')}: every parameter of law {law.name} is fixed or "
                    f"tied, so nothing is left to fit; leave at least one of {known} free")
     return out
 
@@ -347,17 +347,17 @@ def _find_cycle(deps: Mapping[str, set[str]]) -> list[str] | None:
     return None
 
 
-def public_bounds(form: Form, user: Mapping[str, Bound]) -> dict[str, tuple[float, float]]:
+def public_bounds(law: Law, user: Mapping[str, Bound]) -> dict[str, tuple[float, float]]:
     """Effective bounds in public units for the parameters the user bounded; an open end (None
     or infinite) is the law's own bound, and 0 for a scale parameter is its own low bound."""
-    own = form.bounds
+    own = law.bounds
     out = {}
     for name, pair in user.items():
         if name not in own or len(pair) != 2 or not all(e is None or _real(e) for e in pair):
             continue  # constraint_problems reports these
         lo, hi = pair
         lo_own, hi_own = own[name]
-        log = form.logged[form.encodes.index(name)]
+        log = law.logged[law.encodes.index(name)]
         lo_eff = lo_own if lo is None or not math.isfinite(lo) or (log and lo == 0) else float(lo)
         hi_eff = hi_own if hi is None or not math.isfinite(hi) else float(hi)
         out[name] = (lo_eff, hi_eff)
@@ -369,7 +369,7 @@ class Reparam:
     """Constraints resolved against a law: which internal parameters are free, and how the
     others are rebuilt from them. Built by :func:`resolve`."""
 
-    form: Form
+    law: Law
     constraints: Constraints
     free_idx: np.ndarray  # internal indices the optimiser moves, in theta order
     status: Mapping[str, str]  # public name -> "free" | "fixed" | "tied"
@@ -386,11 +386,11 @@ class Reparam:
     @property
     def free(self) -> tuple[str, ...]:
         """Public names of the free parameters, in ``param_names`` order."""
-        return tuple(n for n in self.form.param_names if self.status[n] == FREE)
+        return tuple(n for n in self.law.param_names if self.status[n] == FREE)
 
     @property
     def free_theta_names(self) -> tuple[str, ...]:
-        return tuple(self.form.theta_names[i] for i in self.free_idx)
+        return tuple(self.law.theta_names[i] for i in self.free_idx)
 
     def reduce(self, theta: np.ndarray) -> np.ndarray:
         """Full internal vectors (batch, p) -> the free part (batch, n_free)."""
@@ -402,8 +402,8 @@ class Reparam:
         """
         if self.identity:
             return (z, None) if jacobian else z
-        form = self.form
-        theta = np.empty((z.shape[0], form.n_params))
+        law = self.law
+        theta = np.empty((z.shape[0], law.n_params))
         theta[:, self.free_idx] = z
         for i, value in self.fixed:
             theta[:, i] = value
@@ -414,21 +414,21 @@ class Reparam:
                 for i, _, expr in self.ties:
                     values, dvalue = {}, {}
                     for name in expr.names:
-                        j = form.encodes.index(name)
-                        values[name] = np.exp(theta[:, j]) if form.logged[j] else theta[:, j]
+                        j = law.encodes.index(name)
+                        values[name] = np.exp(theta[:, j]) if law.logged[j] else theta[:, j]
                     v, partial = expr.eval(values)
                     v = np.broadcast_to(np.asarray(v, dtype=float), (z.shape[0],))
-                    theta[:, i] = np.log(v) if form.logged[i] else v
+                    theta[:, i] = np.log(v) if law.logged[i] else v
                     if jacobian:
                         d = np.zeros((z.shape[0], self.n_free))
                         for name, dv in partial.items():
-                            j = form.encodes.index(name)
-                            scale = dv * (values[name] if form.logged[j] else 1.0)  # d p_j / d theta_j
+                            j = law.encodes.index(name)
+                            scale = dv * (values[name] if law.logged[j] else 1.0)  # d p_j / d theta_j
                             if j in col:
                                 d[:, col[j]] += scale
                             elif j in jac:
                                 d += scale[:, None] * jac[j]
-                        jac[i] = d / v[:, None] if form.logged[i] else d
+                        jac[i] = d / v[:, None] if law.logged[i] else d
         return (theta, jac) if jacobian else theta
 
     def pullback(self, grad: np.ndarray, jac: dict[int, np.ndarray] | None) -> np.ndarray:
@@ -444,7 +444,7 @@ class Reparam:
         """Grid rows in the free parameters: constrained columns dropped, rows clipped into the
         bounds, duplicates removed (first occurrence kept, so the order is the grid's)."""
         grid = np.asarray(grid, dtype=float)
-        if grid.shape[1] == self.form.n_params:
+        if grid.shape[1] == self.law.n_params:
             grid = grid[:, self.free_idx]
         z = np.clip(grid, self.lower, self.upper)
         _, first = np.unique(z, axis=0, return_index=True)
@@ -454,39 +454,39 @@ class Reparam:
         """Tied parameters whose value at ``theta`` (p,) falls outside the law's own bounds."""
         out = []
         for i, name, expr in self.ties:
-            if not self.form.lower[i] <= theta[i] <= self.form.upper[i]:
-                lo, hi = self.form.bounds[name]
-                value = math.exp(theta[i]) if self.form.logged[i] else theta[i]
+            if not self.law.lower[i] <= theta[i] <= self.law.upper[i]:
+                lo, hi = self.law.bounds[name]
+                value = math.exp(theta[i]) if self.law.logged[i] else theta[i]
                 out.append(f"{name} = {expr.text} = {value:.4g} (bounds {_g(lo)}..{_g(hi)})")
         return out
 
 
-def resolve(form: Form, constraints: Constraints | None, prefix: str = "") -> Reparam:
-    """Check ``constraints`` against ``form`` (one error listing every problem) and build the
+def resolve(law: Law, constraints: Constraints | None, prefix: str = "") -> Reparam:
+    """Check ``constraints`` against ``law`` (one error listing every problem) and build the
     reparametrisation the fit uses."""
     c = constraints or Constraints()
-    problems = constraint_problems(form, c, prefix)
+    problems = constraint_problems(law, c, prefix)
     if problems:
         raise AnalysisError("; ".join(problems))
-    status = {n: FIXED if n in c.fix else TIED if n in c.tie else FREE for n in form.param_names}
-    lower, upper = form.lower.copy(), form.upper.copy()
-    for name, (lo, hi) in public_bounds(form, c.bounds).items():
-        i = form.encodes.index(name)
-        lower[i], upper[i] = (math.log(lo), math.log(hi)) if form.logged[i] else (lo, hi)
+    status = {n: FIXED if n in c.fix else TIED if n in c.tie else FREE for n in law.param_names}
+    lower, upper = law.lower.copy(), law.upper.copy()
+    for name, (lo, hi) in public_bounds(law, c.bounds).items():
+        i = law.encodes.index(name)
+        lower[i], upper[i] = (math.log(lo), math.log(hi)) if law.logged[i] else (lo, hi)
     fixed = []
     for name, value in c.fix.items():
-        i = form.encodes.index(name)
-        fixed.append((i, math.log(value) if form.logged[i] else float(value)))
+        i = law.encodes.index(name)
+        fixed.append((i, math.log(value) if law.logged[i] else float(value)))
     exprs = {name: _Expr(text) for name, text in c.tie.items()}
     order: list[str] = []
     while len(order) < len(exprs):  # a topological order; resolve() has ruled out cycles
         for name, expr in exprs.items():
             if name not in order and all(d not in exprs or d in order for d in expr.names):
                 order.append(name)
-    ties = tuple((form.encodes.index(n), n, exprs[n]) for n in order)
-    free_idx = np.array([i for i, n in enumerate(form.encodes) if status[n] == FREE], dtype=int)
+    ties = tuple((law.encodes.index(n), n, exprs[n]) for n in order)
+    free_idx = np.array([i for i, n in enumerate(law.encodes) if status[n] == FREE], dtype=int)
     return Reparam(
-        form=form, constraints=c, free_idx=free_idx, status=MappingProxyType(status),
+        law=law, constraints=c, free_idx=free_idx, status=MappingProxyType(status),
         lower=lower[free_idx], upper=upper[free_idx], fixed=tuple(fixed), ties=ties,
         identity=not c.fix and not c.tie,
     )

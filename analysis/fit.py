@@ -4,9 +4,11 @@ Method (Hoffmann et al. 2022, as replicated by Epoch AI 2024): minimise
 
     sum_i Huber_delta( log L_i - log L_hat(N_i, D_i; theta) )
 
-with L-BFGS started from every point of a grid, and keep the best optimum. The laws are
-written in log space (:mod:`scaling.analysis.forms`), e.g. for Chinchilla
-``log L_hat = LSE(a - alpha log N, b - beta log D, e)`` with ``A = e^a, B = e^b, E = e^e``.
+with L-BFGS started from every point of a grid, and keep the best optimum. Each law is one
+object (:class:`scaling.analysis.laws.Law`, in ``LAWS``) that holds its log form, bounds, start
+grid and derived quantities, e.g. for Chinchilla
+``log L_hat = LSE(a - alpha log N, b - beta log D, e)`` with ``A = e^a, B = e^b, E = e^e``;
+this module reads everything law-specific from that object.
 
 Speed: all starts advance together as rows of one array (:mod:`scaling.analysis.optim`). The default
 ``screen=True`` first takes a few steps from every start, then keeps the best tenth and runs
@@ -35,7 +37,6 @@ from typing import Mapping
 import numpy as np
 from numpy.typing import ArrayLike
 
-from scaling.analysis import laws
 from scaling.analysis.constraints import FIXED, FREE, TIED, Constraints, Reparam, resolve
 from scaling.analysis.data import Data
 from scaling.analysis.diagnostics import (
@@ -47,10 +48,10 @@ from scaling.analysis.diagnostics import (
     span_diagnostics,
 )
 from scaling.analysis.errors import AnalysisError
-from scaling.analysis.forms import FORMS, Form, huber_value_and_grad
+from scaling.analysis.forms import huber_value_and_grad
+from scaling.analysis.laws import LAWS, Law
 from scaling.analysis.optim import minimize_batch
 
-DEFAULT_X = {"power_law": "C", "kaplan_n": "N", "kaplan_d": "D", "broken_power_law": "C"}
 SCREEN_ITERS = 5  # steps every start takes before the screen; enough to rank basins
 # The summed Huber objective is small (about 1e-3 on Chinchilla's data), so scipy's default
 # stopping rule, a decrease below 2.2e-9 * max(|f|, 1), stops a warm start almost at once.
@@ -104,18 +105,23 @@ class FitResult:
     def n_free(self) -> int:
         return len(self.free)
 
+    @property
+    def has_optimal(self) -> bool:
+        """Whether the law has a compute-optimal allocation (a law in N and D)."""
+        return get_law(self.law).optimal is not None
+
     def predict(self, N: ArrayLike | None = None, D: ArrayLike | None = None,
                 C: ArrayLike | None = None) -> np.ndarray:
         """Predicted loss [nats] at the given inputs (N and D for two-variable laws)."""
-        fn = laws.LAWS[self.law]
+        law = get_law(self.law)
         if self.x is None:
             if N is None or D is None:
                 raise AnalysisError(f"law {self.law} predicts from N and D; pass both")
-            return fn(N, D, **self.params)
+            return law(N, D, **self.params)
         value = {"N": N, "D": D, "C": C}[self.x]
         if value is None:
             raise AnalysisError(f"law {self.law} was fitted on {self.x}; pass {self.x}=...")
-        return fn(value, **self.params)
+        return law(value, **self.params)
 
     def predict_data(self, data: Data) -> np.ndarray:
         """Predicted loss for every run in ``data``."""
@@ -143,62 +149,65 @@ class BootstrapResult:
     diagnostics: tuple[Diagnostic, ...]
 
 
-def get_form(law: str) -> Form:
-    if law not in FORMS:
-        raise AnalysisError(f"unknown law {law!r}; choose one of {', '.join(FORMS)}")
-    return FORMS[law]
+def get_law(law: str) -> Law:
+    """The law named ``law`` (a key of :data:`scaling.analysis.laws.LAWS`)."""
+    if law not in LAWS:
+        raise AnalysisError(f"unknown law {law!r}; choose one of {', '.join(LAWS)}")
+    return LAWS[law]
 
 
-def _columns(data: Data, form: Form, x: str | None) -> tuple[dict, dict, str | None]:
+get_form = get_law  # the name study.py and older callers use
+
+
+def _columns(data: Data, law: Law, x: str | None) -> tuple[dict, dict, str | None]:
     """Log columns for the optimiser, raw columns for diagnostics, and the x used."""
-    if form.inputs == ("N", "D"):
+    if law.inputs == ("N", "D"):
         raw = {"N": data.N, "D": data.D}
         return {"lnN": np.log(data.N), "lnD": np.log(data.D)}, raw, None
-    x = x or DEFAULT_X[form.name]
-    fixed = {"kaplan_n": "N", "kaplan_d": "D"}.get(form.name)
-    if fixed and x != fixed:
-        raise AnalysisError(f"law {form.name} is a law in {fixed}; got x={x!r}, drop it")
-    if x not in ("N", "D", "C"):
-        raise AnalysisError(f"x={x!r} is not a column; use N, D or C")
+    x = x or law.default_x
+    if x not in law.x_choices:
+        if len(law.x_choices) == 1:
+            raise AnalysisError(f"law {law.name} is a law in {law.default_x}; got x={x!r}, drop it")
+        raise AnalysisError(f"x={x!r} is not a column; use {', '.join(law.x_choices)}")
     v = data.column(x)
     return {"lnx": np.log(v)}, {x: v}, x
 
 
-def _grid_array(form: Form, grid, cols, rep: Reparam, y: np.ndarray | None = None) -> np.ndarray:
+def _grid_array(law: Law, grid, cols, rep: Reparam, y: np.ndarray | None = None) -> np.ndarray:
     """Starts in the free internal parameters: the law's grid (or the user's) reduced by
     ``rep`` (constrained columns dropped, rows clipped into the bounds, duplicates removed)."""
     names = rep.free_theta_names
     if grid is None:
-        return rep.starts(form.default_grid(cols if y is None else {**cols, "lny": y}))
+        return rep.starts(law.default_grid(cols if y is None else {**cols, "lny": y}))
     if isinstance(grid, Mapping):
         missing = [k for k in names if k not in grid]
         if missing:
             raise AnalysisError(
-                f"grid for {form.name} lacks {missing}; give values for every one of "
+                f"grid for {law.name} lacks {missing}; give values for every one of "
                 f"{names} (log-scale parameters are logs, e.g. a = log A)"
             )
         return rep.starts(np.array(
             list(itertools.product(*(np.atleast_1d(grid[k]) for k in names))), dtype=float,
         ))
     arr = np.atleast_2d(np.asarray(grid, dtype=float))
-    if arr.shape[1] not in (form.n_params, rep.n_free):
+    if arr.shape[1] not in (law.n_params, rep.n_free):
         raise AnalysisError(
-            f"grid has {arr.shape[1]} columns; law {form.name} needs {form.n_params} "
-            f"({', '.join(form.theta_names)})"
+            f"grid has {arr.shape[1]} columns; law {law.name} needs {law.n_params} "
+            f"({', '.join(law.theta_names)})"
             + (f" or its {rep.n_free} free ones ({', '.join(names)})" if not rep.identity else "")
         )
     return rep.starts(arr)
 
 
-def _objective(form: Form, rep: Reparam, cols, y, delta, weights: np.ndarray | None = None):
+def _objective(law: Law, rep: Reparam, cols, y, delta, weights: np.ndarray | None = None):
     """fg(z, rows) for minimize_batch: the Huber objective and its gradient in the free
     parameters ``z``; ``weights`` (resamples, n) are per-row point weights (the bootstrap)."""
     def fg(z, rows):
         w = None if weights is None else weights[rows]
         if rep.identity:  # no fixes or ties: z is theta, and nothing is added to the hot path
-            return huber_value_and_grad(form, z, cols, y, delta, w)
+            return huber_value_and_grad(law, z, cols, y, delta, w)
         theta, jac = rep.expand(z, jacobian=True)
-        f, g = huber_value_and_grad(form, theta, cols, y, delta, w)
+        f, g = huber_value_and_grad(law, theta, cols, y, delta, w)
         return f, rep.pullback(g, jac)
 
     return fg
@@ -272,14 +281,16 @@ def fit_law(
 ) -> FitResult:
     """Fit ``law`` to ``data`` by Huber(delta) on log loss, summed over runs, from a grid.
 
-    law: one of chinchilla, power_law, kaplan_n, kaplan_d, kaplan_nd, broken_power_law.
+    law: a name in :data:`scaling.analysis.laws.LAWS`: chinchilla, power_law, kaplan_n,
+    kaplan_d, kaplan_nd, broken_power_law.
     delta: Huber threshold on log residuals (default 1e-3, as Hoffmann et al. and Epoch).
-    grid: starts in the internal parameters (``form.theta_names``), either an array of shape
-    (starts, n_params) or a mapping name -> values whose product is taken. Defaults per law;
+    grid: starts in the internal parameters (``LAWS[law].theta_names``), either an array of
+    shape (starts, n_params) or a mapping name -> values whose product is taken. Defaults to
+    the law's ``default_grid``, built from the data;
     for chinchilla it is Epoch's 4,500-point grid over (a, b, e, alpha, beta). With fixed or
     tied parameters their columns are dropped (a mapping needs only the free names).
-    x: the input of a one-variable law, "N", "D" or "C" (power_law and broken_power_law
-    default to C).
+    x: the input of a one-variable law, "N", "D" or "C" (default the law's ``default_x``: C
+    for power_law and broken_power_law).
     screen / keep: screen all starts by a few steps and run the best ``keep`` (default a
     tenth, at least 64) to convergence; ``screen=False`` runs them all.
     fix / tie / bounds: constraints in public names and units (see
@@ -292,18 +303,18 @@ def fit_law(
             f"data is a {type(data).__name__}; pass analysis.Data (from load_csv, load_runs "
             f"or Data.from_arrays)"
         )
-    form = get_form(law)
+    spec = get_law(law)
     if not (isinstance(delta, (int, float)) and np.isfinite(delta) and delta > 0):
         raise AnalysisError(f"delta={delta!r} must be a positive number (default 1e-3)")
-    rep = resolve(form, _constraints(constraints, fix, tie, bounds))
+    rep = resolve(spec, _constraints(constraints, fix, tie, bounds))
     require_points(len(data), rep.n_free, law, rep.free,
                    None if rep.identity else rep.constraints.describe())
-    cols, raw, x_used = _columns(data, form, x)
+    cols, raw, x_used = _columns(data, spec, x)
     for name, v in raw.items():
         require_distinct(v, name, law)
     y = np.log(data.loss)
-    starts = _grid_array(form, grid, cols, rep, y)
-    fg = _objective(form, rep, cols, y, delta)
+    starts = _grid_array(spec, grid, cols, rep, y)
+    fg = _objective(spec, rep, cols, y, delta)
     lower, upper = rep.lower, rep.upper
 
     z, objective, best_start, converged, (n_run, n_conv) = _run_starts(
@@ -328,7 +339,7 @@ def fit_law(
     lo_box, hi_box = starts.min(axis=0), starts.max(axis=0)
     pinned = [t <= lo + 1e-5 * max(1.0, abs(lo)) or t >= hi - 1e-5 * max(1.0, abs(hi))
               for t, lo, hi in zip(z, lower, upper)]
-    at_bound = tuple(form.encodes[i] for i, p in zip(rep.free_idx, pinned) if p)
+    at_bound = tuple(spec.encodes[i] for i, p in zip(rep.free_idx, pinned) if p)
     # An optimum at a bound is reported as such (below); the grid's edge there (clipped to
     # that bound) is no reason to widen the grid.
     outside = [
@@ -337,15 +348,15 @@ def fit_law(
         if b > a and (t <= a or t >= b) and not p
     ]
 
-    lp, _ = form.log_pred(theta[None, :], cols)
+    lp, _ = spec.log_pred(theta[None, :], cols)
     residuals = y - lp[0]
     ss_res = float(np.sum(residuals**2))
     ss_tot = float(np.sum((y - y.mean()) ** 2))
     rmse_log = float(np.sqrt(ss_res / len(data)))
     r2_log = float(1.0 - ss_res / ss_tot) if ss_tot > 0 else float("nan")
-    public = form.to_public(theta[None, :])[0]
-    params = {k: float(v) for k, v in zip(form.param_names, public)}
-    derived = {k: float(v) for k, v in form.derived({k: np.asarray(v) for k, v in params.items()}).items()}
+    public = spec.to_public(theta[None, :])[0]
+    params = {k: float(v) for k, v in zip(spec.param_names, public)}
+    derived = {k: float(v) for k, v in spec.derived({k: np.asarray(v) for k, v in params.items()}).items()}
 
     diags = span_diagnostics(raw)
     if outside:
@@ -428,20 +439,20 @@ def bootstrap(
             f"fit has n_points={fit.n_points} but data has {len(data)} rows; pass the data "
             f"the fit was made on"
         )
-    form = get_form(fit.law)
-    rep = resolve(form, fit.constraints)
-    cols, _, _ = _columns(data, form, fit.x)
+    spec = get_law(fit.law)
+    rep = resolve(spec, fit.constraints)
+    cols, _, _ = _columns(data, spec, fit.x)
     y = np.log(data.loss)
     n = len(data)
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples).astype(float)
-    fg = _objective(form, rep, cols, y, fit.delta, counts)
+    fg = _objective(spec, rep, cols, y, fit.delta, counts)
 
     x0 = np.tile(rep.reduce(np.asarray(fit.theta)[None, :]), (n_resamples, 1))
     res = minimize_batch(fg, x0, rep.lower, rep.upper, **TIGHT)
-    public = form.to_public(rep.expand(res.x))
-    samples = {k: public[:, i] for i, k in enumerate(form.param_names)}
-    samples.update(form.derived(samples))
+    public = spec.to_public(rep.expand(res.x))
+    samples = {k: public[:, i] for i, k in enumerate(spec.param_names)}
+    samples.update(spec.derived(samples))
     lo_q, hi_q = 100 * (1 - level) / 2, 100 * (1 + level) / 2
     # A fixed or tied parameter has no interval of its own: it is not estimated.
     summarised = [k for k in samples if rep.status.get(k, FREE) == FREE]
@@ -471,23 +482,19 @@ def bootstrap(
     )
 
 
-def _optimal_from_params(law: str, p: Mapping[str, np.ndarray], C: np.ndarray):
-    """(N_opt, D_opt, loss) at compute C [FLOPs] with C = 6 N D; params may be arrays."""
-    if law == "chinchilla":
-        return laws.chinchilla_optimal(C, p["E"], p["A"], p["B"], p["alpha"], p["beta"])
-    if law == "kaplan_nd":
-        # Minimising (N_c/N)^q + 6 D_c N / C over N, q = alpha_N/alpha_D, gives
-        # N_opt = (q N_c^q C / (6 D_c))^(1/(q+1)).
-        q = p["alpha_N"] / p["alpha_D"]
-        lnN = (np.log(q) + q * np.log(p["N_c"]) + np.log(C / 6.0) - np.log(p["D_c"])) / (q + 1)
-        N_opt = np.exp(lnN)
-        D_opt = C / (6.0 * N_opt)
-        return N_opt, D_opt, laws.kaplan_nd(N_opt, D_opt, p["N_c"], p["D_c"], p["alpha_N"],
-                                            p["alpha_D"])
-    raise AnalysisError(
-        f"law {law} is not a law in N and D; compute-optimal allocation needs chinchilla "
-        f"or kaplan_nd"
-    )
+def _allocating_laws() -> str:
+    """``chinchilla (E, A, B, alpha, beta) or kaplan_nd (N_c, D_c, alpha_N, alpha_D)``."""
+    return " or ".join(f"{law.name} ({', '.join(law.param_names)})"
+                       for law in LAWS.values() if law.optimal is not None)
+
+
+def _law_of_params(params: Mapping[str, float]) -> Law:
+    """The first law with a compute-optimal allocation whose parameters ``params`` holds."""
+    for law in LAWS.values():
+        if law.optimal is not None and set(law.param_names) <= params.keys():
+            return law
+    raise AnalysisError(f"params {sorted(params)} are the parameters of no law in N and D; "
+                        f"give those of {_allocating_laws()}")
 
 
 def compute_optimal(
@@ -498,26 +505,24 @@ def compute_optimal(
 ) -> dict:
     """Compute-optimal allocation for budgets C [FLOPs], under C = 6 N D.
 
-    For chinchilla: ``N_opt = G (C/6)^a``, ``D_opt = G^-1 (C/6)^b`` with
-    ``a = beta/(alpha+beta)``, ``b = alpha/(alpha+beta)``,
-    ``G = (alpha A/(beta B))^(1/(alpha+beta))``. kaplan_nd has a closed form too.
+    The law's own ``optimal`` gives it: for chinchilla ``N_opt = G (C/6)^a``,
+    ``D_opt = G^-1 (C/6)^b`` (:func:`scaling.analysis.laws.chinchilla_optimal`); kaplan_nd
+    has a closed form too.
 
     Returns a dict with ``C``, ``N_opt`` [params], ``D_opt`` [tokens], ``tokens_per_param``,
     ``loss`` [nats], and the exponents ``a`` and ``b``. With ``boot``, each of these also has
     ``<name>_interval`` = (low, high) from the bootstrap samples at ``level`` (default the
-    bootstrap's). A mapping of params is read as chinchilla (keys E, A, B, alpha, beta) or
-    kaplan_nd (N_c, D_c, alpha_N, alpha_D).
+    bootstrap's). A mapping of params is read as the parameters of the first law that has
+    them all: chinchilla (keys E, A, B, alpha, beta) or kaplan_nd (N_c, D_c, alpha_N, alpha_D).
     """
     if isinstance(fit_or_params, FitResult):
-        law, params = fit_or_params.law, dict(fit_or_params.params)
+        spec, params = get_law(fit_or_params.law), dict(fit_or_params.params)
     else:
         params = {k: float(v) for k, v in fit_or_params.items()}
-        law = "chinchilla" if {"E", "A", "B", "alpha", "beta"} <= params.keys() else "kaplan_nd"
-        if law == "kaplan_nd" and not {"N_c", "D_c", "alpha_N", "alpha_D"} <= params.keys():
-            raise AnalysisError(
-                f"params {sorted(params)} are neither chinchilla (E, A, B, alpha, beta) nor "
-                f"kaplan_nd (N_c, D_c, alpha_N, alpha_D)"
-            )
+        spec = _law_of_params(params)
+    if spec.optimal is None:
+        raise AnalysisError(f"law {spec.name} is not a law in N and D; compute-optimal "
+                            f"allocation needs {_allocating_laws()}")
     scalar = np.ndim(C) == 0
     Carr = np.atleast_1d(np.asarray(C, dtype=float))
     if not (np.isfinite(Carr).all() and (Carr > 0).all()):
@@ -526,37 +531,29 @@ def compute_optimal(
     # diagnostic flags) has no optimum, and gives NaN here instead of a ZeroDivisionError.
     p64 = {k: np.float64(v) for k, v in params.items()}
     with np.errstate(all="ignore"):
-        N_opt, D_opt, loss = _optimal_from_params(law, p64, Carr)
-        a_b = _exponents(law, p64)
+        N_opt, D_opt, loss = spec.allocate(p64, Carr)
+        exps = spec.derived(p64)
     out = {"C": Carr, "N_opt": N_opt, "D_opt": D_opt, "tokens_per_param": D_opt / N_opt,
-           "loss": loss, "a": a_b[0], "b": a_b[1]}
+           "loss": loss, "a": exps["a"], "b": exps["b"]}
     if boot is not None:
-        if boot.law != law:
-            raise AnalysisError(f"bootstrap is for law {boot.law}, the fit for {law}")
+        if boot.law != spec.name:
+            raise AnalysisError(f"bootstrap is for law {boot.law}, the fit for {spec.name}")
         level = boot.level if level is None else level
         samp = {k: np.asarray(v)[:, None] for k, v in boot.samples.items()}
         with np.errstate(all="ignore"):
-            Nb, Db, Lb = _optimal_from_params(law, samp, Carr[None, :])
-            ab = _exponents(law, {k: v[:, 0] for k, v in samp.items()})
+            Nb, Db, Lb = spec.allocate(samp, Carr[None, :])
+            exps_b = spec.derived({k: v[:, 0] for k, v in samp.items()})
         lo_q, hi_q = 100 * (1 - level) / 2, 100 * (1 + level) / 2
         for name, s in (("N_opt", Nb), ("D_opt", Db), ("tokens_per_param", Db / Nb),
                         ("loss", Lb)):
             out[name + "_interval"] = (np.nanpercentile(s, lo_q, axis=0),
                                        np.nanpercentile(s, hi_q, axis=0))
-        for name, s in (("a", ab[0]), ("b", ab[1])):
-            out[name + "_interval"] = (float(np.nanpercentile(s, lo_q)),
-                                       float(np.nanpercentile(s, hi_q)))
+        for name in ("a", "b"):
+            out[name + "_interval"] = (float(np.nanpercentile(exps_b[name], lo_q)),
+                                       float(np.nanpercentile(exps_b[name], hi_q)))
     if scalar:
         out = {k: (_scalar(v)) for k, v in out.items()}
     return out
-
-
-def _exponents(law: str, p: Mapping[str, np.ndarray]):
-    if law == "chinchilla":
-        s = p["alpha"] + p["beta"]
-        return p["beta"] / s, p["alpha"] / s
-    s = p["alpha_N"] + p["alpha_D"]
-    return p["alpha_D"] / s, p["alpha_N"] / s
 
 
 def _scalar(v):

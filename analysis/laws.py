@@ -1,21 +1,291 @@
-"""Scaling laws as pure functions.
+"""Scaling laws, each one object: a :class:`Law` in the registry :data:`LAWS`.
 
-Each docstring is the formula with its units. Inputs broadcast like numpy arrays, so a law can
+A law's formula is a pure function whose docstring is the formula with its units
+(:func:`chinchilla`, :func:`power_law`, ...). Inputs broadcast like numpy arrays, so a law can
 be evaluated on one point, a column of runs, or a grid. Conventions:
 
 - ``N``: model parameters (count); ``D``: training tokens (or images) seen (count);
   ``C``: training compute in FLOPs (``C ~= 6 N D``).
 - ``L``: loss in nats per token (or whatever unit the data's loss column uses).
 
-These are the readable forms. The fitter uses the same laws written in log space
-(:mod:`scaling.analysis.forms`), and a test checks the two agree.
+Beside each formula, in the same section of this file and gathered into the law's
+:class:`Law`, is everything else the fitter and the report know about that law:
+
+- its public parameters: the formula's own keyword parameters, read from its signature;
+- the law in log space with its Jacobian, which the fitter minimises over: ``log L`` as a
+  function of internal parameters ``theta`` (log-scales such as ``a = log A``), for a batch of
+  parameter vectors at once. Writing log L as a log-sum-exp keeps every term positive and the
+  arithmetic stable, as in Epoch AI's replication of Chinchilla
+  (``log L = LSE(a - alpha log N, b - beta log D, e)``);
+- the bounds of the internal parameters, and the start grid, built from the data;
+- derived quantities (Chinchilla's ``a, b, G``) and, for a law in N and D, the compute-optimal
+  allocation;
+- for Chinchilla, whose 4,500-start grid makes speed matter, a fused Huber objective.
+
+The log form, its Jacobian and the fused objective are hand-written second copies of the
+formula (this package imports no autodiff). tests/test_analysis_laws.py checks each against
+the first, for every law in :data:`LAWS`: exp(log form) equals the formula, the Jacobian equals
+finite differences of the log form, and a fused objective equals the generic one
+(:func:`scaling.analysis.forms.huber_value_and_grad_generic`) in value and gradient.
 """
 
 from __future__ import annotations
 
+import inspect
+import itertools
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
 import numpy as np
 from numpy.typing import ArrayLike
 
+Columns = dict[str, np.ndarray]
+ANY_X = ("C", "N", "D")  # the columns a law in one variable may take; C, the default, first
+# (theta (batch, p), log columns) -> (log L (batch, n), [d log L / d theta_k for each k]).
+LogPred = Callable[[np.ndarray, Columns], tuple[np.ndarray, list[np.ndarray]]]
+
+
+@dataclass(frozen=True, eq=False)
+class Law:
+    """One scaling law: its formula, log form, bounds, start grid and derived quantities.
+
+    Calling a law evaluates its formula: ``LAWS["chinchilla"](N, D, E=1.69, ...)`` is
+    ``chinchilla(N, D, E=1.69, ...)``.
+    """
+
+    name: str
+    formula: Callable[..., np.ndarray]  # the pure function; its docstring is the formula
+    theta_names: tuple[str, ...]  # internal parameters, e.g. ("a", "b", "e", "alpha", "beta")
+    # For each internal parameter, the public one it encodes and whether it is that one's log
+    # (a = log A). to_public, the bounds in public units and the constraints all derive from
+    # this one mapping, so they cannot disagree.
+    encodes: tuple[str, ...]  # e.g. ("A", "B", "E", "alpha", "beta")
+    logged: tuple[bool, ...]  # e.g. (True, True, True, False, False)
+    # log L and its Jacobian in theta; the columns are "lnN" and "lnD", or "lnx".
+    log_pred: LogPred
+    lower: np.ndarray  # bounds of the internal parameters (a log-scale one bounds the log)
+    upper: np.ndarray
+    # Log columns (and "lny", the log losses, when the fit has them) -> starts (k, p). Grids
+    # scale with the data: scales around its inputs, offsets below its lowest loss.
+    default_grid: Callable[[Columns], np.ndarray]
+    # A law in one variable: the columns its x may be, the default first. Empty for a law in
+    # N and D.
+    x_choices: tuple[str, ...] = ()
+    # Public parameters (arrays allowed) -> derived quantities, e.g. {"a": ..., "b": ...}.
+    derived: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]] = lambda params: {}
+    # A law in N and D: optimal(C, **params) -> (N_opt, D_opt, L) under C = 6 N D.
+    optimal: Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+    # (theta, cols, log_loss, delta, weights) -> (Huber objective, gradient), fused for speed;
+    # it must agree with the generic objective built from log_pred (a test checks it).
+    fused: Callable | None = None
+    # ("N", "D"), or ("x",) for a law in one variable: the formula's first arguments.
+    inputs: tuple[str, ...] = field(init=False)
+    # The formula's parameters after its inputs, in its order: e.g. ("E", "A", "B", "alpha",
+    # "beta"). Read from the signature, so they cannot drift from the formula.
+    param_names: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self):
+        inputs = ("x",) if self.x_choices else ("N", "D")
+        names = tuple(inspect.signature(self.formula).parameters)[len(inputs):]
+        object.__setattr__(self, "inputs", inputs)
+        object.__setattr__(self, "param_names", names)
+        p = len(self.theta_names)
+        if (sorted(self.encodes) != sorted(names) or len(self.logged) != p
+                or np.shape(self.lower) != (p,) or np.shape(self.upper) != (p,)):
+            raise ValueError(f"law {self.name}: encodes {self.encodes} must list each of "
+                             f"{names} once, with one logged flag and bound per theta")
+
+    def __call__(self, *inputs: ArrayLike, **params: float) -> np.ndarray:
+        return self.formula(*inputs, **params)
+
+    @property
+    def n_params(self) -> int:
+        return len(self.theta_names)
+
+    @property
+    def default_x(self) -> str | None:
+        """The input column of a one-variable law when none is named; None for N-D laws."""
+        return self.x_choices[0] if self.x_choices else None
+
+    def to_public(self, theta: np.ndarray) -> np.ndarray:
+        """(batch, p) internal parameters -> (batch, p) public ones, in ``param_names`` order."""
+        theta = np.asarray(theta, dtype=float)
+        cols = [np.exp(theta[:, i]) if self.logged[i] else theta[:, i]
+                for i in (self.encodes.index(name) for name in self.param_names)]
+        return np.stack(cols, axis=1)
+
+    @property
+    def bounds(self) -> dict[str, tuple[float, float]]:
+        """The optimiser's box in public units: name -> (low, high), e.g. alpha -> (0, 10)."""
+        out = {}
+        for name, log, lo, hi in zip(self.encodes, self.logged, self.lower, self.upper):
+            out[name] = (float(np.exp(lo)), float(np.exp(hi))) if log else (float(lo), float(hi))
+        return {name: out[name] for name in self.param_names}
+
+    def allocate(self, params: Mapping[str, ArrayLike], C: ArrayLike):
+        """(N_opt, D_opt, L) at compute C [FLOPs] under C = 6 N D, from public ``params``
+        (arrays broadcast; extra keys such as derived quantities are ignored)."""
+        if self.optimal is None:
+            raise ValueError(f"law {self.name} has no compute-optimal allocation")
+        return self.optimal(C, **{k: params[k] for k in self.param_names})
+
+
+def _lse(*terms: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """log(sum exp(terms)) and the softmax weights, computed without overflow."""
+    top = terms[0]
+    for t in terms[1:]:
+        top = np.maximum(top, t)
+    exps = [np.exp(t - top) for t in terms]
+    total = exps[0]
+    for e in exps[1:]:
+        total = total + e
+    inv = 1.0 / total
+    return top + np.log(total), [e * inv for e in exps]
+
+
+def _grid(*axes) -> np.ndarray:
+    return np.array(list(itertools.product(*axes)), dtype=float)
+
+
+def _thetas(theta: np.ndarray, p: int) -> tuple[np.ndarray, ...]:
+    """The columns of a (batch, p) theta as (batch, 1) arrays, to broadcast over the data."""
+    return tuple(theta[:, i : i + 1] for i in range(p))
+
+
+def _loss_scales(cols: Columns) -> tuple[float, float, float]:
+    """(lowest log loss, median log loss, median log x): what a one-variable grid scales to."""
+    lny, lnx = cols["lny"], cols["lnx"]
+    return float(lny.min()), float(np.median(lny)), float(np.median(lnx))
+
+
+def _shape(theta: np.ndarray, col: np.ndarray) -> tuple[int, int]:
+    """(batch, n): the shape of log L for a batch of thetas on a column of n runs."""
+    return theta.shape[0], col.shape[-1]
+
+
+# --- Chinchilla: L = E + A N^-alpha + B D^-beta ------------------------------------------
+
+def chinchilla(
+    N: ArrayLike,
+    D: ArrayLike,
+    E: float = 1.69,
+    A: float = 406.4,
+    B: float = 410.7,
+    alpha: float = 0.34,
+    beta: float = 0.28,
+) -> np.ndarray:
+    """Hoffmann et al. (2022) parametric loss (approach 3).
+
+    ``L(N, D) = E + A / N^alpha + B / D^beta``
+
+    N: parameters [count]; D: tokens [count]; E: irreducible loss [nats];
+    A [nats * params^alpha]; B [nats * tokens^beta]; alpha, beta [dimensionless].
+    Defaults are Hoffmann et al.'s published fit.
+    """
+    N = np.asarray(N, dtype=float)
+    D = np.asarray(D, dtype=float)
+    return E + A * N ** (-alpha) + B * D ** (-beta)
+
+
+def chinchilla_allocation(A, B, alpha, beta) -> dict[str, np.ndarray]:
+    """Exponents and coefficient of Chinchilla's compute-optimal allocation (below).
+
+    ``a = beta/(alpha+beta)``, ``b = alpha/(alpha+beta)`` [dimensionless];
+    ``G = (alpha A / (beta B))^(1/(alpha+beta))`` [params / (FLOPs/6)^a, so that
+    ``N_opt = G (C/6)^a`` is in params]. Arrays broadcast; a degenerate law (alpha = beta = 0)
+    gives NaN, not an error.
+    """
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        s = alpha + beta
+        G = (alpha * A / (beta * B)) ** (1.0 / s)
+        return {"a": beta / s, "b": alpha / s, "G": G}
+
+
+def chinchilla_optimal(C: ArrayLike, E: float, A: float, B: float, alpha: float, beta: float):
+    """Compute-optimal allocation under Chinchilla's law with ``C = 6 N D``.
+
+    ``N_opt(C) = G (C/6)^a``, ``D_opt(C) = G^-1 (C/6)^b`` with ``a = beta/(alpha+beta)``,
+    ``b = alpha/(alpha+beta)`` and ``G = (alpha A / (beta B))^(1/(alpha+beta))``.
+
+    C [FLOPs] -> (N_opt [params], D_opt [tokens], L(N_opt, D_opt) [nats]).
+    """
+    C = np.asarray(C, dtype=float)
+    k = chinchilla_allocation(A, B, alpha, beta)
+    N_opt = k["G"] * (C / 6.0) ** k["a"]
+    D_opt = (C / 6.0) ** k["b"] / k["G"]
+    return N_opt, D_opt, chinchilla(N_opt, D_opt, E, A, B, alpha, beta)
+
+
+def _chinchilla_log_pred(theta, cols):
+    a, b, e, alpha, beta = _thetas(theta, 5)
+    lnN, lnD = cols["lnN"], cols["lnD"]
+    lse, (w1, w2, w3) = _lse(a - alpha * lnN, b - beta * lnD,
+                             np.broadcast_to(e, _shape(theta, lnN)))
+    return lse, [w1, w2, w3, -w1 * lnN, -w2 * lnD]
+
+
+def _chinchilla_fused(theta, cols, log_loss, delta, weights):
+    """Huber objective and gradient for Chinchilla in fewer array passes than the generic
+    path: everything is taken relative to e, so ``log L_hat = e + log(1 + x1 + x2)`` with
+    ``x1 = exp(a - e - alpha log N)``, ``x2 = exp(b - e - beta log D)``. The bounds keep the
+    exponents below ~200, so no max-shift is needed against overflow."""
+    a, b, e, alpha, beta = _thetas(theta, 5)
+    lnN, lnD = cols["lnN"], cols["lnD"]
+    x1 = alpha * lnN
+    np.subtract(a - e, x1, out=x1)
+    np.exp(x1, out=x1)
+    x2 = beta * lnD
+    np.subtract(b - e, x2, out=x2)
+    np.exp(x2, out=x2)
+    s = x1 + x2
+    s += 1.0
+    r = np.log(s)
+    np.subtract(log_loss - e, r, out=r)  # residual log L_obs - log L_hat
+    ar = np.abs(r)
+    c = np.minimum(ar, delta)
+    f = ar - 0.5 * c
+    f *= c  # Huber value per point
+    # dHuber/dr = clip(r, -delta, delta); two ufuncs are faster than np.clip or copysign.
+    np.minimum(r, delta, out=r)
+    np.maximum(r, -delta, out=r)
+    if weights is not None:
+        f *= weights
+        r *= weights
+    r /= s  # dHuber/dr * d(log L_hat)/de; times x1 or x2 gives the a and b derivatives
+    x1 *= r
+    x2 *= r
+    grad = np.empty((theta.shape[0], 5))
+    grad[:, 0] = -x1.sum(axis=1)
+    grad[:, 1] = -x2.sum(axis=1)
+    grad[:, 2] = -r.sum(axis=1)
+    grad[:, 3] = x1 @ lnN
+    grad[:, 4] = x2 @ lnD
+    return f.sum(axis=1), grad
+
+
+CHINCHILLA = Law(
+    name="chinchilla",
+    formula=chinchilla,
+    theta_names=("a", "b", "e", "alpha", "beta"),
+    encodes=("A", "B", "E", "alpha", "beta"),
+    logged=(True, True, True, False, False),
+    log_pred=_chinchilla_log_pred,
+    # Exponents are kept non-negative (a negative one would make loss grow with scale);
+    # the log-scales get wide but finite bounds so a runaway start cannot overflow.
+    lower=np.array([-50.0, -50.0, -20.0, 0.0, 0.0]),
+    upper=np.array([100.0, 100.0, 20.0, 10.0, 10.0]),
+    # Epoch AI's grid (data/README.md): 6 x 6 x 5 x 5 x 5 = 4,500 starts.
+    default_grid=lambda cols: _grid(
+        np.arange(0, 30, 5), np.arange(0, 30, 5), np.arange(-1, 1.5, 0.5),
+        np.arange(0, 2.5, 0.5), np.arange(0, 2.5, 0.5),
+    ),
+    derived=lambda p: chinchilla_allocation(p["A"], p["B"], p["alpha"], p["beta"]),
+    optimal=chinchilla_optimal,
+    fused=_chinchilla_fused,
+)
+
+
+# --- Power law with an offset: L = E + A x^-alpha -----------------------------------------
 
 def power_law(x: ArrayLike, E: float, A: float, alpha: float) -> np.ndarray:
     """Power law with an irreducible offset.
@@ -28,6 +298,45 @@ def power_law(x: ArrayLike, E: float, A: float, alpha: float) -> np.ndarray:
     x = np.asarray(x, dtype=float)
     return E + A * x ** (-alpha)
 
+
+def _power_log_pred(theta, cols):
+    a, e, alpha = _thetas(theta, 3)
+    lnx = cols["lnx"]
+    lse, (w1, w2) = _lse(a - alpha * lnx, np.broadcast_to(e, _shape(theta, lnx)))
+    return lse, [w1, w2, -w1 * lnx]
+
+
+def _power_grid(cols):
+    """Starts for E + A x^-alpha scaled to the data: E a fraction of the lowest loss (an offset
+    below it), and for each alpha, A such that A x^-alpha spans the losses' scale at the
+    data's median x (a = log A around ln L + alpha ln x)."""
+    if "lny" not in cols:  # no losses given: the grid of the first version
+        return _grid(np.arange(0, 65, 5), np.arange(-1, 1.5, 0.5),
+                     [0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0])
+    y_lo, y_med, x_med = _loss_scales(cols)
+    rows = []
+    for alpha in (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0):
+        for e in y_lo + np.log([0.05, 0.3, 0.6, 0.8, 0.9, 0.97]):
+            for da in (-3.0, -1.0, 0.0, 1.0, 3.0):
+                rows.append((y_med + alpha * x_med + da, e, alpha))
+    return np.array(rows)
+
+
+POWER_LAW = Law(
+    name="power_law",
+    formula=power_law,
+    x_choices=ANY_X,
+    theta_names=("a", "e", "alpha"),
+    encodes=("A", "E", "alpha"),
+    logged=(True, True, False),
+    log_pred=_power_log_pred,
+    lower=np.array([-50.0, -20.0, 0.0]),
+    upper=np.array([200.0, 20.0, 10.0]),
+    default_grid=_power_grid,
+)
+
+
+# --- Kaplan: L(N) = (N_c/N)^alpha_N, L(D) = (D_c/D)^alpha_D --------------------------------
 
 def kaplan_n(N: ArrayLike, N_c: float = 8.8e13, alpha_N: float = 0.076) -> np.ndarray:
     """Kaplan et al. (2020) loss against model size, trained to convergence.
@@ -53,6 +362,52 @@ def kaplan_d(D: ArrayLike, D_c: float = 5.4e13, alpha_D: float = 0.095) -> np.nd
     return (D_c / D) ** alpha_D
 
 
+def _kaplan_1d_log_pred(theta, cols):
+    lnc, alpha = _thetas(theta, 2)
+    u = lnc - cols["lnx"]
+    lp = alpha * u
+    return lp, [np.broadcast_to(alpha, lp.shape), u]
+
+
+def _kaplan_1d_grid(cols):
+    """Starts for (x_c / x)^alpha scaled to the data. log L = alpha (ln x_c - ln x), so for
+    each alpha the start passing through a data point has ln x_c = ln x + log L / alpha: above
+    the data when the loss exceeds 1, below it when the loss is under 1."""
+    lnx = cols["lnx"]
+    lny = cols.get("lny")
+    alphas = np.array([0.02, 0.05, 0.1, 0.2, 0.5, 1.0])
+    if lny is None:
+        return _grid(np.log(10.0) * np.arange(8, 32, 2), alphas)
+    q = np.quantile(np.arange(lnx.size), [0.0, 0.25, 0.5, 0.75, 1.0]).round().astype(int)
+    order = np.argsort(lnx)
+    pts = [(lnx[order[i]], lny[order[i]]) for i in q]
+    rows = [(px + py / a, a) for a in alphas for px, py in pts]
+    return np.array(rows)
+
+
+def _kaplan_1d(formula) -> Law:
+    """kaplan_n or kaplan_d: the same law in its one input, N or D."""
+    x, scale, alpha = inspect.signature(formula).parameters
+    return Law(
+        name=formula.__name__,
+        formula=formula,
+        x_choices=(x,),
+        theta_names=("log_" + scale, alpha),
+        encodes=(scale, alpha),
+        logged=(True, False),
+        log_pred=_kaplan_1d_log_pred,
+        lower=np.array([-50.0, 1e-6]),
+        upper=np.array([200.0, 10.0]),
+        default_grid=_kaplan_1d_grid,
+    )
+
+
+KAPLAN_N = _kaplan_1d(kaplan_n)
+KAPLAN_D = _kaplan_1d(kaplan_d)
+
+
+# --- Kaplan: L(N, D) = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D -------------------------
+
 def kaplan_nd(
     N: ArrayLike,
     D: ArrayLike,
@@ -73,27 +428,66 @@ def kaplan_nd(
     return ((N_c / N) ** (alpha_N / alpha_D) + D_c / D) ** alpha_D
 
 
-def chinchilla(
-    N: ArrayLike,
-    D: ArrayLike,
-    E: float = 1.69,
-    A: float = 406.4,
-    B: float = 410.7,
-    alpha: float = 0.34,
-    beta: float = 0.28,
-) -> np.ndarray:
-    """Hoffmann et al. (2022) parametric loss (approach 3).
+def kaplan_nd_optimal(C: ArrayLike, N_c: float, D_c: float, alpha_N: float, alpha_D: float):
+    """Compute-optimal allocation under Kaplan's joint law with ``C = 6 N D``.
 
-    ``L(N, D) = E + A / N^alpha + B / D^beta``
+    Minimising ``(N_c/N)^q + 6 D_c N / C`` over N, with ``q = alpha_N / alpha_D``, gives
+    ``N_opt(C) = (q N_c^q C / (6 D_c))^(1/(q+1))`` and ``D_opt = C / (6 N_opt)``; the
+    exponent ``1/(q+1)`` is ``a = alpha_D / (alpha_N + alpha_D)``.
 
-    N: parameters [count]; D: tokens [count]; E: irreducible loss [nats];
-    A [nats * params^alpha]; B [nats * tokens^beta]; alpha, beta [dimensionless].
-    Defaults are Hoffmann et al.'s published fit.
+    C [FLOPs] -> (N_opt [params], D_opt [tokens], L(N_opt, D_opt) [nats]).
     """
-    N = np.asarray(N, dtype=float)
-    D = np.asarray(D, dtype=float)
-    return E + A * N ** (-alpha) + B * D ** (-beta)
+    C = np.asarray(C, dtype=float)
+    q = alpha_N / alpha_D
+    lnN = (np.log(q) + q * np.log(N_c) + np.log(C / 6.0) - np.log(D_c)) / (q + 1)
+    N_opt = np.exp(lnN)
+    D_opt = C / (6.0 * N_opt)
+    return N_opt, D_opt, kaplan_nd(N_opt, D_opt, N_c, D_c, alpha_N, alpha_D)
 
+
+def _kaplan_nd_log_pred(theta, cols):
+    lnNc, lnDc, aN, aD = _thetas(theta, 4)
+    q = aN / aD
+    u1 = q * (lnNc - cols["lnN"])
+    u2 = np.broadcast_to(lnDc - cols["lnD"], u1.shape)
+    S, (w1, w2) = _lse(u1, u2)
+    return aD * S, [aN * w1, aD * w2, w1 * (lnNc - cols["lnN"]), S - w1 * u1]
+
+
+def _kaplan_nd_grid(cols):
+    """Scales N_c and D_c from 6 decades below the data's smallest N (D) to 16 above its
+    largest: below the data when the loss is under 1, far above it for Kaplan's own fits."""
+    ln10 = np.log(10.0)
+    lnN, lnD = cols.get("lnN"), cols.get("lnD")
+    if lnN is None or lnD is None:
+        return _grid(ln10 * np.arange(8, 32, 4), ln10 * np.arange(8, 32, 4),
+                     [0.03, 0.1, 0.3, 1.0], [0.03, 0.1, 0.3, 1.0])
+    return _grid(np.linspace(lnN.min() - 6 * ln10, lnN.max() + 16 * ln10, 6),
+                 np.linspace(lnD.min() - 6 * ln10, lnD.max() + 16 * ln10, 6),
+                 [0.03, 0.1, 0.3, 1.0], [0.03, 0.1, 0.3, 1.0])
+
+
+def _kaplan_nd_derived(p):
+    s = p["alpha_N"] + p["alpha_D"]
+    return {"a": p["alpha_D"] / s, "b": p["alpha_N"] / s}
+
+
+KAPLAN_ND = Law(
+    name="kaplan_nd",
+    formula=kaplan_nd,
+    theta_names=("log_N_c", "log_D_c", "alpha_N", "alpha_D"),
+    encodes=("N_c", "D_c", "alpha_N", "alpha_D"),
+    logged=(True, True, False, False),
+    log_pred=_kaplan_nd_log_pred,
+    lower=np.array([-50.0, -50.0, 1e-4, 1e-4]),
+    upper=np.array([200.0, 200.0, 10.0, 10.0]),
+    default_grid=_kaplan_nd_grid,
+    derived=_kaplan_nd_derived,
+    optimal=kaplan_nd_optimal,
+)
+
+
+# --- Broken power law, one break (Caballero et al. 2022) -----------------------------------
 
 def broken_power_law(
     x: ArrayLike, E: float, B: float, c0: float, c1: float, d1: float, f1: float
@@ -110,6 +504,51 @@ def broken_power_law(
     return E + B * x ** (-c0) * (1.0 + (x / d1) ** (1.0 / f1)) ** (-c1 * f1)
 
 
+def _bpl_log_pred(theta, cols):
+    """log L = LSE(e, b - c0 log x - c1 f1 softplus((log x - log d1) / f1))."""
+    e, b, c0, c1, ld, f1 = _thetas(theta, 6)
+    lnx = cols["lnx"]
+    z = (lnx - ld) / f1
+    sp = np.logaddexp(0.0, z)  # softplus(z)
+    sig = 0.5 * (1.0 + np.tanh(0.5 * z))  # logistic(z), overflow-free
+    u2 = b - c0 * lnx - c1 * f1 * sp
+    lse, (w1, w2) = _lse(np.broadcast_to(e, u2.shape), u2)
+    return lse, [w1, w2, -w2 * lnx, -w2 * f1 * sp, w2 * c1 * sig, -w2 * c1 * (sp - sig * z)]
+
+
+def _bpl_grid(cols):
+    lnx = cols["lnx"]
+    # Breaks are searched inside the data: a break outside it is not identifiable.
+    breaks = np.quantile(lnx, [0.25, 0.5, 0.75])
+    if "lny" not in cols:
+        return _grid([-1.0, 0.0, 1.0], [0.0, 5.0, 10.0, 20.0], [0.0, 0.1, 0.3],
+                     [0.1, 0.3, 1.0], breaks, [0.3, 1.0])
+    # Scaled to the losses: E a fraction of the lowest (an offset below it), and B such that
+    # B x^-c0 is of the losses' size at the data's median x.
+    y_lo, y_med, x_med = _loss_scales(cols)
+    rows = [(e, y_med + c0 * x_med + db, c0, c1, br, f1)
+            for e in y_lo + np.log([0.3, 0.7, 0.95])
+            for c0 in (0.0, 0.1, 0.3) for db in (-2.0, 0.0, 2.0)
+            for c1 in (0.1, 0.3, 1.0) for br in breaks for f1 in (0.3, 1.0)]
+    return np.array(rows)
+
+
+BROKEN_POWER_LAW = Law(
+    name="broken_power_law",
+    formula=broken_power_law,
+    x_choices=ANY_X,
+    theta_names=("e", "b", "c0", "c1", "log_d1", "f1"),
+    encodes=("E", "B", "c0", "c1", "d1", "f1"),
+    logged=(True, True, False, False, True, False),
+    log_pred=_bpl_log_pred,
+    lower=np.array([-20.0, -50.0, -2.0, -5.0, -100.0, 0.01]),
+    upper=np.array([20.0, 200.0, 10.0, 10.0, 200.0, 10.0]),
+    default_grid=_bpl_grid,
+)
+
+
+# --- Other formulas ------------------------------------------------------------------------
+
 def compute_flops(N: ArrayLike, D: ArrayLike) -> np.ndarray:
     """Training compute under the usual dense-transformer count.
 
@@ -118,27 +557,7 @@ def compute_flops(N: ArrayLike, D: ArrayLike) -> np.ndarray:
     return 6.0 * np.asarray(N, dtype=float) * np.asarray(D, dtype=float)
 
 
-def chinchilla_optimal(C: ArrayLike, E: float, A: float, B: float, alpha: float, beta: float):
-    """Compute-optimal allocation under Chinchilla's law with ``C = 6 N D``.
-
-    ``N_opt(C) = G (C/6)^a``, ``D_opt(C) = G^-1 (C/6)^b`` with ``a = beta/(alpha+beta)``,
-    ``b = alpha/(alpha+beta)`` and ``G = (alpha A / (beta B))^(1/(alpha+beta))``.
-
-    C [FLOPs] -> (N_opt [params], D_opt [tokens], L(N_opt, D_opt) [nats]).
-    """
-    C = np.asarray(C, dtype=float)
-    s = alpha + beta
-    G = (alpha * A / (beta * B)) ** (1.0 / s)
-    N_opt = G * (C / 6.0) ** (beta / s)
-    D_opt = (C / 6.0) ** (alpha / s) / G
-    return N_opt, D_opt, chinchilla(N_opt, D_opt, E, A, B, alpha, beta)
-
-
-LAWS = {
-    "chinchilla": chinchilla,
-    "power_law": power_law,
-    "kaplan_n": kaplan_n,
-    "kaplan_d": kaplan_d,
-    "kaplan_nd": kaplan_nd,
-    "broken_power_law": broken_power_law,
+LAWS: dict[str, Law] = {
+    law.name: law
+    for law in (CHINCHILLA, POWER_LAW, KAPLAN_N, KAPLAN_D, KAPLAN_ND, BROKEN_POWER_LAW)
 }

@@ -184,10 +184,10 @@ def _smoothed_inside(r: np.ndarray, delta: float) -> float:
 
 def _fixed_at_bound(fit: FitResult, name: str) -> bool:
     from scaling.analysis.constraints import public_bounds
-    from scaling.analysis.fit import get_form
+    from scaling.analysis.fit import get_law
 
-    form = get_form(fit.law)
-    lo, hi = public_bounds(form, fit.constraints.bounds).get(name, form.bounds[name])
+    law = get_law(fit.law)
+    lo, hi = public_bounds(law, fit.constraints.bounds).get(name, law.bounds[name])
     v = fit.params[name]
     return math.isclose(v, lo, rel_tol=1e-9, abs_tol=1e-12) or math.isclose(v, hi, rel_tol=1e-9)
 
@@ -196,9 +196,9 @@ def compare_or_why(data, constrained: FitResult, level: float = LEVEL) -> Nested
     """Fit the unconstrained law ``constrained`` nests in and test the constraints; or, when the
     runs are too few for the unconstrained law, say so (a string) instead of failing."""
     from scaling.analysis.constraints import resolve
-    from scaling.analysis.fit import get_form
+    from scaling.analysis.fit import get_law
 
-    n_free = resolve(get_form(constrained.law), constrained.constraints.relaxed()).n_free
+    n_free = resolve(get_law(constrained.law), constrained.constraints.relaxed()).n_free
     if constrained.n_points < n_free + 1:
         return (f"the unconstrained law has {n_free} free parameters and needs at least "
                 f"{n_free + 1} runs to fit; got {constrained.n_points}, so only the constrained "

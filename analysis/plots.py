@@ -57,7 +57,7 @@ def plot_loss_vs_compute(
         ax.plot(envelope.C, envelope.loss, color="tab:orange", lw=1.2, label="training-curve envelope")
     if fit is not None:
         grid = np.geomspace(data.C.min(), data.C.max() * 10, 200)
-        if fit.law in ("chinchilla", "kaplan_nd"):
+        if fit.has_optimal:
             ax.plot(grid, compute_optimal(fit, grid)["loss"], color="tab:red", lw=1.5,
                     label=f"{fit.law} fit at N_opt(C)")
         elif fit.x == "C":

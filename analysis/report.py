@@ -67,7 +67,7 @@ def fit_to_json(
         out["n_resamples"] = boot.n_resamples
         out["bootstrap_seed"] = boot.seed
         diags += list(boot.diagnostics)
-    if fit.law in ("chinchilla", "kaplan_nd"):
+    if fit.has_optimal:
         rows = []
         for C in EXAMPLE_BUDGETS:
             opt = compute_optimal(fit, C, boot=boot)

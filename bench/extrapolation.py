@@ -32,8 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from scaling.analysis.data import Data  # noqa: E402
 from scaling.analysis.errors import AnalysisError  # noqa: E402
 from scaling.analysis.fit import fit_law  # noqa: E402
+from scaling.analysis.laws import LAWS as ALL_LAWS  # noqa: E402
 
-LAWS = ("power_law", "broken_power_law", "kaplan_d")
+# Every law in one variable that can take tokens D as its x.
+LAWS = tuple(name for name, law in ALL_LAWS.items() if "D" in law.x_choices)
 BASELINES = ("loglog_line", "offset_lstsq")
 FIT_FRACTION = 0.6
 

@@ -25,8 +25,9 @@ from scipy.optimize import minimize
 from scipy.special import huber, logsumexp
 
 from scaling.analysis.fit import FitResult, bootstrap, fit_law
-from scaling.analysis.forms import CHINCHILLA
+from scaling.analysis.forms import huber_value_and_grad_generic
 from scaling.analysis.io import load_csv
+from scaling.analysis.laws import CHINCHILLA
 
 DEFAULT_CSV = Path(__file__).resolve().parent.parent / "tests" / "data" / "chinchilla_fig4.csv"
 GOAL_RATIO = 100.0
@@ -43,6 +44,11 @@ def plain_loop(data, starts: np.ndarray, delta: float = 1e-3):
         pred = logsumexp([a - alpha * lnN, b - beta * lnD, e * ones], axis=0)
         return np.sum(huber(delta, pred - lnL))
 
+    # Written out as a notebook would; check that it is the objective of the law the fit uses.
+    law_f, _ = huber_value_and_grad_generic(CHINCHILLA, starts[:1], {"lnN": lnN, "lnD": lnD},
+                                            lnL, delta)
+    if not np.isclose(objective(starts[0]), law_f[0], rtol=1e-9):
+        raise SystemExit("the plain loop's objective differs from the chinchilla law's")
     best = None
     for x0 in starts:
         r = minimize(objective, x0, method="L-BFGS-B")

@@ -12,8 +12,9 @@ from scaling.analysis.cli import main
 from scaling.analysis.constraints import Constraints, constraint_problems, parse_cli, resolve
 from scaling.analysis.data import Data
 from scaling.analysis.errors import AnalysisError, TooFewPointsError
-from scaling.analysis.fit import bootstrap, compute_optimal, fit_law, get_form
-from scaling.analysis.forms import CHINCHILLA, FORMS, huber_value_and_grad
+from scaling.analysis.fit import bootstrap, compute_optimal, fit_law
+from scaling.analysis.forms import huber_value_and_grad
+from scaling.analysis.laws import CHINCHILLA, LAWS
 from scaling.analysis.io import load_csv
 from scaling.analysis.nested import compare_nested, compare_or_why, fit_unconstrained_for
 from scaling.analysis.study import analyse_study, render_report, study_json
@@ -188,11 +189,11 @@ def test_constrained_gradient_matches_finite_differences(tie):
 
 
 def test_law_objects_expose_names_and_bounds_consistent_with_to_public():
-    for form in FORMS.values():
-        theta = (form.lower + np.minimum(form.upper, form.lower + 3.0)) / 2
-        public = dict(zip(form.param_names, form.to_public(theta[None])[0]))
-        for name, (lo, hi) in form.bounds.items():
-            assert lo < public[name] < hi, (form.name, name)
+    for law in LAWS.values():
+        theta = (law.lower + np.minimum(law.upper, law.lower + 3.0)) / 2
+        public = dict(zip(law.param_names, law.to_public(theta[None])[0]))
+        for name, (lo, hi) in law.bounds.items():
+            assert lo < public[name] < hi, (law.name, name)
 
 
 def test_derived_quantities_and_compute_optimal_follow_the_tie():

@@ -10,7 +10,8 @@ from scaling.analysis import laws
 from scaling.analysis.data import Data
 from scaling.analysis.errors import AnalysisError, DataError, TooFewPointsError
 from scaling.analysis.fit import bootstrap, compute_optimal, fit_law
-from scaling.analysis.forms import CHINCHILLA, huber_value_and_grad
+from scaling.analysis.forms import huber_value_and_grad
+from scaling.analysis.laws import CHINCHILLA
 from scaling.analysis.io import load_csv
 from scaling.analysis.optim import minimize_batch
 

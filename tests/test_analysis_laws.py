@@ -1,10 +1,13 @@
-"""Laws as pure functions, and their log-space forms used by the fitter."""
+"""Laws as pure functions, and the rest of each law's object checked against its formula: the
+log form and its Jacobian, a fused objective, the derived quantities and the compute-optimal
+allocation. Every check runs for every law in LAWS, so a law added there is checked too."""
 
 import numpy as np
 import pytest
 
 from scaling.analysis import laws
-from scaling.analysis.forms import FORMS, huber_value_and_grad
+from scaling.analysis.forms import huber_value_and_grad, huber_value_and_grad_generic
+from scaling.analysis.laws import LAWS
 
 
 def test_chinchilla_published_point():
@@ -41,9 +44,9 @@ def test_chinchilla_optimal_uses_c_equals_6nd():
         assert laws.chinchilla(N * f, D / f, 1.69, 406.4, 410.7, 0.34, 0.28) > L
 
 
-def _cols_for(form, rng):
+def _cols_for(law):
     n = 12
-    if form.inputs == ("N", "D"):
+    if law.inputs == ("N", "D"):
         return {"lnN": np.log(np.geomspace(1e7, 1e10, n)), "lnD": np.log(np.geomspace(1e9, 1e11, n))[::-1].copy()}
     return {"lnx": np.log(np.geomspace(1e3, 1e9, n))}
 
@@ -56,51 +59,107 @@ THETA = {
     "kaplan_nd": [np.log(8.8e13), np.log(5.4e13), 0.076, 0.095],
     "broken_power_law": [0.2, 2.0, 0.1, 0.3, np.log(1e6), 0.5],
 }
-PUBLIC_CALL = {
-    "chinchilla": lambda p, c: laws.chinchilla(np.exp(c["lnN"]), np.exp(c["lnD"]), **p),
-    "kaplan_nd": lambda p, c: laws.kaplan_nd(np.exp(c["lnN"]), np.exp(c["lnD"]), **p),
-}
 
 
-@pytest.mark.parametrize("name", sorted(FORMS))
-def test_log_form_matches_public_law(name):
-    form = FORMS[name]
-    cols = _cols_for(form, None)
-    theta = np.array([THETA[name]])
-    lp, _ = form.log_pred(theta, cols)
-    params = dict(zip(form.param_names, form.to_public(theta)[0]))
-    call = PUBLIC_CALL.get(name, lambda p, c: laws.LAWS[name](np.exp(c["lnx"]), **p))
-    assert np.allclose(np.exp(lp[0]), call(params, cols), rtol=1e-10)
+def _formula(law, theta, cols):
+    """The law's formula (the pure function) at internal parameters ``theta`` (p,)."""
+    params = dict(zip(law.param_names, law.to_public(theta[None])[0]))
+    inputs = [np.exp(cols[k]) for k in (("lnN", "lnD") if law.inputs == ("N", "D") else ("lnx",))]
+    with np.errstate(over="ignore"):
+        return law(*inputs, **params)
 
 
-@pytest.mark.parametrize("name", sorted(FORMS))
-def test_analytic_gradient_matches_finite_differences(name):
-    form = FORMS[name]
-    cols = _cols_for(form, None)
+def _thetas(name):
+    """THETA and a spread of the law's own start grid (built from data at THETA): the points
+    the fit starts from, edges included."""
+    law = LAWS[name]
+    cols = _cols_for(law)
     theta = np.array(THETA[name], dtype=float)
-    lp, _ = form.log_pred(theta[None], cols)
+    grid = law.default_grid({**cols, "lny": np.log(_formula(law, theta, cols))})
+    return cols, np.vstack([theta, grid[:: max(1, len(grid) // 7)]])
+
+
+def test_every_law_has_a_test_point():
+    assert set(THETA) == set(LAWS)
+
+
+@pytest.mark.parametrize("name", sorted(LAWS))
+def test_log_form_matches_public_law(name):
+    law = LAWS[name]
+    cols, thetas = _thetas(name)
+    lp, _ = law.log_pred(thetas, cols)
+    for theta, row in zip(thetas, lp):
+        direct = _formula(law, theta, cols)
+        ok = np.isfinite(direct)  # the formula overflows where the log form does not
+        assert np.allclose(np.exp(row[ok]), direct[ok], rtol=1e-10), theta
+    assert np.isfinite(_formula(law, thetas[0], cols)).all()
+
+
+@pytest.mark.parametrize("name", sorted(LAWS))
+def test_jacobian_matches_finite_differences_of_the_log_form(name):
+    law = LAWS[name]
+    cols, thetas = _thetas(name)
+    _, jac = law.log_pred(thetas, cols)
+    eps = 1e-6
+    for k in range(law.n_params):
+        e = np.zeros(law.n_params)
+        e[k] = eps
+        fd = (law.log_pred(thetas + e, cols)[0] - law.log_pred(thetas - e, cols)[0]) / (2 * eps)
+        jk = np.broadcast_to(jac[k], fd.shape)
+        assert np.allclose(jk, fd, rtol=1e-5, atol=1e-6), (law.theta_names[k], np.abs(jk - fd).max())
+
+
+@pytest.mark.parametrize("name", sorted(LAWS))
+@pytest.mark.parametrize("path", ["fit", "generic"])
+def test_analytic_gradient_matches_finite_differences(name, path):
+    # "fit" is the objective the fit uses (a fused one where the law has it).
+    law = LAWS[name]
+    objective = huber_value_and_grad if path == "fit" else huber_value_and_grad_generic
+    cols = _cols_for(law)
+    theta = np.array(THETA[name], dtype=float)
+    lp, _ = law.log_pred(theta[None], cols)
     rng = np.random.default_rng(0)
     y = lp[0] + rng.normal(0, 0.01, lp.shape[1])  # residuals both in and outside delta
-    f, g = huber_value_and_grad(form, theta[None], cols, y, 1e-3)
+    f, g = objective(law, theta[None], cols, y, 1e-3)
     eps = 1e-6
     for k in range(theta.size):
         e = np.zeros_like(theta)
         e[k] = eps
-        fp, _ = huber_value_and_grad(form, (theta + e)[None], cols, y, 1e-3)
-        fm, _ = huber_value_and_grad(form, (theta - e)[None], cols, y, 1e-3)
+        fp, _ = objective(law, (theta + e)[None], cols, y, 1e-3)
+        fm, _ = objective(law, (theta - e)[None], cols, y, 1e-3)
         assert g[0, k] == pytest.approx((fp[0] - fm[0]) / (2 * eps), rel=1e-4, abs=1e-8)
 
 
-def test_fused_chinchilla_objective_matches_generic_path():
-    from scaling.analysis.forms import CHINCHILLA, huber_value_and_grad_generic
-
+@pytest.mark.parametrize("name", sorted(n for n, law in LAWS.items() if law.fused))
+def test_fused_objective_matches_generic_path(name):
+    law = LAWS[name]
     rng = np.random.default_rng(0)
     cols = {"lnN": np.log(np.geomspace(1e7, 1e10, 50)), "lnD": np.log(np.geomspace(1e9, 1e11, 50))}
+    if law.inputs != ("N", "D"):
+        cols = {"lnx": np.log(np.geomspace(1e3, 1e9, 50))}
     y = np.log(2.0 + rng.uniform(0, 1, 50))
-    theta = CHINCHILLA.default_grid(cols)[::7]
+    theta = law.default_grid({**cols, "lny": y})[::7]
     w = rng.integers(0, 3, (theta.shape[0], 50)).astype(float)
     for weights in (None, w):
-        f1, g1 = huber_value_and_grad(CHINCHILLA, theta, cols, y, 1e-3, weights)
-        f2, g2 = huber_value_and_grad_generic(CHINCHILLA, theta, cols, y, 1e-3, weights)
+        f1, g1 = law.fused(theta, cols, y, 1e-3, weights)
+        f2, g2 = huber_value_and_grad_generic(law, theta, cols, y, 1e-3, weights)
         assert np.allclose(f1, f2, rtol=1e-12)
         assert np.allclose(g1, g2, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, law in LAWS.items() if law.optimal))
+def test_compute_optimal_allocation_minimises_the_formula(name):
+    # At fixed C = 6 N D, N_opt is the minimum of the formula over N, and the derived
+    # exponents are the slopes of N_opt(C) and D_opt(C).
+    law = LAWS[name]
+    params = dict(zip(law.param_names, law.to_public(np.array([THETA[name]]))[0]))
+    C = 1e22
+    N_opt, D_opt, L = law.allocate(params, C)
+    assert 6 * N_opt * D_opt == pytest.approx(C)
+    assert L == pytest.approx(law(N_opt, D_opt, **params))
+    Ns = N_opt * np.geomspace(0.5, 2.0, 201)
+    assert Ns[np.argmin(law(Ns, C / (6 * Ns), **params))] == pytest.approx(N_opt, rel=0.01)
+    N10, D10, _ = law.allocate(params, 10 * C)
+    derived = law.derived(params)
+    assert np.log10(N10 / N_opt) == pytest.approx(derived["a"])
+    assert np.log10(D10 / D_opt) == pytest.approx(derived["b"])
