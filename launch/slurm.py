@@ -4,14 +4,18 @@ Each job starts one task per process with srun (one per GPU on a GPU cluster); e
 `scaling.train.run_overrides` on the run's overrides and joins the DeepSpeed world from Slurm's
 environment. Submitting does not block; `scaling-status STUDY_DIR` follows the jobs.
 
+A run's job is described once, by a `SlurmJob` (resources, signal and requeue settings, setup,
+interpreter and overrides): submit_runs hands it to submitit, and launcher.print_script=true
+renders the same job as a plain sbatch script (slurm/train.sbatch).
+
 Preemption and time limits
 --------------------------
 Slurm sends SIGUSR2 `cluster.signal_delay_s` before the time limit, and SIGTERM on preemption
 or `scontrol requeue`. The trainer catches both: every rank saves a checkpoint and returns 75.
-`TrainJob` then requeues the job (rank 0 runs `scontrol requeue`), at most `cluster.max_requeues`
-times, counted by Slurm's SLURM_RESTART_COUNT. The requeued job runs the same pickled call with
-the same overrides, so it resumes in the same run directory, from that checkpoint, in the same
-wandb run. When the requeues are used up the job fails and the run is `partial`: a relaunch of
+`TrainJob` then requeues the job (rank 0 runs `scontrol requeue`, retried a few times if it
+fails), at most `cluster.max_requeues` times, counted by Slurm's SLURM_RESTART_COUNT. The
+requeued job runs the same pickled call with the same overrides, so it resumes in the same run
+directory, from that checkpoint, in the same wandb run. When the requeues are used up the job fails and the run is `partial`: a relaunch of
 the study resumes it.
 
 Importing this module does not import torch or DeepSpeed: the trainer is imported inside the job.
@@ -25,9 +29,11 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from string import Template
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from scaling.launch.config import ClusterConfig, LauncherConfig
 from scaling.launch.plan import Plan, RunSpec
@@ -78,34 +84,145 @@ def check_cluster(plan: Plan, cluster: ClusterConfig) -> None:
     raise_if(problems)
 
 
-def executor_parameters(run: RunSpec, cluster: ClusterConfig, name: Optional[str] = None) -> dict:
-    nodes, tasks, gpus = job_shape(run.nproc, cluster)
-    params = dict(
-        job_name=name or run.id,
-        partition=cluster.partition,
-        time=cluster.time_limit_min,
-        nodes=nodes,
-        ntasks_per_node=tasks,
-        cpus_per_task=cluster.cpus_per_task,
-        signal_delay_s=cluster.signal_delay_s,
-        setup=list(cluster.setup),
-        additional_parameters={"requeue": True, **cluster.additional},
-        stderr_to_stdout=True,
-    )
-    if gpus:
-        params["gpus_per_node"] = gpus
-    if cluster.mem_gb is not None:
-        params["mem"] = f"{int(math.ceil(cluster.mem_gb))}GB"
-    if cluster.account:
-        params["account"] = cluster.account
-    if cluster.qos:
-        params["qos"] = cluster.qos
-    return params
+# Exported before srun in both the submitted and the printed script (submitit also runs `python -u`).
+ENV = (("PYTHONUNBUFFERED", "1"),)
+# `scontrol requeue` can fail for a moment (slurmctld busy or restarting): this many tries, waiting
+# 1 s, 2 s, 4 s... between them (in TrainJob and in the printed script alike).
+REQUEUE_TRIES = 3
 
 
-def _job_overrides(run: RunSpec, cluster: ClusterConfig) -> list[str]:
-    # Without cgroups every task sees all of the node's cores; keep each to its allocation.
-    return [*run.overrides, f"train.num_threads={cluster.cpus_per_task}"]
+@dataclass(frozen=True)
+class SlurmJob:
+    """One Slurm job, as sbatch is told it: built once by `SlurmJob.of` from a run and the cluster.
+
+    What submit_runs submits (`submitit_parameters`, `executor`) and what launcher.print_script=true
+    prints (`sbatch_script`) are both read from it, so the two cannot drift; a test checks that
+    every field shows the same in both. They differ only in how each task starts: submitit's srun
+    runs its pickled `TrainJob`; the printed script's srun (with --kill-on-bad-exit) runs
+    `scaling.train`, and the script requeues in bash."""
+
+    name: str  # --job-name
+    log_dir: str  # where the job's output goes (submitit's folder)
+    nodes: int
+    tasks_per_node: int  # one per GPU (per process on a CPU cluster)
+    gpus_per_node: int  # 0: none requested
+    cpus_per_task: int
+    mem_gb: Optional[int]  # per node; None: the partition's default
+    time_limit_min: int
+    partition: str
+    account: Optional[str]
+    qos: Optional[str]
+    signal_delay_s: int  # SIGUSR2 this long before the time limit (the job always has --requeue)
+    max_requeues: int  # requeues after a checkpoint, counted by SLURM_RESTART_COUNT
+    additional: tuple[tuple[str, Any], ...]  # more sbatch flags (cluster.additional), e.g. constraint
+    setup: tuple[str, ...]  # shell lines run before srun
+    env: tuple[tuple[str, str], ...]  # exported after the setup lines
+    python: str  # the interpreter command every task runs
+    overrides: tuple[str, ...]  # the trainer's overrides
+
+    @classmethod
+    def of(cls, run: RunSpec, cluster: ClusterConfig) -> "SlurmJob":
+        nodes, tasks, gpus = job_shape(run.nproc, cluster)
+        return cls(
+            name=run.id,
+            log_dir=str(Path(run.dir) / "slurm"),
+            nodes=nodes,
+            tasks_per_node=tasks,
+            gpus_per_node=gpus,
+            cpus_per_task=cluster.cpus_per_task,
+            mem_gb=None if cluster.mem_gb is None else int(math.ceil(cluster.mem_gb)),
+            time_limit_min=cluster.time_limit_min,
+            partition=cluster.partition,
+            account=cluster.account or None,
+            qos=cluster.qos or None,
+            signal_delay_s=cluster.signal_delay_s,
+            max_requeues=cluster.max_requeues,
+            additional=tuple(cluster.additional.items()),
+            setup=tuple(cluster.setup),
+            env=ENV,
+            python=cluster.python or shlex.quote(sys.executable),
+            # Without cgroups every task sees all of the node's cores; keep each to its allocation.
+            overrides=(*run.overrides, f"train.num_threads={cluster.cpus_per_task}"),
+        )
+
+    @property
+    def mem(self) -> Optional[str]:
+        """--mem, as submitit writes it."""
+        return None if self.mem_gb is None else f"{self.mem_gb}GB"
+
+    def shell_setup(self) -> list[str]:
+        """The lines run before srun: the cluster's setup, then the exports."""
+        return [*self.setup, *(f"export {k}={shlex.quote(v)}" for k, v in self.env)]
+
+    def submitit_parameters(self) -> dict[str, Any]:
+        """`SlurmExecutor.update_parameters(**this)`: submitit writes the #SBATCH lines from these."""
+        params: dict[str, Any] = dict(
+            job_name=self.name,
+            partition=self.partition,
+            time=self.time_limit_min,
+            nodes=self.nodes,
+            ntasks_per_node=self.tasks_per_node,
+            cpus_per_task=self.cpus_per_task,
+            gpus_per_node=self.gpus_per_node or None,
+            mem=self.mem,
+            account=self.account,
+            qos=self.qos,
+            signal_delay_s=self.signal_delay_s,
+            setup=self.shell_setup(),
+            additional_parameters={"requeue": True, **dict(self.additional)},
+            stderr_to_stdout=True,
+        )
+        return {k: v for k, v in params.items() if v is not None}
+
+    def executor(self, **extra: Any) -> Any:
+        """A `submitit.SlurmExecutor` for this job; `extra` adds parameters (array_parallelism)."""
+        import submitit
+
+        ex = submitit.SlurmExecutor(folder=self.log_dir, max_num_timeout=self.max_requeues, python=self.python)
+        ex.update_parameters(**self.submitit_parameters(), **extra)
+        return ex
+
+    def train_job(self, run: RunSpec) -> "TrainJob":
+        """The callable submitit pickles and runs in every task of this job."""
+        return TrainJob(run.id, run.dir, list(self.overrides), self.max_requeues)
+
+    def sbatch_flags(self) -> dict[str, Any]:
+        """The printed script's #SBATCH flags, in sbatch's names (True: a flag without a value)."""
+        flags: dict[str, Any] = {
+            "job-name": self.name,
+            "output": f"{self.log_dir}/%j.out",
+            "open-mode": "append",
+            "nodes": self.nodes,
+            "ntasks-per-node": self.tasks_per_node,
+            "cpus-per-task": self.cpus_per_task,
+            "time": self.time_limit_min,
+            "signal": f"USR2@{self.signal_delay_s}",
+            "requeue": True,
+            "partition": self.partition,
+            "gpus-per-node": self.gpus_per_node or None,
+            "mem": self.mem,
+            "account": self.account,
+            "qos": self.qos,
+        }
+        flags.update({k.replace("_", "-"): v for k, v in self.additional})
+        return {k: v for k, v in flags.items() if v is not None}
+
+    def sbatch_script(self, study: str) -> str:
+        """The plain sbatch script of this job, from slurm/train.sbatch."""
+        # Written as submitit writes its own: `--flag` for True, else `--flag=VALUE`, shell-quoted.
+        sbatch = [f"#SBATCH --{k}" if v is True else f"#SBATCH --{k}={shlex.quote(str(v))}"
+                  for k, v in self.sbatch_flags().items()]  # fmt: skip
+        values = dict(
+            study=study,
+            signal_delay_s=self.signal_delay_s,
+            max_requeues=self.max_requeues,
+            requeue_tries=REQUEUE_TRIES,
+            sbatch="\n".join(sbatch),
+            setup="\n".join(self.shell_setup()),
+            python=self.python,
+            overrides=" \\\n".join("    " + shlex.quote(o) for o in self.overrides),
+        )
+        return Template(TEMPLATE.read_text()).substitute(values)
 
 
 class TrainJob:
@@ -142,8 +259,8 @@ class TrainJob:
             )
         job = os.environ.get("SLURM_ARRAY_JOB_ID")
         job_id = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job else os.environ["SLURM_JOB_ID"]
-        out = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
-        # A failure here usually means the job is already being requeued (an admin's
+        out = _scontrol_requeue(job_id, self.run_id)
+        # A failure after the retries usually means the job is already being requeued (an admin's
         # `scontrol requeue`, or preemption): Slurm puts it back in the queue by itself.
         print(f"run {self.run_id}: checkpoint saved; scontrol requeue {job_id}: rc={out.returncode} {out.stderr.strip()}",
               flush=True)
@@ -157,73 +274,61 @@ class TrainJob:
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
+def _scontrol_requeue(job_id: str, run_id: str) -> subprocess.CompletedProcess:
+    """`scontrol requeue JOB_ID`, tried up to REQUEUE_TRIES times while it fails (slurmctld can be
+    busy or restarting for a moment), waiting 1 s, 2 s, 4 s... between tries. Each failed try is
+    printed to the job's log; the last try's result is returned."""
+
+    def requeue() -> subprocess.CompletedProcess:
+        return subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+
+    out = requeue()
+    for attempt in range(1, REQUEUE_TRIES):
+        if out.returncode == 0:
+            break
+        delay_s = 2 ** (attempt - 1)
+        print(f"run {run_id}: scontrol requeue {job_id} failed (try {attempt} of {REQUEUE_TRIES}, "
+              f"rc={out.returncode}: {out.stderr.strip()}); retrying in {delay_s} s", flush=True)
+        time.sleep(delay_s)
+        out = requeue()
+    return out
+
+
 def submit_runs(plan: Plan, runs: list[RunSpec], cluster: ClusterConfig, launcher: LauncherConfig,
                 echo: Callable[[str], None] = print) -> dict[str, str]:
     """Submit `runs`; record each job id in its run directory's launch.json. Returns id -> job id."""
-    import submitit
-
-    python = cluster.python or shlex.quote(sys.executable)
     job_ids: dict[str, str] = {}
     if not runs:
         return job_ids
+    slurm_jobs = {r.id: SlurmJob.of(r, cluster) for r in runs}
     if launcher.array:
         groups: dict[int, list[RunSpec]] = {}
         for r in runs:
             groups.setdefault(r.nproc, []).append(r)
         for nproc, group in groups.items():
-            folder = Path(plan.dir) / "slurm" / "%j"
+            # One array per resource shape: the runs of a group differ only in their overrides.
+            array = replace(slurm_jobs[group[0].id], name=f"{plan.study}-p{nproc}",
+                            log_dir=str(Path(plan.dir) / "slurm" / "%j"))
             # submitit 1.5 builds array jobs with its default interpreter (the one launching).
-            ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=cluster.max_requeues, python=python)
-            ex.update_parameters(**executor_parameters(group[0], cluster, name=f"{plan.study}-p{nproc}"),
-                                 array_parallelism=launcher.array_parallelism)
+            ex = array.executor(array_parallelism=launcher.array_parallelism)
             with ex.batch():
-                jobs = [ex.submit(TrainJob(r.id, r.dir, _job_overrides(r, cluster), cluster.max_requeues)) for r in group]
-            for r, job in zip(group, jobs):
+                submitted = [ex.submit(slurm_jobs[r.id].train_job(r)) for r in group]
+            for r, job in zip(group, submitted):
                 job_ids[r.id] = str(job.job_id)
                 write_launch(r.dir, launcher="slurm", job_id=str(job.job_id), nproc=r.nproc,
                              log=str(Path(plan.dir) / "slurm" / str(job.job_id).split("_")[0]))
     else:
         for r in runs:
-            folder = Path(r.dir) / "slurm"
-            ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=cluster.max_requeues, python=python)
-            ex.update_parameters(**executor_parameters(r, cluster))
-            job = ex.submit(TrainJob(r.id, r.dir, _job_overrides(r, cluster), cluster.max_requeues))
+            slurm_job = slurm_jobs[r.id]
+            job = slurm_job.executor().submit(slurm_job.train_job(r))
             job_ids[r.id] = str(job.job_id)
-            write_launch(r.dir, launcher="slurm", job_id=str(job.job_id), nproc=r.nproc, log=str(folder))
+            write_launch(r.dir, launcher="slurm", job_id=str(job.job_id), nproc=r.nproc, log=slurm_job.log_dir)
     echo(f"submitted {len(job_ids)} job(s): " + ", ".join(sorted(set(j.split('_')[0] for j in job_ids.values()))))
     return job_ids
 
 
 def render_sbatch(run: RunSpec, cluster: ClusterConfig, study: Optional[str] = None) -> str:
-    """The plain sbatch script of one run, from slurm/train.sbatch."""
-    nodes, tasks, gpus = job_shape(run.nproc, cluster)
-    optional = [f"#SBATCH --partition={cluster.partition}"]
-    if gpus:
-        optional.append(f"#SBATCH --gpus-per-node={gpus}")
-    if cluster.mem_gb is not None:
-        optional.append(f"#SBATCH --mem={int(math.ceil(cluster.mem_gb))}G")
-    if cluster.account:
-        optional.append(f"#SBATCH --account={cluster.account}")
-    if cluster.qos:
-        optional.append(f"#SBATCH --qos={cluster.qos}")
-    for k, v in cluster.additional.items():
-        flag = k.replace("_", "-")
-        optional.append(f"#SBATCH --{flag}" if v is True else f"#SBATCH --{flag}={v}")
-    overrides = _job_overrides(run, cluster)
-    values = dict(
-        study=study or run.overrides[-1].split("=", 1)[-1],
-        job_name=run.id,
-        run_dir=run.dir,
-        nodes=nodes,
-        tasks_per_node=tasks,
-        cpus_per_task=cluster.cpus_per_task,
-        time_limit_min=cluster.time_limit_min,
-        signal_delay_s=cluster.signal_delay_s,
-        max_requeues=cluster.max_requeues,
-        optional="\n".join(optional),
-        setup="\n".join(cluster.setup),
-        python=cluster.python or shlex.quote(sys.executable),
-        overrides=" \\\n".join("    " + shlex.quote(o) for o in overrides),
-    )
-    Path(run.dir, "slurm").mkdir(parents=True, exist_ok=True)  # sbatch does not create the log folder
-    return Template(TEMPLATE.read_text()).substitute(values)
+    """The plain sbatch script of one run (launcher.print_script=true): `SlurmJob.sbatch_script`."""
+    job = SlurmJob.of(run, cluster)
+    Path(job.log_dir).mkdir(parents=True, exist_ok=True)  # sbatch does not create the log folder
+    return job.sbatch_script(study or run.overrides[-1].split("=", 1)[-1])  # the last override is run.group
