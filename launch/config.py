@@ -99,6 +99,10 @@ class SizesConfig:
     per_budget: int = 5  # IsoFLOP without a size list: sizes per budget
     span: float = 10.0  # IsoFLOP without a size list: largest / smallest N at each budget
     center_tokens_per_param: float = 20.0  # IsoFLOP without a size list: centre of the sizes
+    # The version of the family's ladder rule (scaling/families/): 2 is today's; 1 is the GPT
+    # ladder before its depth rule (aspect 64 at every width, so one layer below d_model 128),
+    # for relaunching a study planned with it into the same models and run directories.
+    ladder_rule: int = 2
 
 
 @dataclass

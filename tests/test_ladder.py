@@ -130,3 +130,15 @@ def test_size_cli_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as info:
         main(["gpt"])  # neither --params nor --size
     assert info.value.code == 2
+
+
+@pytest.mark.parametrize("data", [(257, 64), (50304, 2048), (1000, 128)])
+def test_gpt_rungs_from_1e4_parameters_have_two_or_more_layers(data):
+    # The depth rule (ladder rule 2): small models keep several layers instead of one wide one.
+    from scaling.families.gpt import _rungs as gpt_rungs
+
+    counts, shapes = gpt_rungs(*data, "nonembedding", False)
+    assert all(n_layers >= 2 for n, (n_layers, _) in zip(counts, shapes) if n >= 1e4)
+    # Rule 1, the ladder before it, had one-layer models up to d_model 127 (about 2e5 parameters).
+    counts, shapes = gpt_rungs(*data, "nonembedding", False, 1)
+    assert any(n_layers == 1 for n, (n_layers, _) in zip(counts, shapes) if n >= 1e4)

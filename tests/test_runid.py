@@ -60,6 +60,7 @@ def test_a_study_planned_under_rule_1_relaunches_into_its_own_run_directories(tm
     # The ids that the planner of rule 1 gave these studies (recorded with that version).
     legacy_ids = (LEGACY / f"{study}.ids").read_text().split()
     spec = study_spec(study, tmp_path / "s")
+    spec.sizes.ladder_rule = 1  # the ladder those studies were planned with (before the depth rule)
     fresh = [r.id for r in make_plan(spec).runs]
     assert len(fresh) == len(legacy_ids) and not set(fresh) & set(legacy_ids)  # rule 2 names them anew
     for rid in legacy_ids:  # a study folder of the old version, its runs finished

@@ -188,7 +188,8 @@ class Family:
     count_params    cfg -> ParamCount, exact (tested against `numel`)
     forward_flops   cfg -> FlopTerms of one sample's forward pass (tested against FlopCounterMode)
     flops_per_sample (cfg, convention) -> training FLOPs per token or image
-    ladder          (target, base cfg with data fields, count) -> the ladder's config
+    ladder          (target, base cfg with data fields, count, rule) -> the ladder's config; `rule`
+                    selects an earlier version of a family's rule (studies planned with it)
     sizes           named sizes, each family has `debug`
     module          "package.module:Class", the torch module, imported by `build`
     default_model   the conf/model file a study of this family starts from
@@ -207,7 +208,7 @@ class Family:
     count_params: Callable[[Any], ParamCount]
     forward_flops: Callable[[Any], FlopTerms]
     flops_per_sample: Callable[[Any, str], float]
-    ladder: Callable[[float, Any, str], Any]
+    ladder: Callable[..., Any]
     sizes: dict[str, Any]
     module: str
     default_model: str

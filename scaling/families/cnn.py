@@ -140,9 +140,9 @@ def _rungs(in_channels: int, n_classes: int) -> tuple[list[int], list[tuple]]:
     return thin_to_rungs(candidates)
 
 
-def ladder(target: float, base: CNNConfig, count: str = "nonembedding") -> CNNConfig:
+def ladder(target: float, base: CNNConfig, count: str = "nonembedding", rule: int = 2) -> CNNConfig:
     """The ladder's CNN for `target` parameters (rules in the module docstring; a CNN has no
-    embeddings, so `count` does not matter). `base` carries the image shape and class count."""
+    embeddings, so `count` does not matter, and one version of its rule, so neither does `rule`). `base` carries the image shape and class count."""
     from scaling.ladder import check_sizes, pick_rung
 
     check_sizes(LABEL, tuple((k, getattr(base, k)) for k in IMAGE_FIELDS))

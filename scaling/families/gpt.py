@@ -32,14 +32,18 @@ convention, because published counts differ and fitted exponents depend on which
                 times 3 for forward + backward, divided by T. (key_size * n_heads = d here.)
 
 Ladder rule (see `scaling.ladder` for how rungs are thinned and picked)
-- Aspect ratio d_model / n_layers = 64 (GPT-2 small has 768/12 = 64; Kaplan et al. found loss
-  nearly flat for ratios between about 20 and 200). Candidates have ratios from about 32 to 128;
-  from about 1e9 non-embedding parameters up every rung has exactly 64.
+- Aspect ratio d_model / n_layers = 64 from d_model 256 up (GPT-2 small has 768/12 = 64; Kaplan
+  et al. found loss nearly flat for ratios between about 20 and 200). Below 256 the preferred
+  depth is 4 layers (aspect d/4), and below d_model 32 the aspect is 8 (`aspect`), so that the
+  small models of a laptop study have several layers, as small models in Kaplan et al. and OLMo's
+  ladder do, instead of one: every rung from about 1e4 non-embedding parameters up has 2 or more
+  layers. Candidates have ratios from half to twice the preferred one; from about 1e9
+  non-embedding parameters up every rung has exactly 64.
 - Head dimension 64: from 256 up, d_model is a multiple of 64 and n_heads = d_model / 64. Below
-  256, d_model is a multiple of 8 (of 4 below 32), so small models are not forced into 2x steps,
+  256, d_model is a multiple of 8 (of 4 below 128), so small models are not forced into 2x steps,
   and n_heads is d_model // 64 (at least 1), lowered until it divides d_model: 200 has 2 heads
   of 100.
-- n_layers >= 1; at the smallest widths one layer has a ratio below 32.
+- n_layers >= 1: below about 5e3 non-embedding parameters a rung may have one layer.
 - d_ff = 4 d_model. Embeddings tied as the study's base model has them.
 - `count="nonembedding"` targets Kaplan's N, `count="total"` every parameter.
 """
@@ -67,7 +71,22 @@ from scaling.errors import ConfigError
 
 NAME = "gpt"
 LABEL = "GPT"  # in messages
-ASPECT = 64  # d_model / n_layers
+ASPECT = 64  # d_model / n_layers, from d_model 256 up
+SMALL_DEPTH = 4  # the preferred depth below d_model 256
+MIN_ASPECT = 8  # ... but never narrower than this per layer (below d_model 32)
+
+
+LADDER_RULES = (1, 2)  # 1: aspect 64 at every width (before the depth rule); 2: today's
+
+
+def aspect(d_model: int, rule: int = 2) -> float:
+    """The preferred d_model / n_layers at a width: GPT-2's 64 from d_model 256 up; below that, 4
+    layers (aspect d/4), as small transformers in Kaplan et al. (2020) and OLMo's ladder keep
+    several layers rather than one wide one; below d_model 32, an aspect of 8. Rule 1 (studies
+    planned before the depth rule) had 64 everywhere."""
+    if rule == 1:
+        return float(ASPECT)
+    return min(float(ASPECT), max(float(MIN_ASPECT), d_model / SMALL_DEPTH))
 HEAD_DIM = 64
 
 
@@ -195,28 +214,33 @@ def heads(d_model: int) -> int:
 
 
 @lru_cache(maxsize=64)
-def _rungs(vocab_size: int, seq_len: int, count: str, tie_embeddings: bool) -> tuple[list[int], list[tuple]]:
+def _rungs(vocab_size: int, seq_len: int, count: str, tie_embeddings: bool, rule: int = 2) -> tuple[list[int], list[tuple]]:
     from scaling.ladder import thin_to_rungs
 
     big = 4 * HEAD_DIM  # from here on, whole heads of 64
-    widths = [*range(8, 32, 4), *range(32, big, 8), *range(big, 16384 + 1, HEAD_DIM)]
+    fine = 128 if rule >= 2 else 32  # widths step by 4 below this, by 8 up to 256
+    widths = [*range(8, fine, 4), *range(fine, big, 8), *range(big, 16384 + 1, HEAD_DIM)]
     candidates = []
     for d in widths:
         per_layer = layer_params(d, 4 * d)
         embedding = vocab_size * d + seq_len * d + (0 if tie_embeddings else vocab_size * d)
-        for n_layers in range(max(1, d // (2 * ASPECT)), max(1, -(-2 * d // ASPECT)) + 1):
+        a = aspect(d, rule)
+        for n_layers in range(max(1, int(d // (2 * a))), max(1, math.ceil(2 * d / a)) + 1):
             n = n_layers * per_layer + 2 * d + (embedding if count == "total" else 0)
-            candidates.append((n, abs(math.log(d / n_layers / ASPECT)), (n_layers, d)))
+            candidates.append((n, abs(math.log(d / n_layers / a)), (n_layers, d)))
     return thin_to_rungs(candidates)
 
 
-def ladder(target: float, base: GPTConfig, count: str = "nonembedding") -> GPTConfig:
-    """The ladder's GPT for `target` parameters (rules in the module docstring). `base` carries
-    the data's vocab_size and seq_len and whether embeddings are tied."""
+def ladder(target: float, base: GPTConfig, count: str = "nonembedding", rule: int = 2) -> GPTConfig:
+    """The ladder's GPT for `target` parameters (rules in the module docstring; `rule` 1 is the
+    ladder before the depth rule, for studies planned with it). `base` carries the data's
+    vocab_size and seq_len and whether embeddings are tied."""
     from scaling.ladder import check_sizes, pick_rung
 
     check_sizes(LABEL, (("vocab_size", base.vocab_size), ("seq_len", base.seq_len)))
-    counts, shapes = _rungs(base.vocab_size, base.seq_len, count, base.tie_embeddings)
+    if rule not in LADDER_RULES:
+        raise ConfigError(f"study.sizes.ladder_rule={rule}; use one of {LADDER_RULES}")
+    counts, shapes = _rungs(base.vocab_size, base.seq_len, count, base.tie_embeddings, rule)
     fix = "use count=nonembedding or a smaller vocabulary" if count == "total" else "pick a target inside the range"
     n_layers, d_model = shapes[pick_rung(counts, target, f"{LABEL} ({count})", fix)]
     return replace(base, n_layers=n_layers, d_model=d_model, n_heads=heads(d_model), d_ff=None)

@@ -147,8 +147,9 @@ def _rungs(image_size: int, patch_size: int, pool: str, in_channels: int, n_clas
     return thin_to_rungs(candidates)
 
 
-def ladder(target: float, base: ViTConfig, count: str = "nonembedding") -> ViTConfig:
-    """The ladder's ViT for `target` parameters (rules in the module docstring). `base` carries
+def ladder(target: float, base: ViTConfig, count: str = "nonembedding", rule: int = 2) -> ViTConfig:
+    """The ladder's ViT for `target` parameters (rules in the module docstring; one version of the
+    rule so far, so `rule` does not matter). `base` carries
     the image shape, class count, patch size and pooling."""
     from scaling.ladder import check_sizes, pick_rung
 
