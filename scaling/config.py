@@ -60,6 +60,9 @@ class TrainConfig:
     zero_stage: int = 0
     precision: str = "fp32"
     activation_checkpointing: bool = False
+    # torch.compile the model (in place, so checkpoints keep their names). Off by default: on a
+    # CPU, compiling costs more than a short run saves (bench/compile_check.py measures both).
+    compile: bool = False
     eval_every_tokens: Optional[float] = None  # None: evaluate only at the end
     eval_tokens: float = 32768  # held-out tokens (images) per evaluation, the same for every size
     log_every_steps: int = 1

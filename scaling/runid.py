@@ -40,7 +40,7 @@ RUN_ID_RULE = 2
 NON_RESULT_KEYS = (
     "run", "logger", "data.cache_dir", "data.num_workers", "train.device", "train.num_threads",
     "train.log_every_steps", "train.keep_checkpoints", "train.checkpoint_every_tokens", "train.nan_check",
-    "train.trust_checkpoint", "train.eval_every_tokens", "train.callbacks",
+    "train.trust_checkpoint", "train.eval_every_tokens", "train.compile", "train.callbacks",
 )  # fmt: skip
 
 # Rule 1 hashed every schema key of its day; frozen here (and each family's model keys in its

@@ -82,6 +82,10 @@ class Engine:
         torch.manual_seed(t.seed)  # the same initial weights on every rank
         model = build_model(plan.cfg.model)
         model.activation_checkpointing = t.activation_checkpointing
+        if t.compile:
+            # In place (nn.Module.compile), so parameter names, and with them checkpoints, are the
+            # same as an uncompiled run's; compilation happens at the first forward.
+            model.compile()
         optimizer = torch.optim.AdamW(
             param_groups(model, t.weight_decay, plan.cfg.model, t.lr), lr=t.lr, betas=(t.beta1, t.beta2), eps=1e-8,
             foreach=True,  # PyTorch picks the per-tensor loop on CPU by default, which is slower
