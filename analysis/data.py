@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -35,6 +35,9 @@ class Data:
     absent: tuple[str, ...] = field(default=())
     # True when C was computed as 6 N D because the source had no C column.
     c_derived: bool = False
+    # The independent unit each run belongs to, for the bootstrap (a parent run and its
+    # cooldown branches, or the seeds of one configuration); None: every run is its own unit.
+    unit: tuple[str, ...] | None = None
 
     @classmethod
     def from_arrays(
@@ -46,11 +49,14 @@ class Data:
         run_id: list[str] | tuple[str, ...] | None = None,
         budget: ArrayLike | None = None,
         source: str = "",
+        unit: list | tuple | np.ndarray | None = None,
     ) -> "Data":
         """Validate and wrap columns; C defaults to ``6 N D`` (``c_derived`` records it).
 
         N or D may be None for a source that lacks them (a 1-D law's data): they are NaN and
-        listed in ``absent``, and so is C unless given. Raises DataError naming every row with
+        listed in ``absent``, and so is C unless given. ``unit``: a label per row naming the
+        independent unit it belongs to (rows that share a label are resampled together by
+        the bootstrap); None makes every row its own unit. Raises DataError naming every row with
         a NaN, missing, infinite or non-positive value, so the user can fix them all at once.
         """
         n = np.atleast_1d(np.asarray(loss, dtype=float)).shape[0]
@@ -89,7 +95,7 @@ class Data:
             N=arrays["N"], D=arrays["D"], loss=arrays["loss"], C=arrays["C"],
             run_id=ids, budget=bud, source=source, absent=absent,
             c_derived=C is None and not absent,
-        )
+        ).with_units(unit)
 
     def __len__(self) -> int:
         return int(self.N.shape[0])
@@ -102,7 +108,26 @@ class Data:
             run_id=tuple(self.run_id[i] for i in idx), budget=self.budget[idx],
             source=self.source, rejected=self.rejected, absent=self.absent,
             c_derived=self.c_derived,
+            unit=None if self.unit is None else tuple(self.unit[i] for i in idx),
         )
+
+    def unit_codes(self) -> np.ndarray:
+        """The bootstrap's unit of each row as integers 0..k-1: rows that share a ``unit``
+        label share a code; without labels every row is its own unit."""
+        if self.unit is None:
+            return np.arange(len(self))
+        return np.unique(np.asarray(self.unit, dtype=object).astype(str), return_inverse=True)[1]
+
+    def with_units(self, unit) -> "Data":
+        """The same runs with a unit label per row (see :meth:`from_arrays`); None: every
+        run its own unit."""
+        labels = None
+        if unit is not None:
+            labels = tuple(str(u) for u in np.asarray(unit, dtype=object).reshape(-1))
+            if len(labels) != len(self):
+                raise DataError(f"unit has {len(labels)} labels for {len(self)} rows; give one "
+                                f"per row (or none, to make every run its own unit)")
+        return replace(self, unit=labels)
 
     def drop_highest_loss(self, k: int) -> "Data":
         """Drop the k runs with the highest loss (Epoch drops 5 from Chinchilla's Figure 4)."""

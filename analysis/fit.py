@@ -48,6 +48,8 @@ from scaling.analysis.diagnostics import (
     span_diagnostics,
 )
 from scaling.analysis.errors import AnalysisError
+from scaling.analysis.flops import FlopsPerToken
+from scaling.analysis.flops import allocate as allocate_numeric
 from scaling.analysis.forms import huber_value_and_grad
 from scaling.analysis.laws import LAWS, Law
 from scaling.analysis.optim import minimize_batch
@@ -130,7 +132,8 @@ class FitResult:
 
 @dataclass(frozen=True, eq=False)
 class BootstrapResult:
-    """Bootstrap over runs: resample runs with replacement, refit, and summarise.
+    """Bootstrap over independent units (runs, or groups of correlated runs): resample them
+    with replacement, refit, and summarise.
 
     samples: every parameter and derived quantity, one value per resample (a fixed
     parameter's column is constant); stderr: their standard deviations; interval: percentile
@@ -147,6 +150,7 @@ class BootstrapResult:
     interval: Mapping[str, tuple[float, float]]
     n_converged: int
     diagnostics: tuple[Diagnostic, ...]
+    n_units: int = 0  # independent units resampled (runs, unless runs were grouped)
 
 
 def get_law(law: str) -> Law:
@@ -421,8 +425,17 @@ def bootstrap(
     n_resamples: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    units: ArrayLike | None = None,
 ) -> BootstrapResult:
-    """Resample runs with replacement ``n_resamples`` times and refit each resample.
+    """Resample independent units with replacement ``n_resamples`` times and refit each
+    resample.
+
+    A unit is a set of runs whose errors are correlated: a parent run and its cooldown
+    branches, or the seeds of one configuration. Units are drawn with replacement, as many as
+    there are, and every run counts as often as its unit was drawn (a cluster bootstrap);
+    resampling correlated runs one by one would treat them as independent evidence and give
+    intervals too narrow. ``units``: a label per run; default ``data.unit``, and without it
+    every run is its own unit (the plain bootstrap over runs).
 
     Each resample starts from the full-data optimum (``fit.theta``), and all resamples are
     optimised together, so 1,000 resamples cost about as much as one fit. A resample is the
@@ -443,9 +456,8 @@ def bootstrap(
     rep = resolve(spec, fit.constraints)
     cols, _, _ = _columns(data, spec, fit.x)
     y = np.log(data.loss)
-    n = len(data)
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples).astype(float)
+    codes = _unit_codes(data, units)
+    counts = unit_counts(codes, n_resamples, seed)
     fg = _objective(spec, rep, cols, y, fit.delta, counts)
 
     x0 = np.tile(rep.reduce(np.asarray(fit.theta)[None, :]), (n_resamples, 1))
@@ -479,7 +491,27 @@ def bootstrap(
         interval=MappingProxyType(interval),
         n_converged=n_conv,
         diagnostics=tuple(diags),
+        n_units=int(codes.max()) + 1,
     )
+
+
+def _unit_codes(data: Data, units: ArrayLike | None) -> np.ndarray:
+    """Integer unit codes for the rows of ``data``, from ``units`` or ``data.unit``."""
+    if units is not None:
+        data = data.with_units(units)
+    return data.unit_codes()
+
+
+def unit_counts(codes: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    """(n_resamples, n) bootstrap weights: draw the k units (``codes`` 0..k-1, one per run)
+    with replacement k times; each run's weight is the number of times its unit was drawn.
+    With every run its own unit this is the multinomial draw of the plain bootstrap, with the
+    same random numbers as before units existed."""
+    codes = np.asarray(codes)
+    k = int(codes.max()) + 1
+    rng = np.random.default_rng(seed)
+    per_unit = rng.multinomial(k, np.full(k, 1.0 / k), size=n_resamples).astype(float)
+    return per_unit[:, codes]
 
 
 def _allocating_laws() -> str:
@@ -502,18 +534,27 @@ def compute_optimal(
     C: ArrayLike,
     boot: BootstrapResult | None = None,
     level: float | None = None,
+    flops: FlopsPerToken | None = None,
 ) -> dict:
-    """Compute-optimal allocation for budgets C [FLOPs], under C = 6 N D.
+    """Compute-optimal allocation for budgets C [FLOPs].
 
-    The law's own ``optimal`` gives it: for chinchilla ``N_opt = G (C/6)^a``,
+    Without ``flops`` (or with f(N) = 6 N) the budgets are on the ``C = 6 N D`` scale and the
+    law's own closed form gives the allocation: for chinchilla ``N_opt = G (C/6)^a``,
     ``D_opt = G^-1 (C/6)^b`` (:func:`scaling.analysis.laws.chinchilla_optimal`); kaplan_nd
-    has a closed form too.
+    has a closed form too. With ``flops`` (:class:`scaling.analysis.flops.FlopsPerToken`, the
+    study's FLOPs per token f(N)) the budgets are on the study's own scale, ``C = f(N) D``,
+    and ``N_opt = argmin_N L(N, C / f(N))`` is solved numerically
+    (:func:`scaling.analysis.flops.allocate`), so the allocation and its loss sit on the same
+    compute axis as the runs.
 
     Returns a dict with ``C``, ``N_opt`` [params], ``D_opt`` [tokens], ``tokens_per_param``,
-    ``loss`` [nats], and the exponents ``a`` and ``b``. With ``boot``, each of these also has
-    ``<name>_interval`` = (low, high) from the bootstrap samples at ``level`` (default the
-    bootstrap's). A mapping of params is read as the parameters of the first law that has
-    them all: chinchilla (keys E, A, B, alpha, beta) or kaplan_nd (N_c, D_c, alpha_N, alpha_D).
+    ``loss`` [nats], the exponents ``a`` and ``b`` (the law's, ``beta/(alpha+beta)`` and
+    ``alpha/(alpha+beta)`` for chinchilla, which hold exactly under 6 N D and asymptotically
+    otherwise), and ``flops`` (the convention used, as ``FlopsPerToken.to_json``). With
+    ``boot``, each of these also has ``<name>_interval`` = (low, high) from the bootstrap
+    samples at ``level`` (default the bootstrap's). A mapping of params is read as the
+    parameters of the first law that has them all: chinchilla (keys E, A, B, alpha, beta) or
+    kaplan_nd (N_c, D_c, alpha_N, alpha_D).
     """
     if isinstance(fit_or_params, FitResult):
         spec, params = get_law(fit_or_params.law), dict(fit_or_params.params)
@@ -527,11 +568,20 @@ def compute_optimal(
     Carr = np.atleast_1d(np.asarray(C, dtype=float))
     if not (np.isfinite(Carr).all() and (Carr > 0).all()):
         raise AnalysisError(f"compute budget C={C!r} must be positive finite FLOPs")
+    flops = FlopsPerToken.six_n() if flops is None else flops
+
+    def solve(p, Cs):
+        closed = spec.allocate(p, Cs)
+        if flops.is_6nd:
+            return closed
+        return allocate_numeric(spec.formula, {k: p[k] for k in spec.param_names}, Cs, flops,
+                                N_guess=closed[0])
+
     # numpy scalars and no warnings: a degenerate fit (alpha = beta = 0, which a poor_fit
     # diagnostic flags) has no optimum, and gives NaN here instead of a ZeroDivisionError.
     p64 = {k: np.float64(v) for k, v in params.items()}
     with np.errstate(all="ignore"):
-        N_opt, D_opt, loss = spec.allocate(p64, Carr)
+        N_opt, D_opt, loss = solve(p64, Carr)
         exps = spec.derived(p64)
     out = {"C": Carr, "N_opt": N_opt, "D_opt": D_opt, "tokens_per_param": D_opt / N_opt,
            "loss": loss, "a": exps["a"], "b": exps["b"]}
@@ -541,7 +591,7 @@ def compute_optimal(
         level = boot.level if level is None else level
         samp = {k: np.asarray(v)[:, None] for k, v in boot.samples.items()}
         with np.errstate(all="ignore"):
-            Nb, Db, Lb = spec.allocate(samp, Carr[None, :])
+            Nb, Db, Lb = solve(samp, Carr[None, :])
             exps_b = spec.derived({k: v[:, 0] for k, v in samp.items()})
         lo_q, hi_q = 100 * (1 - level) / 2, 100 * (1 + level) / 2
         for name, s in (("N_opt", Nb), ("D_opt", Db), ("tokens_per_param", Db / Nb),
@@ -553,6 +603,7 @@ def compute_optimal(
                                        float(np.nanpercentile(exps_b[name], hi_q)))
     if scalar:
         out = {k: (_scalar(v)) for k, v in out.items()}
+    out["flops"] = flops.to_json()
     return out
 
 

@@ -4,7 +4,10 @@ Approach 2 (IsoFLOP profiles): group runs by compute budget, fit a parabola of l
 ln N within each budget, and take its minimum as (N_opt, L_min) for that budget, with
 D_opt = C / (6 N_opt). Then fit ``N_opt = k_N C^a`` and ``D_opt = k_D C^b`` across budgets
 by least squares in log-log. Intervals come from a bootstrap that resamples runs within each
-budget and repeats the whole procedure.
+budget and repeats the whole procedure. D_opt = C / f(N_opt), with f the study's FLOPs per
+token (:class:`scaling.analysis.flops.FlopsPerToken`, read from the runs' C / D), so N_opt and
+D_opt are on the compute scale the budgets were planned on; with ``C = 6 N D`` runs that is
+``C / (6 N_opt)``.
 
 A parabola describes a profile only near its minimum. Over a grid two decades wide, with the
 end sizes far above the optimum, it misfits and its minimum moves with the grid's width. So
@@ -20,13 +23,14 @@ at that compute. The envelope gives L(C) and the N that attains it, hence N_opt 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from scaling.analysis.data import Data
 from scaling.analysis.diagnostics import Diagnostic
 from scaling.analysis.errors import AnalysisError, DataError
+from scaling.analysis.flops import FlopsPerToken
 
 # Relative loss margin of the default window. Chosen by measurement: on synthetic IsoFLOP
 # sets of three Chinchilla laws (two asymmetric), size grids 1.5, 2 and 3 decades wide and
@@ -99,6 +103,9 @@ class IsoFLOPResult:
     boot_D: np.ndarray
     window: float | None = None  # relative loss margin; None: all sizes
     noise_log: float = float("nan")  # pooled noise scale of log loss across profiles
+    # Bootstrap draws of each used profile's L_min (n_boot, n_used), columns in budget order.
+    boot_L_min: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    flops: FlopsPerToken = field(default_factory=FlopsPerToken.six_n)  # f(N) giving D_opt = C / f(N_opt)
 
     def N_opt(self, C) -> np.ndarray:
         """Fitted compute-optimal parameters [count] at compute C [FLOPs]."""
@@ -239,6 +246,7 @@ def isoflop_profiles(
     level: float = 0.95,
     min_runs: int = 3,
     window: float | None = DEFAULT_WINDOW,
+    flops: FlopsPerToken | None = None,
 ) -> IsoFLOPResult:
     """IsoFLOP analysis (Chinchilla's approach 2). See the module docstring.
 
@@ -247,6 +255,8 @@ def isoflop_profiles(
     Budgets with fewer than ``min_runs`` model sizes are reported but not used.
     window: relative loss margin of each profile's fitting window (:func:`window_mask`);
     None or 0 fits every size.
+    flops: the study's FLOPs per token f(N), for D_opt = C / f(N_opt); default read from the
+    data (C / D per run; 6 N when C was derived as 6 N D).
     """
     if window is not None and not window >= 0:
         raise AnalysisError(f"window={window} must be >= 0 (a relative loss margin, e.g. "
@@ -254,9 +264,10 @@ def isoflop_profiles(
     if window == 0:
         window = None
     groups = group_budgets(data, tolerance)
+    flops = FlopsPerToken.from_data(data) if flops is None else flops
     rng = np.random.default_rng(seed)
     profiles, diags = [], []
-    boot_lnN, boot_lnC = [], []
+    boot_lnN, boot_lnC, boot_L = [], [], []
     fits = []  # (g, mask) per used profile, for the bootstrap
     # Noise scale of log loss: the pooled residuals of the profiles' parabolas over the sizes
     # nearest each minimum, where a parabola is a fair description.
@@ -297,7 +308,8 @@ def isoflop_profiles(
         N_opt = float(np.exp(x_star))
         profiles.append(IsoFLOPProfile(
             budget=budget, run_ids=tuple(data.run_id[i] for i in g), N=N_g, loss=loss,
-            coeffs=tuple(float(c) for c in coef), N_opt=N_opt, D_opt=budget / (6 * N_opt),
+            coeffs=tuple(float(c) for c in coef), N_opt=N_opt,
+            D_opt=float(budget / flops(N_opt)) if np.isfinite(N_opt) else float("nan"),
             L_min=float(L_min), interior=interior, usable=usable, in_window=mask,
             rmse_log=rmse, N_opt_all=float(np.exp(_vertex(coef_all)[0])),
             N_opt_smooth=_smooth_minimum(N_g, loss),
@@ -343,7 +355,10 @@ def isoflop_profiles(
         c = _parabola(lnN, loss, counts.astype(float))
         with np.errstate(all="ignore"):
             xs = np.where(c[:, 0] > 0, -c[:, 1] / (2 * c[:, 0]), np.nan)
-        boot_lnN.append(np.concatenate([xs, np.full(n_boot - xs.size, np.nan)]))
+            Ls = np.where(c[:, 0] > 0, c[:, 2] - c[:, 1] ** 2 / (4 * c[:, 0]), np.nan)
+        pad = np.full(n_boot - xs.size, np.nan)
+        boot_lnN.append(np.concatenate([xs, pad]))
+        boot_L.append(np.concatenate([Ls, pad]))
 
     used = [p for p in profiles if p.usable and p.interior]
     if len(used) < 2:
@@ -365,7 +380,8 @@ def isoflop_profiles(
     if n_boot and len(used) >= 3:
         X = np.broadcast_to(np.array(boot_lnC), (n_boot, len(used)))
         YN = np.stack(boot_lnN, axis=1)
-        YD = X - np.log(6.0) - YN
+        with np.errstate(all="ignore"):
+            YD = X - np.log(flops(np.exp(YN)))
         iN, sN = _line(X, YN)
         iD, sD = _line(X, YD)
         boot_N, boot_D = np.stack([iN, sN], axis=1), np.stack([iD, sD], axis=1)
@@ -390,6 +406,8 @@ def isoflop_profiles(
         b_stderr=b_se, a_interval=a_iv, b_interval=b_iv, n_used=len(used),
         tolerance=tolerance, level=level, n_boot=n_boot, diagnostics=tuple(diags),
         boot_N=boot_N, boot_D=boot_D, window=window, noise_log=noise,
+        boot_L_min=np.stack(boot_L, axis=1) if boot_L else np.zeros((0, len(used))),
+        flops=flops,
     )
 
 
@@ -460,7 +478,10 @@ class EnvelopeResult:
     """Lowest loss across runs at each FLOP count (Chinchilla's approach 1).
 
     C [FLOPs], loss [nats], N [params] and run_id of the run on the envelope at each C; ``a``
-    and ``b`` are least-squares slopes of ln N and ln (C / 6N) against ln C.
+    and ``b`` are least-squares slopes of ln N and ln D against ln C, where D = C / f is the
+    tokens the envelope's run had seen (f its own FLOPs per token, flops / tokens, or 6 N
+    when its curve has no tokens). ``*_interval``: percentile intervals at ``level`` from a
+    bootstrap that resamples runs (curves) and rebuilds the envelope; NaN without one.
     """
 
     C: np.ndarray
@@ -470,13 +491,39 @@ class EnvelopeResult:
     a: float
     b: float
     log_k_N: float
+    a_interval: tuple[float, float] = (float("nan"), float("nan"))
+    b_interval: tuple[float, float] = (float("nan"), float("nan"))
+    level: float = 0.95
+    n_boot: int = 0
 
 
-def training_envelope(curves, n_points: int = 60) -> EnvelopeResult:
+def _flops_per_token(c) -> float:
+    """A curve's FLOPs per token: the median of flops / tokens where tokens were logged."""
+    tokens = np.asarray(getattr(c, "tokens", np.zeros(0)), dtype=float)
+    ok = tokens > 0
+    if tokens.shape != np.shape(c.flops) or not ok.any():
+        return 6.0 * float(c.N)
+    return float(np.median(np.asarray(c.flops, dtype=float)[ok] / tokens[ok]))
+
+
+def _envelope(grid: np.ndarray, losses: np.ndarray, N: np.ndarray, f: np.ndarray):
+    """(mask of grid points covered, winner per point, a, b, log_k_N) of one envelope."""
+    who = np.argmin(losses, axis=0)
+    env = losses[who, np.arange(grid.size)]
+    ok = np.isfinite(env)
+    lnC = np.log(grid[ok])[None]
+    kN, a = (float(v[0]) for v in _line(lnC, np.log(N[who[ok]])[None]))
+    _, b = (float(v[0]) for v in _line(lnC, np.log(grid[ok] / f[who[ok]])[None]))
+    return ok, who, a, b, kN
+
+
+def training_envelope(curves, n_points: int = 60, n_boot: int = 0, seed: int = 0,
+                      level: float = 0.95) -> EnvelopeResult:
     """Envelope of training curves: at each of ``n_points`` log-spaced FLOP values, the
     lowest loss of any run whose curve covers it (interpolated in log-log), and that run's N.
 
     ``curves``: :class:`scaling.analysis.io.Curve` objects (from :func:`scaling.analysis.io.load_curves`).
+    ``n_boot``: bootstrap resamples of the runs for intervals on a and b (0: none).
     """
     curves = [c for c in curves if len(c.flops) >= 2]
     if len(curves) < 2:
@@ -494,12 +541,26 @@ def training_envelope(curves, n_points: int = 60) -> EnvelopeResult:
         best = np.minimum.accumulate(c.loss)
         losses[i, inside] = np.exp(np.interp(np.log(grid[inside]), np.log(c.flops),
                                              np.log(best)))
-    who = np.argmin(losses, axis=0)
+    N_all = np.array([float(c.N) for c in curves])
+    f_all = np.array([_flops_per_token(c) for c in curves])
+    ok, who, a, b, kN = _envelope(grid, losses, N_all, f_all)
     env = losses[who, np.arange(n_points)]
-    ok = np.isfinite(env)
     C, L = grid[ok], env[ok]
-    N = np.array([curves[i].N for i in who[ok]])
+    N = N_all[who[ok]]
     ids = tuple(curves[i].run_id for i in who[ok])
-    kN, a = (float(v[0]) for v in _line(np.log(C)[None], np.log(N)[None]))
-    _, b = (float(v[0]) for v in _line(np.log(C)[None], np.log(C / (6 * N))[None]))
-    return EnvelopeResult(C=C, loss=L, N=N, run_id=ids, a=a, b=b, log_k_N=kN)
+    a_iv = b_iv = (float("nan"), float("nan"))
+    if n_boot:
+        rng = np.random.default_rng(seed)
+        draws = []
+        for _ in range(n_boot):
+            pick = rng.integers(0, len(curves), len(curves))
+            if np.unique(N_all[pick]).size < 2:
+                continue  # one model size: no slope to measure
+            draws.append(_envelope(grid, losses[pick], N_all[pick], f_all[pick])[2:4])
+        if len(draws) >= 2:
+            d = np.array(draws)
+            q = 100 * (1 - level) / 2
+            a_iv = (float(np.nanpercentile(d[:, 0], q)), float(np.nanpercentile(d[:, 0], 100 - q)))
+            b_iv = (float(np.nanpercentile(d[:, 1], q)), float(np.nanpercentile(d[:, 1], 100 - q)))
+    return EnvelopeResult(C=C, loss=L, N=N, run_id=ids, a=a, b=b, log_k_N=kN,
+                          a_interval=a_iv, b_interval=b_iv, level=level, n_boot=n_boot)
