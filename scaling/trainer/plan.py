@@ -64,19 +64,21 @@ def plan_run(cfg: TrainAppConfig, manifest: Any, world: World) -> RunPlan:
     `train.micro_batch_size=auto`, a throwaway model to probe the memory)."""
     from scaling.counting import count_params, flops_per_sample
     from scaling.data import apply_manifest
+    from scaling.families import family_of
 
     model_cfg = apply_manifest(cfg.model, manifest)
     cfg = replace(cfg, model=model_cfg)
     t = cfg.train
     problems = []
-    samples_per_seq = model_cfg.seq_len if model_cfg.family == "gpt" else 1
+    family = family_of(model_cfg)
+    samples_per_seq = family.tokens_per_sample(model_cfg)
     per_sample = flops_per_sample(model_cfg, t.flops_convention)
     counts = count_params(model_cfg)
     budget = t.tokens if t.tokens is not None else t.flops / per_sample
     tokens_per_step = t.global_batch_size * samples_per_seq
     steps = int(budget // tokens_per_step)
     if steps < 1:
-        unit = "tokens" if model_cfg.family == "gpt" else "images"
+        unit = family.unit
         problems.append(
             f"the budget ({budget:.4g} {unit}) is smaller than one step (train.global_batch_size="
             f"{t.global_batch_size} x {samples_per_seq} = {tokens_per_step} {unit}); raise train.tokens "
