@@ -708,6 +708,12 @@ def _eval_id(data_cfg: dict) -> str | None:
         return None
 
 
+def _recorded(result, key: str):
+    """A value of a run's result, read as a record or as the mapping older readers return."""
+    value = result.get(key) if isinstance(result, Mapping) else getattr(result, key, None)
+    return getattr(value, "value", value)  # a status enum as its string
+
+
 def read_data_identity(folder: str | os.PathLike, name: str,
                        include_unplanned: bool = False) -> DataIdentity:
     """Read what the completed runs of the study in ``folder`` recorded about their data
@@ -723,10 +729,10 @@ def read_data_identity(folder: str | os.PathLike, name: str,
             res = io.read_result(run)
         except AnalysisError:
             continue
-        if res is None or getattr(res.status, "value", res.status) != "completed":
+        if res is None or _recorded(res, "status") != "completed":
             continue
         n += 1
-        values = {"checksums": res.data_checksum}
+        values = {"checksums": _recorded(res, "data_checksum")}
         cfg = _read_yaml(Path(run) / "config.yaml") or {}
         data_cfg = cfg.get("data") if isinstance(cfg.get("data"), dict) else None
         train_cfg = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
