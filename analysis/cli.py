@@ -6,6 +6,12 @@ Examples::
     scaling-fit --csv chinchilla_fig4.csv --law chinchilla --drop-highest-loss 5 --out out/
     scaling-fit studies/my_study --law isoflop --out out/
     scaling-fit --csv runs.csv --fix E=1.69 --tie beta=alpha --bound alpha=0.05:1.5 --out out/
+    scaling-fit studies/my_study --holdout-budgets 1 --approaches --bootstrap 1000 --out out/
+
+The compute-optimal allocation and the fitted curve in ``loss_vs_compute`` use the runs' own
+FLOPs per token f(N) (their C / D; :mod:`scaling.analysis.flops`), so the curve lies on the
+runs' frontier; ``compute_optimal`` in fit.json stays on the 6 N D scale, labelled, and
+``compute_optimal_study_flops`` is the table on the study's scale.
 
 Constraints (``--fix``, ``--tie``, ``--bound``; names are the law's parameters) leave fewer
 parameters free, so fewer runs are needed (free parameters + 1). With a fix or a tie, and
@@ -52,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop the K runs with the highest loss before fitting")
     p.add_argument("--holdout-largest", type=int, default=0, metavar="K",
                    help="also fit without the K largest runs and report their prediction error")
+    p.add_argument("--holdout-budgets", type=int, default=0, metavar="K",
+                   help="also fit without every run of the K largest compute budgets and "
+                        "report the prediction error of each (needs K + 2 budgets)")
+    p.add_argument("--approaches", action="store_true",
+                   help="chinchilla on runs with budgets: also run the IsoFLOP analysis (and "
+                        "the envelope for a study folder) and put a, b of approaches 1-3 side "
+                        "by side in fit.json")
     p.add_argument("--holdout-by", choices=("C", "N", "D"), default=None,
                    help="size measure for --holdout-largest (default C; a one-variable law's "
                         "input when the data have no C)")
@@ -103,8 +116,14 @@ def _run(args: argparse.Namespace) -> int:
 
     if (args.csv is None) == (args.folder is None):
         raise AnalysisError("give exactly one input: --csv FILE or a study FOLDER")
-    if args.bootstrap < 0 or args.drop_highest_loss < 0 or args.holdout_largest < 0:
-        raise AnalysisError("--bootstrap, --drop-highest-loss and --holdout-largest must be >= 0")
+    if min(args.bootstrap, args.drop_highest_loss, args.holdout_largest, args.holdout_budgets) < 0:
+        raise AnalysisError("--bootstrap, --drop-highest-loss, --holdout-largest and "
+                            "--holdout-budgets must be >= 0")
+    if args.holdout_largest and args.holdout_budgets:
+        raise AnalysisError("give one of --holdout-largest and --holdout-budgets")
+    if args.approaches and args.law != "chinchilla":
+        raise AnalysisError(f"--approaches compares approach 3 (the chinchilla law) with the "
+                            f"IsoFLOP analysis; drop --law {args.law} or --approaches")
     _window_arg(args.isoflop_window)  # checked before any file is read
     if args.csv and args.include_unplanned:
         raise AnalysisError("--include-unplanned applies to a study FOLDER's plan.json; drop it "
@@ -156,6 +175,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from scaling.analysis.extrapolate import holdout_check
     from scaling.analysis.fit import bootstrap, fit_law
+    from scaling.analysis.flops import FlopsPerToken
     from scaling.analysis.nested import compare_or_why
 
     fit = fit_law(data, law=args.law, delta=args.delta, x=args.x, constraints=constraints)
@@ -163,23 +183,39 @@ def _run(args: argparse.Namespace) -> int:
     comparison = (compare_or_why(data, fit)
                   if constraints.equalities and not args.no_compare else None)
     by = args.holdout_by or ("C" if "C" not in data.absent else fit.x)
-    holdout = (holdout_check(data, k=args.holdout_largest, by=by, law=args.law,
+    if args.holdout_budgets:
+        by, k_held = "budget", args.holdout_budgets
+    else:
+        k_held = args.holdout_largest
+    holdout = (holdout_check(data, k=k_held, by=by, law=args.law, tolerance=args.tolerance,
                              delta=args.delta, x=args.x, constraints=constraints)
-               if args.holdout_largest else None)
+               if k_held else None)
+    flops = FlopsPerToken.from_data(data) if fit.has_optimal else None
+    approaches = _approaches(args, data, fit, boot, flops, run_dirs) if args.approaches else None
     doc = report.fit_to_json(fit, boot, holdout, source=source,
                              dropped_highest_loss=args.drop_highest_loss, skipped=skipped,
-                             comparison=comparison)
+                             comparison=comparison, flops=flops, approaches=approaches)
     if data.c_derived:
         doc["C_derived_from_6ND"] = True  # the source had no C column
-    written = [] if args.no_plots else _fit_figures(out, data, fit, boot, holdout)
+    written = [] if args.no_plots else _fit_figures(out, data, fit, boot, holdout, flops)
     io.write_json_atomic(out / "fit.json", doc)
     print(report.format_fit(fit, boot))
     if isinstance(comparison, str):
         print(f"no test of the constraints: {comparison}")
     elif comparison is not None:
         print(report.format_comparison(comparison))
+    if approaches is not None:
+        for name in ("envelope", "isoflop", "parametric"):
+            if name in approaches:
+                e = approaches[name]
+                print(f"approach {name}: a = {e['a']:.3f} [{e['a_interval'][0]:.3f}, "
+                      f"{e['a_interval'][1]:.3f}], b = {e['b']:.3f}")
+        for d in approaches["diagnostics"]:
+            print(f"  - {d['code']}: {d['message']}")
     if holdout is not None:
-        print(f"holdout ({holdout.k} largest by {holdout.by}):")
+        what = (f"every run of the {holdout.k} largest budget(s)" if holdout.by == "budget"
+                else f"{holdout.k} largest by {holdout.by}")
+        print(f"holdout ({what}):")
         for rid, a, pr, e in zip(holdout.run_id, holdout.actual, holdout.predicted,
                                  holdout.rel_error):
             print(f"  {rid}: actual {a:.4f}  predicted {pr:.4f}  rel error {e:+.2%}")
@@ -189,6 +225,30 @@ def _run(args: argparse.Namespace) -> int:
     if poor:  # the exit code stays 0; the last line says so
         print(f"the fit is poor: {poor[0].message}")
     return 0
+
+
+def _approaches(args, data, fit, boot, flops, run_dirs) -> dict:
+    """a, b of approaches 1-3 side by side; an approach that cannot run is named in
+    ``skipped`` instead of stopping the fit."""
+    from scaling.analysis import io
+    from scaling.analysis.isoflop import isoflop_profiles, training_envelope
+    from scaling.analysis.predict import compare_approaches
+
+    iso = envelope = None
+    skipped = {}
+    try:
+        iso = isoflop_profiles(data, tolerance=args.tolerance, n_boot=args.bootstrap or 1000,
+                               seed=args.seed, window=_window_arg(args.isoflop_window))
+    except AnalysisError as exc:
+        skipped["isoflop"] = str(exc)
+    if args.folder:
+        curves = io.load_curves(args.folder, n_key=args.n_key, run_dirs=run_dirs)
+        if len(curves) >= 2:
+            envelope = training_envelope(curves, n_boot=args.bootstrap or 1000, seed=args.seed)
+    out = compare_approaches(fit, boot, iso, envelope, data=data, flops=flops)
+    if skipped:
+        out["skipped"] = skipped
+    return out
 
 
 def _window_arg(text: str) -> float | None:
@@ -207,6 +267,7 @@ def _window_arg(text: str) -> float | None:
 def _run_isoflop(args, data, out: Path, source: str, skipped, run_dirs) -> int:
     from scaling.analysis import io, report
     from scaling.analysis.isoflop import isoflop_profiles, training_envelope
+    from scaling.analysis.predict import compare_approaches
 
     iso = isoflop_profiles(data, tolerance=args.tolerance, n_boot=args.bootstrap or 1000,
                            seed=args.seed, window=_window_arg(args.isoflop_window))
@@ -214,8 +275,9 @@ def _run_isoflop(args, data, out: Path, source: str, skipped, run_dirs) -> int:
     if args.folder:
         curves = io.load_curves(args.folder, n_key=args.n_key, run_dirs=run_dirs)
         if len(curves) >= 2:
-            envelope = training_envelope(curves)
+            envelope = training_envelope(curves, n_boot=args.bootstrap or 1000, seed=args.seed)
     doc = report.isoflop_to_json(iso, envelope, source=source, skipped=skipped)
+    doc["approaches"] = compare_approaches(None, None, iso, envelope)
     written = [] if args.no_plots else _isoflop_figures(out, data, iso, envelope)
     io.write_json_atomic(out / "fit.json", doc)
     print(report.format_isoflop(iso))
@@ -234,12 +296,12 @@ def _save(fig, out: Path, name: str) -> list[Path]:
     return paths
 
 
-def _fit_figures(out, data, fit, boot, holdout) -> list[Path]:
+def _fit_figures(out, data, fit, boot, holdout, flops=None) -> list[Path]:
     from scaling.analysis import plots
 
     written = []
     fig, (ax,) = plots.new_figure()
-    plots.plot_loss_vs_compute(ax, data, fit)
+    plots.plot_loss_vs_compute(ax, data, fit, flops=flops)
     written += _save(fig, out, "loss_vs_compute")
     fig, (ax,) = plots.new_figure()
     plots.plot_residuals(ax, data, fit)
@@ -251,7 +313,7 @@ def _fit_figures(out, data, fit, boot, holdout) -> list[Path]:
     if fit.has_optimal and all(map(math.isfinite, fit.derived.values())):
         fig, axes = plots.new_figure(ncols=2)
         plots.plot_optimal(axes, fit, boot=boot,
-                           C=_geomspace(data.C.min(), data.C.max() * 1e4))
+                           C=_geomspace(data.C.min(), data.C.max() * 1e4), flops=flops)
         written += _save(fig, out, "optimal_allocation")
     return written
 

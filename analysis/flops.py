@@ -14,9 +14,13 @@ and the loss curve it implies sit on another compute axis than the runs, and a c
 
     N_opt(C) = argmin_N L(N, C / f(N)),   D_opt(C) = C / f(N_opt)
 
-Interpolation rule (stated, not tuned): the ratio ``r(N) = f(N) / (6 N)`` is interpolated
-linearly in ``(ln N, ln r)`` between the study's model sizes (the median over runs of one
-size), and held at its end value beyond the smallest and the largest size. Holding the ratio
+Interpolation rule (stated): the ratio ``r(N) = f(N) / (6 N)`` is interpolated in
+``(ln N, ln r)`` between the study's model sizes (the median over runs of one size) by a
+monotone cubic (PCHIP: smooth, and no overshoot between sizes), and held at its end value
+beyond the smallest and the largest size. A smooth interpolant matters because the loss is
+flat in N near the optimum: on GPT shapes with attention counted, sizes a factor 1.9 apart,
+interpolating linearly moved N_opt by up to 1.5% from a brute-force minimisation on the true
+f(N), and PCHIP by 0.07%. Holding the ratio
 keeps f increasing and close to the last measured convention, where extrapolating a slope
 would let f drift from ``6 N`` without bound. With every run at ``C = 6 N D`` the ratio is 1
 and the allocation is the closed form's.
@@ -59,8 +63,13 @@ class FlopsPerToken:
         N = np.asarray(N, dtype=float)
         if self.N.size == 0:
             return np.ones_like(N)
-        # np.interp holds the end values outside the knots: the stated extrapolation rule.
-        return np.exp(np.interp(np.log(N), np.log(self.N), np.log(self.ratio)))
+        if self.N.size < 3:  # too few knots for a cubic: linear, held beyond the ends
+            return np.exp(np.interp(np.log(N), np.log(self.N), np.log(self.ratio)))
+        from scipy.interpolate import PchipInterpolator
+
+        # Clipping ln N to the knots holds r at its end values: the stated extrapolation rule.
+        x = np.clip(np.log(N), np.log(self.N[0]), np.log(self.N[-1]))
+        return np.exp(PchipInterpolator(np.log(self.N), np.log(self.ratio))(x))
 
     @property
     def is_6nd(self) -> bool:

@@ -16,6 +16,7 @@ from scaling.analysis.data import Data
 from scaling.analysis.errors import AnalysisError
 from scaling.analysis.extrapolate import HoldoutResult
 from scaling.analysis.fit import BootstrapResult, FitResult, compute_optimal
+from scaling.analysis.flops import FlopsPerToken
 from scaling.analysis.isoflop import EnvelopeResult, IsoFLOPResult
 
 LOSS_LABEL = "loss [nats/token]"
@@ -38,13 +39,17 @@ def _frontier(C: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def plot_loss_vs_compute(
-    ax: Axes, data: Data, fit: FitResult | None = None, envelope: EnvelopeResult | None = None
+    ax: Axes, data: Data, fit: FitResult | None = None, envelope: EnvelopeResult | None = None,
+    flops: FlopsPerToken | None = None,
 ) -> Axes:
     """Loss against compute: every run, the frontier, and the fitted law.
 
     For laws in N and D the law is drawn at its compute-optimal allocation, L(N_opt(C),
-    D_opt(C)); for a law in C it is drawn directly; for laws in N or D alone the fitted value
-    of each run is marked instead.
+    D_opt(C)), on the runs' own compute scale: ``C = f(N) D`` with ``flops`` (default read
+    from the data, f = C / D per run), solved numerically. When f is not 6 N, the curve under
+    ``C = 6 N D`` is drawn beside it, dashed and labelled, since it belongs to another compute
+    axis and runs below the runs. For a law in C it is drawn directly; for laws in N or D
+    alone the fitted value of each run is marked instead.
     """
     if "C" in data.absent:  # a one-variable law's data: loss against its input
         return _plot_loss_vs_x(ax, data, fit)
@@ -58,8 +63,13 @@ def plot_loss_vs_compute(
     if fit is not None:
         grid = np.geomspace(data.C.min(), data.C.max() * 10, 200)
         if fit.has_optimal:
-            ax.plot(grid, compute_optimal(fit, grid)["loss"], color="tab:red", lw=1.5,
-                    label=f"{fit.law} fit at N_opt(C)")
+            flops = FlopsPerToken.from_data(data) if flops is None else flops
+            ax.plot(grid, compute_optimal(fit, grid, flops=flops)["loss"], color="tab:red",
+                    lw=1.5, label=f"{fit.law} fit at N_opt(C), {flops.label}")
+            if not flops.is_6nd:
+                ax.plot(grid, compute_optimal(fit, grid)["loss"], color="0.5", lw=1.0,
+                        ls="--", label=f"{fit.law} fit at N_opt(C), C = 6 N D (another "
+                                       f"FLOP scale than the runs')")
         elif fit.x == "C":
             ax.plot(grid, fit.predict(C=grid), color="tab:red", lw=1.5, label=f"{fit.law} fit")
         else:
@@ -131,11 +141,13 @@ def plot_optimal(
     iso_or_fit: IsoFLOPResult | FitResult,
     boot: BootstrapResult | None = None,
     C: np.ndarray | None = None,
+    flops: FlopsPerToken | None = None,
 ) -> Axes | Sequence[Axes]:
     """N_opt(C) and D_opt(C) with interval bands.
 
     ``iso_or_fit``: an IsoFLOP result (bands from its bootstrap, points at each budget's
-    minimum) or a parametric fit (bands from ``boot`` if given). Pass two Axes to draw
+    minimum) or a parametric fit (bands from ``boot`` if given; on the compute scale of
+    ``flops``, default C = 6 N D). Pass two Axes to draw
     N_opt and D_opt separately, or one to draw both. Returns what it was given.
     """
     axes = [ax_or_axes] if isinstance(ax_or_axes, Axes) else list(ax_or_axes)
@@ -152,12 +164,13 @@ def plot_optimal(
     elif isinstance(iso_or_fit, FitResult):
         fit = iso_or_fit
         grid = np.geomspace(1e18, 1e26, 100) if C is None else C
-        opt = compute_optimal(fit, grid, boot=boot)
+        opt = compute_optimal(fit, grid, boot=boot, flops=flops)
         lines = {"N": opt["N_opt"], "D": opt["D_opt"]}
         bands = {k: opt.get(f"{k}_opt_interval") for k in ("N", "D")}
         labels = {"N": f"N_opt ~ C^{opt['a']:.3f}", "D": f"D_opt ~ C^{opt['b']:.3f}"}
         pts_C, pts = None, None
-        title = f"Compute-optimal allocation ({fit.law} fit)"
+        title = (f"Compute-optimal allocation ({fit.law} fit, "
+                 f"{(flops or FlopsPerToken.six_n()).label})")
     else:
         raise AnalysisError(f"plot_optimal takes an IsoFLOPResult or FitResult, not {type(iso_or_fit).__name__}")
     colors = {"N": "tab:blue", "D": "tab:green"}
@@ -206,7 +219,7 @@ def plot_predicted_vs_actual(
     allv = [data.loss, pred]
     if holdout is not None:
         ax.scatter(holdout.actual, holdout.predicted, s=40, marker="D", color="tab:red",
-                   label=f"held out ({holdout.k} largest by {holdout.by}; max |rel err| "
+                   label=f"held out ({_held(holdout)}; max |rel err| "
                          f"{holdout.max_abs_rel_error:.2%})")
         allv += [holdout.actual, holdout.predicted]
     lo = min(float(np.min(v)) for v in allv)
@@ -217,3 +230,9 @@ def plot_predicted_vs_actual(
     ax.set_title(f"Predicted against actual loss ({fit.law})")
     ax.legend(fontsize="small")
     return ax
+
+
+def _held(h: HoldoutResult) -> str:
+    if h.by == "budget":
+        return f"all {h.n_held} runs of the {h.k} largest budget(s)"
+    return f"{h.k} largest by {h.by}"

@@ -12,6 +12,8 @@ import numpy as np
 
 from scaling.analysis.extrapolate import HoldoutResult
 from scaling.analysis.fit import BootstrapResult, FitResult, compute_optimal
+from scaling.analysis.flops import FlopsPerToken
+from scaling.analysis.diagnostics import Diagnostic
 from scaling.analysis.isoflop import EnvelopeResult, IsoFLOPResult
 from scaling.analysis.nested import NestedComparison
 
@@ -27,6 +29,9 @@ def fit_to_json(
     dropped_highest_loss: int = 0,
     skipped: list | None = None,
     comparison: NestedComparison | str | None = None,
+    flops: FlopsPerToken | None = None,
+    approaches: dict | None = None,
+    predictions: list | None = None,
 ) -> dict:
     """The ``fit.json`` dict for a parametric fit.
 
@@ -40,6 +45,14 @@ def fit_to_json(
     nested_comparison (the test of the constraints against the unconstrained law, or
     {"skipped": reason}). params lists every parameter, fixed and tied ones included; stderr
     and interval list only free ones, since a fixed or tied parameter has no interval.
+
+    The study's FLOP scale (added in the same schema version): with ``flops`` (the study's
+    f(N), :class:`scaling.analysis.flops.FlopsPerToken`) ``flops_per_token`` describes it and,
+    when it is not 6 N, ``compute_optimal_study_flops`` is the allocation table on it
+    (``compute_optimal`` stays on the 6 N D scale, labelled by ``compute_optimal_flops``).
+    ``bootstrap_units`` counts the independent units the bootstrap resampled. ``approaches``:
+    a, b from approaches 1-3 side by side (:func:`scaling.analysis.predict.compare_approaches`),
+    its diagnostics joining the list; ``predictions``: RunPrediction.to_json dicts.
     """
     out: dict = {
         "schema_version": SCHEMA_VERSION,
@@ -66,17 +79,25 @@ def fit_to_json(
         out["interval_level"] = boot.level
         out["n_resamples"] = boot.n_resamples
         out["bootstrap_seed"] = boot.seed
+        out["bootstrap_units"] = boot.n_units
         diags += list(boot.diagnostics)
     if fit.has_optimal:
         rows = []
         for C in EXAMPLE_BUDGETS:
-            opt = compute_optimal(fit, C, boot=boot)
-            row = {k: opt[k] for k in ("C", "N_opt", "D_opt", "tokens_per_param", "loss")}
-            if boot is not None:
-                for k in ("N_opt", "D_opt", "tokens_per_param", "loss"):
-                    row[k + "_interval"] = list(opt[k + "_interval"])
-            rows.append(row)
+            rows.append(_optimal_row(compute_optimal(fit, C, boot=boot), boot is not None))
         out["compute_optimal"] = rows
+        out["compute_optimal_flops"] = "6ND"
+        if flops is not None and not flops.is_6nd:
+            out["compute_optimal_study_flops"] = [
+                _optimal_row(compute_optimal(fit, C, boot=boot, flops=flops), boot is not None)
+                for C in EXAMPLE_BUDGETS]
+    if flops is not None:
+        out["flops_per_token"] = flops.to_json()
+    if approaches is not None:
+        out["approaches"] = approaches
+        diags += [Diagnostic(**d) for d in approaches.get("diagnostics", ())]
+    if predictions:
+        out["predictions"] = [p if isinstance(p, dict) else p.to_json() for p in predictions]
     if holdout is not None:
         out["holdout"] = holdout.to_json()
         # Out-of-sample fit quality, beside the in-sample rmse_log and r2_log.
@@ -96,6 +117,14 @@ def fit_to_json(
         ]
     out["diagnostics"] = [d.to_json() for d in diags]
     return out
+
+
+def _optimal_row(opt: dict, with_intervals: bool) -> dict:
+    row = {k: opt[k] for k in ("C", "N_opt", "D_opt", "tokens_per_param", "loss")}
+    if with_intervals:
+        for k in ("N_opt", "D_opt", "tokens_per_param", "loss"):
+            row[k + "_interval"] = list(opt[k + "_interval"])
+    return row
 
 
 def _in_window(p) -> np.ndarray:
@@ -135,8 +164,11 @@ def isoflop_to_json(
         "noise_log": iso.noise_log,
         "diagnostics": [d.to_json() for d in iso.diagnostics],
     }
+    out["flops_per_token"] = iso.flops.to_json()
     if envelope is not None:
-        out["envelope"] = {"a": envelope.a, "b": envelope.b, "n_points": int(envelope.C.size)}
+        out["envelope"] = {"a": envelope.a, "b": envelope.b, "n_points": int(envelope.C.size),
+                           "a_interval": list(envelope.a_interval),
+                           "b_interval": list(envelope.b_interval), "n_boot": envelope.n_boot}
     if source is not None:
         out["source"] = source
     if skipped:
