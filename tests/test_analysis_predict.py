@@ -229,3 +229,48 @@ def test_cluster_bootstrap_covers_the_true_exponent_with_noise_shared_within_uni
         covered_runs += lo <= a_true <= hi
     print(f"coverage of a: units {covered}/100, runs {covered_runs}/100")
     assert covered >= 90
+
+
+def test_loss_vs_compute_draws_the_fit_on_the_runs_scale_and_6nd_beside(study):
+    from scaling.analysis import plots
+
+    data, fit = study
+    fig, (ax,) = plots.new_figure()
+    plots.plot_loss_vs_compute(ax, data, fit)
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    study_line = next(v for k, v in lines.items() if "f(N)" in k)
+    six_line = next(v for k, v in lines.items() if "6 N D" in k)
+    best = np.array([data.loss[data.budget == C].min() for C in BUDGETS])
+    for line, below in ((study_line, False), (six_line, True)):
+        x, y = (np.asarray(v, dtype=float) for v in line.get_data())
+        at = np.exp(np.interp(np.log(BUDGETS), np.log(x), np.log(y)))
+        if below:
+            assert (at < best * (1 - 0.005)).all()
+        else:
+            assert np.abs(at / best - 1).max() < 0.005
+
+
+def test_cli_holdout_budgets_and_approaches_in_fit_json(tmp_path, study):
+    import csv
+    import json
+
+    from scaling.analysis.cli import main
+
+    data, _ = study
+    path = tmp_path / "runs.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["run_id", "N", "D", "C", "loss", "budget_flops"])
+        for row in zip(data.run_id, data.N, data.D, data.C, data.loss, data.budget):
+            w.writerow(row)
+    out = tmp_path / "out"
+    assert main(["--csv", str(path), "--out", str(out), "--bootstrap", "100",
+                 "--holdout-budgets", "1", "--approaches", "--no-plots"]) == 0
+    doc = json.loads((out / "fit.json").read_text())
+    assert doc["holdout"]["by"] == "budget" and doc["holdout"]["n_held"] == 9
+    assert {"isoflop", "parametric"} <= doc["approaches"].keys()
+    assert doc["flops_per_token"]["convention"] == "study"
+    assert doc["compute_optimal_flops"] == "6ND" and len(doc["compute_optimal_study_flops"]) == 3
+    assert doc["bootstrap_units"] == len(data)  # a CSV has no unit column: runs are units
+    assert main(["--csv", str(path), "--out", str(out), "--law", "power_law",
+                 "--approaches"]) == 2
