@@ -8,14 +8,21 @@ Modules, and the entry points other code calls:
   ``broken_power_law``, plus ``chinchilla_optimal`` and ``compute_flops``.
 - :mod:`scaling.analysis.fit`: ``fit_law(data, law, delta, grid) -> FitResult`` (Huber on log loss,
   L-BFGS from a grid of starts, batched), ``bootstrap(data, fit, n_resamples, seed) ->
-  BootstrapResult``, ``compute_optimal(fit_or_params, C, boot) -> dict``.
+  BootstrapResult`` (over independent units: ``Data.unit``, or every run its own),
+  ``compute_optimal(fit_or_params, C, boot, flops=) -> dict``.
+- :mod:`scaling.analysis.flops`: ``FlopsPerToken`` (the study's FLOPs per token f(N), read from
+  the runs' C / D) and ``allocate`` (N_opt = argmin_N L(N, C / f(N)), solved numerically).
+- :mod:`scaling.analysis.predict`: ``predict_run(N, D, fit=, boot=, iso=) -> {approach:
+  RunPrediction}`` (a 95% prediction interval for one new run by approaches 3 and 2) and
+  ``compare_approaches(fit, boot, iso, envelope) -> dict`` (a, b of approaches 1-3 side by side).
 - :mod:`scaling.analysis.constraints`: ``Constraints(fix, tie, bounds)``, the fixed, tied and bounded
   parameters that ``fit_law(..., fix=, tie=, bounds=)`` applies to any law.
 - :mod:`scaling.analysis.nested`: ``compare_nested(constrained, unconstrained) -> NestedComparison``,
   a likelihood-ratio-type test of the constraints for Huber fits.
 - :mod:`scaling.analysis.isoflop`: ``isoflop_profiles(data, tolerance) -> IsoFLOPResult`` (approach 2)
   and ``training_envelope(curves) -> EnvelopeResult`` (approach 1).
-- :mod:`scaling.analysis.extrapolate`: ``holdout_check(data, k, by, law) -> HoldoutResult``.
+- :mod:`scaling.analysis.extrapolate`: ``holdout_check(data, k, by, law) -> HoldoutResult``
+  (``by="budget"``: every run of the k largest budgets).
 - :mod:`scaling.analysis.io`: ``load_csv``, ``load_runs``, ``load_curves``, ``write_json_atomic``.
 - :mod:`scaling.analysis.plots`: ``plot_loss_vs_compute``, ``plot_isoflop``, ``plot_optimal``,
   ``plot_residuals``, ``plot_predicted_vs_actual``; each draws on an Axes and returns it.
