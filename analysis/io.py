@@ -1,14 +1,15 @@
 """Reading runs (a CSV, or a study's run directories) and writing results atomically.
 
-Run-directory contract (written by the trainer): each run directory holds ``result.json``
-(``status``, ``params``, ``params_nonembedding``, ``tokens``, ``flops``, ``train_loss``,
-``eval_loss``, optional ``run_id`` and ``budget_flops``) and ``metrics.jsonl`` (one JSON object
-per logged step with ``step``, ``tokens``, ``flops``, ``loss``, ...). A directory without
-``result.json`` is an unfinished run.
+A study's run directories are read through the records the trainer writes
+(:mod:`scaling.contracts`, torch-free): each run's ``result.json`` (a ``Result``: ``status``,
+``params``, ``params_nonembedding``, ``tokens``, ``flops``, ``train_loss``, ``eval_loss``, optional
+``run_id`` and ``budget_flops``) and ``metrics.jsonl`` (``MetricsRow``\ s with ``step``, ``tokens``,
+``flops``, ``loss``, ...). A directory without ``result.json`` is an unfinished run.
 
-A study folder made by the planner also holds ``plan.json`` (format ``scaling-plan/1``, with
-``runs[].id`` and ``runs[].dir``). :func:`read_plan_run_ids` reads the ids it plans, as plain JSON,
-so the analysis never imports the planner (which pulls in Hydra and the trainer's config).
+A study folder made by the planner also holds ``plan.json`` (a ``Plan`` of format
+``scaling-plan/1``, with ``runs[].id`` and ``runs[].dir``). :func:`read_plan_run_ids` reads the ids
+it plans, through the same contracts module, so the analysis never imports the planner (which
+pulls in Hydra and the trainer's config).
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ import numpy as np
 
 from scaling.analysis.data import Data
 from scaling.analysis.errors import DataError
+from scaling.contracts import (
+    METRICS_NAME, PLAN_NAME, RESULT_NAME, ContractError, Result, RunStatus, read_metrics, read_plan, read_text,
+)  # fmt: skip
+from scaling.contracts import read_result as read_result_record
 
 OPTIONAL_CSV = ("C", "run_id", "budget_flops")
-PLAN_NAME = "plan.json"
-PLAN_FORMAT = "scaling-plan/1"
 RERUN = "rerun the run or delete its folder"  # the fix for a run whose result.json is unusable
 SHOW_SKIPPED = 10  # skipped runs an error lists one by one
 NOT_IN_PLAN = "not in plan"  # the SkippedRun status of a run folder the current plan does not list
@@ -63,24 +66,11 @@ def _positive(value) -> bool:
 
 
 def _read_text(path: Path) -> str:
-    """The file's text. Raises DataError naming the file when it is binary or not UTF-8.
-
-    A NUL byte is checked first: it is valid UTF-8, so a binary file (a pickle, a zip, a
-    spreadsheet saved as .xlsx) would otherwise be parsed into a nonsense header.
-    """
-    raw = path.read_bytes()
-    nul = raw.find(b"\x00")
-    if nul >= 0:
-        raise DataError(f"{str(path)!r} is a binary file, not text (a NUL byte at offset {nul})")
+    """The file's text. Raises DataError naming the file when it is binary or not UTF-8."""
     try:
-        # utf-8-sig: spreadsheet programs start a UTF-8 CSV with a byte-order mark.
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise DataError(
-            f"{str(path)!r} is not UTF-8 text: byte 0x{raw[exc.start]:02x} at line {line} "
-            f"(offset {exc.start}) cannot be decoded"
-        ) from None
+        return read_text(path)
+    except ContractError as exc:
+        raise DataError(str(exc)) from None
 
 
 def _to_float(raw: str) -> float:
@@ -203,35 +193,18 @@ def find_run_dirs(folder: str | os.PathLike) -> list[Path]:
     return found
 
 
-def read_result(run_dir: str | os.PathLike) -> dict | None:
-    """A run's result.json as a dict, or None when the run has none yet (it is unfinished).
+def read_result(run_dir: str | os.PathLike) -> Result | None:
+    """A run's result (:class:`scaling.contracts.Result`), or None when the run has none yet (it
+    is unfinished).
 
-    Raises DataError naming the file when it is binary, not UTF-8, not JSON, or JSON that is
-    not an object (``[1, 2]``, ``"x"``): the trainer always writes an object.
+    Raises DataError naming the file when it is binary, not UTF-8, not JSON, JSON that is not an
+    object (``[1, 2]``, ``"x"``), or not a result (no or an unknown status, a value of the wrong
+    type): the trainer always writes one.
     """
-    path = Path(run_dir) / "result.json"
-    if not path.is_file():
-        return None
-    return _read_json_object(path, "with status, params, tokens, flops and eval_loss")
-
-
-def _read_json_object(path: Path, holding: str) -> dict:
-    """The JSON object in ``path``. Raises DataError naming the file when it is binary, not
-    UTF-8, not JSON, or JSON that is not an object (``holding`` says what it should hold)."""
     try:
-        value = json.loads(_read_text(path))
-    except OSError as exc:
-        raise DataError(f"{str(path)!r} cannot be read: {exc.strerror or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{str(path)!r} is not valid JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise DataError(f"{str(path)!r} holds a JSON {_json_kind(value)}, not an object {holding}")
-    return value
-
-
-def _json_kind(value) -> str:
-    kinds = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
-    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+        return read_result_record(run_dir)
+    except ContractError as exc:
+        raise DataError(str(exc)) from None
 
 
 def read_plan_run_ids(study_dir: str | os.PathLike) -> set[str] | None:
@@ -241,25 +214,14 @@ def read_plan_run_ids(study_dir: str | os.PathLike) -> set[str] | None:
     ``STUDY/runs/<id>``; the name survives the study folder being moved). Raises DataError
     naming the file when it is not a plan of format ``scaling-plan/1``.
     """
-    path = Path(study_dir) / PLAN_NAME
-    if not path.is_file():
-        return None
-    fix = "rewrite it by running scaling-study on the study spec, or move it away to fit every run"
     try:
-        plan = _read_json_object(path, "with the planned 'runs'")
-    except DataError as exc:
-        raise DataError(f"{exc}; {fix}") from None
-    if plan.get("format", PLAN_FORMAT) != PLAN_FORMAT:
-        raise DataError(f"{str(path)!r} has format {plan['format']!r}; this analysis reads "
-                        f"{PLAN_FORMAT!r}; {fix}")
-    runs = plan.get("runs")
-    if not isinstance(runs, list) or not all(isinstance(r, dict) and isinstance(r.get("id"), str)
-                                             for r in runs):
-        raise DataError(f"{str(path)!r} needs 'runs', a list of objects each with a string 'id'; "
-                        f"{fix}")
-    ids = {r["id"] for r in runs}
-    ids |= {Path(r["dir"]).name for r in runs if isinstance(r.get("dir"), str)}
-    return ids
+        plan = read_plan(study_dir)
+    except ContractError as exc:
+        raise DataError(f"{exc}; rewrite it by running scaling-study on the study spec, or move it away to fit "
+                        f"every run") from None
+    if plan is None:
+        return None
+    return {r.id for r in plan.runs} | {Path(r.dir).name for r in plan.runs if r.dir}
 
 
 def select_runs(
@@ -305,7 +267,7 @@ def load_runs(
     skipped: list[SkippedRun] = []
     for run in find_run_dirs(folder) if run_dirs is None else run_dirs:
         run_id = run.name
-        result_path = run / "result.json"
+        result_path = run / RESULT_NAME
         try:
             res = read_result(run)
         except DataError as exc:
@@ -314,24 +276,15 @@ def load_runs(
         if res is None:
             skipped.append(SkippedRun(run_id, str(run), "unfinished", "no result.json"))
             continue
-        run_id = str(res.get("run_id") or run_id)
-        if "status" not in res:
-            skipped.append(SkippedRun(run_id, str(run), "invalid",
-                                      f"{str(result_path)!r} lacks the key 'status'; the trainer "
-                                      f"writes it on every exit, so {RERUN}"))
-            continue
-        status = res.get("status")
-        if status != "completed":
-            reason = res.get("error") or f"status={status!r}"
-            skipped.append(SkippedRun(run_id, str(run), "failed" if status == "failed"
-                                      else "unfinished", str(reason)))
+        run_id = str(res.run_id or run_id)
+        if res.status is not RunStatus.COMPLETED:
+            skipped.append(SkippedRun(run_id, str(run), "failed", str(res.error or f"status={res.status.value!r}")))
             continue
         # eval_loss falls back to train_loss when the run had no eval (null or absent).
-        loss_from = ("train_loss" if loss_key == "eval_loss" and res.get(loss_key) is None
-                     else loss_key)
+        loss_from = "train_loss" if loss_key == "eval_loss" and res.eval_loss is None else loss_key
         keys = {"N": n_key, "D": "tokens", "C": "flops", "loss": loss_from}
-        missing = [k for k in (n_key, "tokens", "flops") if k not in res]
-        if loss_from not in res:
+        missing = res.lacks((n_key, "tokens", "flops"))
+        if res.lacks((loss_from,)):
             missing.append(loss_key if loss_from == loss_key else f"{loss_key} or {loss_from}")
         if missing:
             skipped.append(SkippedRun(
@@ -339,7 +292,7 @@ def load_runs(
                 f"{str(result_path)!r} is completed but lacks " + ", ".join(missing)
                 + f"; a completed run records them, so {RERUN}"))
             continue
-        vals = {k: res[key] for k, key in keys.items()}
+        vals = {k: getattr(res, key) for k, key in keys.items()}
         bad = [f"{keys[k]}={v!r}" for k, v in vals.items() if not _positive(v)]
         if bad:
             skipped.append(SkippedRun(run_id, str(run), "invalid",
@@ -349,8 +302,7 @@ def load_runs(
         for k, v in vals.items():
             rows[k].append(float(v))
         rows["run_id"].append(run_id)
-        b = res.get("budget_flops")
-        rows["budget"].append(float(b) if _positive(b) else float("nan"))
+        rows["budget"].append(float(res.budget_flops) if _positive(res.budget_flops) else float("nan"))
     if not rows["N"]:
         counts = {}
         for s in skipped:
@@ -383,30 +335,17 @@ def load_curves(
     for run in find_run_dirs(folder) if run_dirs is None else run_dirs:
         try:
             res = read_result(run)
-        except DataError:
+            rows = read_metrics(run / METRICS_NAME)
+        except (DataError, ContractError):
             continue
-        if res is None or res.get("status") != "completed" or not _positive(res.get(n_key)):
+        if res is None or res.status is not RunStatus.COMPLETED or not _positive(getattr(res, n_key)):
             continue
-        pts = []
-        metrics = run / "metrics.jsonl"
-        if not metrics.is_file():
-            continue
-        # Undecodable bytes become U+FFFD, so that line fails to parse and is ignored.
-        for line in metrics.read_text(errors="replace").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line from a run killed mid-write
-            if (isinstance(row, dict) and _positive(row.get("flops"))
-                    and _positive(row.get("loss"))):
-                tokens = row.get("tokens")
-                pts.append((float(row["flops"]), float(tokens) if _positive(tokens) else 0.0,
-                            float(row["loss"])))
+        pts = [(float(r.flops), float(r.tokens) if _positive(r.tokens) else 0.0, float(r.loss))
+               for r in rows if _positive(r.flops) and _positive(r.loss)]
         if not pts:
             continue
         arr = np.array(sorted(pts))
-        curves.append(Curve(str(res.get("run_id") or run.name), float(res[n_key]),
-                            arr[:, 0], arr[:, 1], arr[:, 2]))
+        curves.append(Curve(str(res.run_id or run.name), float(getattr(res, n_key)), arr[:, 0], arr[:, 1], arr[:, 2]))
     return curves
 
 

@@ -20,13 +20,12 @@ constraints are tested against the data (:mod:`scaling.analysis.nested`).
 n_points, objective, diagnostics, derived), with the IsoFLOP analysis under `isoflop` and the
 extrapolation check under `holdout`.
 
-Reads `plan.json` (written by the planner) as plain JSON for the budgets and the plan table;
-imports nothing from the training or launch code.
+Reads `plan.json` (written by the planner) through scaling.contracts for the budgets and the plan
+table; imports nothing from the training or launch code.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ import numpy as np
 from scaling.analysis.data import Data
 from scaling.analysis.errors import AnalysisError
 from scaling.analysis.isoflop import DEFAULT_WINDOW
+from scaling.contracts import ContractError, Plan, plan_from_json, read_plan
 
 FIGURE_NAMES = ("loss_vs_compute", "isoflop", "optimal_allocation", "residuals", "predicted_vs_actual")
 BEYOND = (10.0, 100.0, 1000.0)  # budgets beyond the study's largest, for the allocation table
@@ -46,7 +46,7 @@ BEYOND = (10.0, 100.0, 1000.0)  # budgets beyond the study's largest, for the al
 class StudyAnalysis:
     study: str
     study_dir: str
-    plan: dict | None
+    plan: Plan | None
     data: Data
     skipped: list
     iso: Any = None  # IsoFLOPResult
@@ -58,14 +58,14 @@ class StudyAnalysis:
     problems: list[str] = field(default_factory=list)  # analyses that could not run, and why
 
 
-def _only_planned(data: Data, plan: dict | None) -> tuple[Data, list]:
+def _only_planned(data: Data, plan: Plan | None) -> tuple[Data, list]:
     """Runs of the current plan only: a spec edited since an earlier launch leaves run folders
     behind that belong to another study."""
     from scaling.analysis.io import SkippedRun
 
     if not plan:
         return data, []
-    planned = {r["id"] for r in plan.get("runs", [])}
+    planned = {r.id for r in plan.runs}
     keep = [i for i, rid in enumerate(data.run_id) if rid in planned]
     stale = [SkippedRun(rid, rid, "not in plan", "left by an earlier version of the study spec")
              for rid in data.run_id if rid not in planned]
@@ -78,11 +78,11 @@ def _only_planned(data: Data, plan: dict | None) -> tuple[Data, list]:
                             source=data.source), stale
 
 
-def _with_plan_budgets(data: Data, plan: dict | None) -> Data:
+def _with_plan_budgets(data: Data, plan: Plan | None) -> Data:
     """Group runs by the IsoFLOP budget the planner gave them, not by a tolerance on C."""
     if not plan:
         return data
-    budgets = {r["id"]: r.get("budget_flops") for r in plan.get("runs", [])}
+    budgets = {r.id: r.budget_flops for r in plan.runs}
     b = np.array([budgets.get(rid) or np.nan for rid in data.run_id], dtype=float)
     return Data.from_arrays(data.N, data.D, data.loss, data.C, run_id=list(data.run_id), budget=b,
                             source=data.source)
@@ -108,13 +108,15 @@ def analyse_study(
     constraints = Constraints.of(fix, tie, {k: tuple(v) for k, v in (bounds or {}).items()})
     resolve(get_form("chinchilla"), constraints, "report.")
     study_dir = Path(study_dir)
-    plan_path = study_dir / "plan.json"
-    plan = json.loads(plan_path.read_text()) if plan_path.exists() else None
-    n_key = "params_nonembedding" if plan and plan.get("n_count") == "nonembedding" else "params"
+    try:
+        plan = read_plan(study_dir)
+    except ContractError as e:
+        raise AnalysisError(f"{e}; relaunch the study to rewrite it") from None
+    n_key = "params_nonembedding" if plan and plan.n_count == "nonembedding" else "params"
     data, skipped = load_runs(study_dir, n_key=n_key)
     data, stale = _only_planned(data, plan)
     data = _with_plan_budgets(data, plan)
-    out = StudyAnalysis(study=(plan or {}).get("study", study_dir.name), study_dir=str(study_dir), plan=plan,
+    out = StudyAnalysis(study=(plan.study if plan else None) or study_dir.name, study_dir=str(study_dir), plan=plan,
                         data=data, skipped=skipped + stale)
     try:
         out.iso = isoflop_profiles(data, tolerance=tolerance, n_boot=n_boot, seed=seed,
@@ -225,7 +227,7 @@ def render_report(a: StudyAnalysis, figures: list[str]) -> str:
         parts += ["## Plan", "", _plan_table(a.plan), ""]
         if _epochs_sentence(a.plan):
             parts += [_epochs_sentence(a.plan), ""]
-        rules = a.plan.get("rules") or {}
+        rules = a.plan.rules or {}
         if rules:
             parts += ["Hyperparameter rules: " + "; ".join(f"{k} = {v}" for k, v in rules.items()), ""]
     parts += ["## Results", "", results, ""]
@@ -275,12 +277,13 @@ def _summary(a: StudyAnalysis) -> str:
     return " ".join([runs, *headline(a)])
 
 
-def _plan_table(plan: dict) -> str:
+def _plan_table(plan: Plan | dict) -> str:
+    """The plan's runs as a table (from a Plan, or plan.json's JSON)."""
+    plan = plan if isinstance(plan, Plan) else plan_from_json(plan)
     rows = []
-    for r in plan.get("runs", []):
-        rows.append([f"`{r['id']}`", _g(r.get("N")), _g(r.get("D")), _epochs(r.get("epochs")), _g(r.get("C")),
-                     _g(r.get("budget_flops")), str(r.get("batch")), _g(r.get("lr")), str(r.get("steps")),
-                     str(r.get("nproc"))])
+    for r in plan.runs:
+        rows.append([f"`{r.id}`", _g(r.N), _g(r.D), _epochs(r.epochs), _g(r.C), _g(r.budget_flops), str(r.batch),
+                     _g(r.lr), str(r.steps), str(r.nproc)])
     return _table(["run", "N", "D", "epochs", "C", "budget", "batch", "LR", "steps", "processes"], rows)
 
 
@@ -291,10 +294,11 @@ def _epochs(e: float | None) -> str:
     return f"{e:.2g}" if e < 100 else f"{e:.0f}"
 
 
-def _epochs_sentence(plan: dict) -> str:
+def _epochs_sentence(plan: Plan | dict) -> str:
     """How often the runs pass over their training data; empty for a plan written before the
-    planner counted epochs."""
-    epochs = [r["epochs"] for r in plan.get("runs", []) if r.get("epochs") is not None]
+    planner counted epochs (a Plan, or plan.json's JSON)."""
+    plan = plan if isinstance(plan, Plan) else plan_from_json(plan)
+    epochs = [r.epochs for r in plan.runs if r.epochs is not None]
     if not epochs:
         return ""
     return (f"Epochs over the training split (D / unique training tokens or images): {_epochs(min(epochs))} to "
@@ -394,7 +398,7 @@ def _diagnostics(a: StudyAnalysis) -> str:
             items.append(f"- {source}: `{d.code}`: {d.message}")
     items += [f"- {p}" for p in a.problems]
     if a.plan:
-        items += [f"- plan: {n}" for n in a.plan.get("notes", [])]
+        items += [f"- plan: {n}" for n in a.plan.notes]
     return "\n".join(items) if items else "None."
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from scaling.launch.plan import RunSpec
+from scaling.contracts import METRICS_NAME, Result, RunSpec, RunStatus, result_if_readable, write_result
 from scaling.launch.state import last_metric, proc_start, update_launch, write_launch
 from scaling.rundir import EXIT_REQUEUE, exit_status
 
@@ -141,7 +141,7 @@ class _Active:
 def _last_write(run_dir: str) -> float:
     """The newest modification time among the files a live run keeps writing."""
     times = [0.0]
-    for name in ("metrics.jsonl", "train.log", "launch.log", "lock.json"):
+    for name in (METRICS_NAME, "train.log", "launch.log", "lock.json"):
         try:
             times.append(os.stat(os.path.join(run_dir, name)).st_mtime)
         except OSError:
@@ -259,14 +259,12 @@ def _signal_group(pid: int, signum: int) -> None:
 def _kill_stalled(a: _Active, timeout_s: float, echo: Callable[[str], None]) -> None:
     """Kill a run that stopped making progress, and record it as failed. Its checkpoints stay:
     `study.retry_failed=true` resumes it from the last one."""
-    from scaling.rundir import write_json_atomic
-
     _signal_group(a.proc.pid, signal.SIGKILL)
     error = (
         f"no progress for {timeout_s:.0f} s (nothing written to {a.run.dir}); killed by the launcher. Its "
         f"checkpoints are kept: relaunch with study.retry_failed=true to resume from the last one"
     )
-    write_json_atomic(Path(a.run.dir) / "result.json", {"status": "failed", "error": error, "step": None})
+    write_result(a.run.dir, Result(status=RunStatus.FAILED, error=error))
     echo(f"run {a.run.id}: {error}")
 
 
@@ -285,10 +283,9 @@ class _Meter:
         self.start_tokens[a.run.id] = _tokens_so_far(a.run.dir)
 
     def finished(self, a: _Active) -> None:
-        from scaling.rundir import read_json
-
         self.done_tokens += _tokens_so_far(a.run.dir) - self.start_tokens.get(a.run.id, 0.0)
-        timing = (read_json(Path(a.run.dir) / "result.json") or {}).get("timing") or {}
+        result = result_if_readable(a.run.dir)
+        timing = (result.timing if result is not None else None) or {}
         if "steps_s" in timing:
             self.steps_s += float(timing["steps_s"])
             self.life_s += time.time() - a.started
@@ -302,8 +299,8 @@ class _Meter:
 
 
 def _tokens_so_far(run_dir: str) -> float:
-    row = last_metric(Path(run_dir) / "metrics.jsonl") or {}
-    return float(row.get("tokens") or 0.0)
+    row = last_metric(Path(run_dir) / METRICS_NAME)
+    return float(row.tokens or 0.0) if row is not None else 0.0
 
 
 def _show_running(bar: Any, active: list, codes: dict[str, int], meter: Optional[_Meter] = None) -> None:
@@ -317,10 +314,8 @@ def _show_running(bar: Any, active: list, codes: dict[str, int], meter: Optional
 
 
 def _report_failure(run: RunSpec, code: int, echo: Callable[[str], None]) -> None:
-    from scaling.rundir import read_json
-
-    result = read_json(Path(run.dir) / "result.json") or {}
-    error = result.get("error")
+    result = result_if_readable(run.dir)
+    error = result.error if result is not None else None
     if not error:
         tail = _tail(Path(run.dir) / "launch.log", 5)
         error = f"exit code {code}; last lines of {run.dir}/launch.log:\n{tail}"

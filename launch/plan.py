@@ -36,7 +36,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -45,66 +45,15 @@ from scaling.config import TrainAppConfig
 from scaling.families import get as get_family
 from scaling.errors import ConfigError, raise_if
 from scaling.runid import NON_RESULT_KEYS, RUN_ID_RULE, config_hash, legacy_config_hash  # noqa: F401 - re-exported
+# plan.json is typed, written and read in scaling/contracts.py (torch- and Hydra-free, for the analysis).
+from scaling.contracts import PLAN_FORMAT, PLAN_NAME, Plan, RunSpec, read_plan, write_plan  # noqa: F401 - re-exported
+from scaling.contracts import RunStatus, result_if_readable
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-PLAN_NAME = "plan.json"
-PLAN_FORMAT = "scaling-plan/1"
 
 # Keys the planner sets for every run; a study's `overrides` may not set them.
 _PLANNED_KEYS = ("train.tokens", "train.flops", "train.global_batch_size", "train.lr", "train.seed",
                  "train.flops_convention")  # fmt: skip
-
-
-@dataclass
-class RunSpec:
-    """One planned run: what it trains and the exact trainer overrides that train it."""
-
-    id: str
-    family: str
-    N: int  # parameters, counted as the study's sizes.count says
-    params_total: int
-    params_nonembedding: int
-    D: int  # training tokens (images for the CNN)
-    C: float  # training FLOPs under the study's convention, f * D
-    budget_flops: Optional[float]  # the IsoFLOP budget this run belongs to; None in a size ladder
-    tokens_per_param: float  # D / N
-    seed: int
-    batch: int  # global batch, sequences (images)
-    batch_tokens: int  # global batch, tokens (images)
-    steps: int
-    lr: float
-    nproc: int
-    shape: dict[str, Any]  # the model fields the run sets
-    overrides: list[str]  # trainer overrides, run.dir included: `scaling-train *overrides`
-    config_hash: str
-    dir: str  # the run directory
-    est_time_s: Optional[float] = None
-    # D / the training split's unique tokens (images): how many times the run passes over its data.
-    # None in plans written before the planner counted it.
-    epochs: Optional[float] = None
-
-
-@dataclass
-class Plan:
-    study: str
-    kind: str  # "ladder" or "isoflop"
-    dir: str
-    family: str
-    flops_convention: str
-    n_count: str  # what N counts
-    rules: dict[str, str]
-    throughput_flops: Optional[float]  # per process, for the time estimates
-    throughput_source: str
-    runs: list[RunSpec] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    format: str = PLAN_FORMAT
-
-    @property
-    def total_flops(self) -> float:
-        return sum(r.C for r in self.runs)
-
-    def by_id(self) -> dict[str, RunSpec]:
-        return {r.id: r for r in self.runs}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -535,13 +484,10 @@ def measured_throughput(study_dir: str) -> Optional[float]:
     if not runs.is_dir():
         return None
     for d in runs.iterdir():
-        try:
-            r = json.loads((d / "result.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if r.get("status") == "completed" and r.get("wall_time_s") and r.get("flops"):
-            flops += float(r["flops"])
-            seconds += float(r["wall_time_s"]) * int(r.get("world_size") or 1)
+        r = result_if_readable(d)
+        if r is not None and r.status is RunStatus.COMPLETED and r.wall_time_s and r.flops:
+            flops += float(r.flops)
+            seconds += float(r.wall_time_s) * int(r.world_size or 1)
     return flops / seconds if seconds > 0 else None
 
 
@@ -647,29 +593,3 @@ def format_plan(plan: Plan) -> str:
         )
     out += [f"note: {n}" for n in plan.notes]
     return "\n".join(out)
-
-
-def plan_to_json(plan: Plan) -> dict:
-    d = asdict(plan)
-    d["total_flops"] = plan.total_flops
-    return d
-
-
-def write_plan(plan: Plan) -> Path:
-    """Write study_dir/plan.json atomically."""
-    from scaling.rundir import write_atomic
-
-    path = Path(plan.dir) / PLAN_NAME
-    write_atomic(path, json.dumps(plan_to_json(plan), indent=1) + "\n")
-    return path
-
-
-def read_plan(study_dir: str | Path) -> Plan:
-    path = Path(study_dir) / PLAN_NAME
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path} does not exist; is {study_dir} a study folder (made by scaling-study)?") from None
-    raw.pop("total_flops", None)
-    runs = [RunSpec(**r) for r in raw.pop("runs")]
-    return Plan(**raw, runs=runs)

@@ -9,9 +9,10 @@ A run is
     completed  result.json says completed
     failed     result.json says failed (the error is shown); retried only when asked
 
-The run directory is the source of truth; `launch.json` in it records the last launch (the Slurm
-job id, or the local pid). Reading 1,000 runs takes one `squeue` call and a few small file reads
-per run, so this is fast and light: it imports neither Hydra nor torch.
+The states are `RunStatus` members (scaling/contracts.py). The run directory is the source of
+truth; `launch.json` in it records the last launch (the Slurm job id, or the local pid). Reading
+1,000 runs takes one `squeue` call and a few small file reads per run, so this is fast and light:
+it imports neither Hydra nor torch.
 """
 
 from __future__ import annotations
@@ -26,11 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
+from scaling.contracts import (
+    METRICS_NAME, RESULT_NAME, ContractError, MetricsRow, RunStatus, last_loss_row, result_if_readable,
+)  # fmt: skip
 from scaling.rundir import checkpoint_dirs, read_json, write_atomic
 
 LAUNCH_NAME = "launch.json"
-STATES = ("planned", "queued", "running", "partial", "completed", "failed")
-ACTIVE = ("queued", "running")
+# The states a launcher shows, in the order it counts them.
+STATES = (RunStatus.PLANNED, RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.PARTIAL, RunStatus.COMPLETED,
+          RunStatus.FAILED)  # fmt: skip
+ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING)
+TAIL_BYTES = 8192  # how much of metrics.jsonl a status view reads for the latest row
 # squeue's job states that mean "still in the system": a run in one of them is never resubmitted.
 _QUEUED = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "RESV_DEL_HOLD", "SUSPENDED",
            "PREEMPTED", "STOPPED", "SPECIAL_EXIT", "RESIZING"}  # fmt: skip
@@ -40,31 +47,19 @@ _RUNNING = {"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT"}
 @dataclass
 class RunState:
     id: str
-    state: str
+    state: RunStatus
     loss: Optional[float] = None
     job_id: Optional[str] = None
     error: Optional[str] = None
     tokens: Optional[float] = None  # tokens trained so far (from metrics.jsonl) or in total
 
 
-def last_metric(path: Path) -> Optional[dict]:
-    """The last complete row of metrics.jsonl, reading only the file's tail."""
+def last_metric(path: Path) -> Optional[MetricsRow]:
+    """The last complete row of metrics.jsonl that has a loss, reading only the file's tail."""
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 8192))
-            lines = f.read().decode(errors="replace").splitlines()
-    except OSError:
+        return last_loss_row(path, TAIL_BYTES)
+    except ContractError:  # a row of a newer version: nothing this view can show
         return None
-    for line in reversed(lines):
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and row.get("loss") is not None:
-            return row
-    return None
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
@@ -110,36 +105,35 @@ def squeue_states(job_ids: Iterable[str] = ()) -> Optional[dict[str, str]]:
 
 
 def read_run(run_id: str, run_dir: Path, queue: Optional[dict[str, str]]) -> RunState:
-    result = read_json(run_dir / "result.json") or {}
+    result = result_if_readable(run_dir)
     launch = read_json(run_dir / LAUNCH_NAME) or {}
     job_id = launch.get("job_id")
-    status = result.get("status")
-    if status == "completed":
-        loss = result.get("eval_loss") if result.get("eval_loss") is not None else result.get("train_loss")
-        return RunState(run_id, "completed", loss, job_id, tokens=result.get("tokens"))
-    last = last_metric(run_dir / "metrics.jsonl")
-    loss = None if last is None else last.get("loss")
-    tokens = None if last is None else last.get("tokens")
+    if result is not None and result.status is RunStatus.COMPLETED:
+        return RunState(run_id, RunStatus.COMPLETED, result.loss, job_id, tokens=result.tokens)
+    last = last_metric(run_dir / METRICS_NAME)
+    loss = None if last is None else last.loss
+    tokens = None if last is None else last.tokens
     # A job still in the queue wins over an older failed result: it is being requeued or retried.
     if launch.get("launcher") == "slurm" and job_id:
         if queue is None:
             # Slurm cannot be asked: never assume the job is gone, so a relaunch cannot double-submit.
-            return RunState(run_id, "queued", loss, job_id, error="queue unknown (squeue failed)", tokens=tokens)
+            return RunState(run_id, RunStatus.QUEUED, loss, job_id, error="queue unknown (squeue failed)",
+                            tokens=tokens)  # fmt: skip
         slurm_state = queue.get(str(job_id))
         if slurm_state in _RUNNING:
-            return RunState(run_id, "running", loss, job_id, tokens=tokens)
+            return RunState(run_id, RunStatus.RUNNING, loss, job_id, tokens=tokens)
         if slurm_state is not None:
-            return RunState(run_id, "queued", loss, job_id, tokens=tokens)
+            return RunState(run_id, RunStatus.QUEUED, loss, job_id, tokens=tokens)
     elif launch.get("launcher") == "local" and local_alive(launch):
-        return RunState(run_id, "running", loss, job_id, tokens=tokens)
-    if status == "failed":
-        return RunState(run_id, "failed", loss, job_id, error=result.get("error") or "failed without an error message")
+        return RunState(run_id, RunStatus.RUNNING, loss, job_id, tokens=tokens)
+    if result is not None and result.status is RunStatus.FAILED:
+        return RunState(run_id, RunStatus.FAILED, loss, job_id, error=result.error or "failed without an error message")
     if launch or last is not None or _has_checkpoint(run_dir):
         error = None
         if launch.get("exit_code") not in (None, 0, 75):
             error = f"exited with code {launch['exit_code']} without a result; see {run_dir}/launch.log"
-        return RunState(run_id, "partial", loss, job_id, error=error, tokens=tokens)
-    return RunState(run_id, "planned")
+        return RunState(run_id, RunStatus.PARTIAL, loss, job_id, error=error, tokens=tokens)
+    return RunState(run_id, RunStatus.PLANNED)
 
 
 def read_states(run_dirs: dict[str, str | Path], queue: Optional[dict[str, str]] = None, ask_queue: bool = True) -> dict[str, RunState]:
@@ -182,7 +176,7 @@ def archive_failed(run_dir: str | Path) -> Path:
     while (run_dir / f"result.failed-{n}.json").exists():
         n += 1
     target = run_dir / f"result.failed-{n}.json"
-    os.replace(run_dir / "result.json", target)
+    os.replace(run_dir / RESULT_NAME, target)
     return target
 
 

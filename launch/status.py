@@ -17,22 +17,25 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from scaling.contracts import PLAN_NAME, ContractError, RunSpec, RunStatus, read_plan
 from scaling.launch.state import ACTIVE, STATES, RunState, read_states
 
 
-def _plan_runs(study_dir: Path) -> list[dict]:
-    path = study_dir / "plan.json"
+def _plan_runs(study_dir: Path) -> list[RunSpec]:
     try:
-        return json.loads(path.read_text())["runs"]
-    except FileNotFoundError:
-        raise SystemExit(f"scaling-status: {path} does not exist; is {study_dir} a study folder made by scaling-study?")
-    except (ValueError, KeyError) as e:
-        raise SystemExit(f"scaling-status: {path} is not a readable plan ({e}); relaunch the study to rewrite it")
+        plan = read_plan(study_dir)
+    except ContractError as e:
+        raise SystemExit(f"scaling-status: {e}; relaunch the study to rewrite it")
+    if plan is None:
+        raise SystemExit(f"scaling-status: {study_dir / PLAN_NAME} does not exist; is {study_dir} a study folder "
+                         f"made by scaling-study?")  # fmt: skip
+    return plan.runs
 
 
-def study_states(study_dir: str | Path) -> tuple[list[dict], dict[str, RunState]]:
+def study_states(study_dir: str | Path) -> tuple[list[RunSpec], dict[str, RunState]]:
     runs = _plan_runs(Path(study_dir))
-    return runs, read_states({r["id"]: r["dir"] for r in runs})
+    # A plan written by hand may name no directory: the planner puts each run in STUDY/runs/<id>.
+    return runs, read_states({r.id: r.dir or str(Path(study_dir) / "runs" / r.id) for r in runs})
 
 
 def _si(x: Optional[float]) -> str:
@@ -45,24 +48,25 @@ def _si(x: Optional[float]) -> str:
     return f"{x:.2g}"
 
 
-def format_status(runs: list[dict], states: dict[str, RunState]) -> str:
+def format_status(runs: list[RunSpec], states: dict[str, RunState]) -> str:
     from scaling.launch.plan import format_table
 
     rows = []
     for r in runs:
-        st = states[r["id"]]
+        st = states[r.id]
         loss = "-" if st.loss is None else f"{st.loss:.4f}"
         progress = ""
-        if st.state in ("running", "partial") and st.tokens:
-            progress = f" ({min(1.0, st.tokens / r['D']):.0%})"
-        rows.append([r["id"], st.state + progress, _si(r["N"]), _si(r["D"]), f"{r['C']:.3g}", loss, st.job_id or "-"])
+        if st.state in (RunStatus.RUNNING, RunStatus.PARTIAL) and st.tokens and r.D:
+            progress = f" ({min(1.0, st.tokens / r.D):.0%})"
+        c = "-" if r.C is None else f"{r.C:.3g}"
+        rows.append([r.id, st.state + progress, _si(r.N), _si(r.D), c, loss, st.job_id or "-"])
     counts = {s: sum(1 for st in states.values() if st.state == s) for s in STATES}
     lines = [format_table(["id", "state", "N", "D", "C", "loss", "job"], rows), ""]
     lines.append(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no runs")
     for r in runs:
-        st = states[r["id"]]
-        if st.error and st.state in ("failed", "partial"):
-            lines.append(f"{st.state}: {r['id']}: {st.error.strip().splitlines()[-1]}")
+        st = states[r.id]
+        if st.error and st.state in (RunStatus.FAILED, RunStatus.PARTIAL):
+            lines.append(f"{st.state}: {r.id}: {st.error.strip().splitlines()[-1]}")
     return "\n".join(lines)
 
 
@@ -95,8 +99,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     runs, states = study_states(args.study_dir)
     if args.json:
         for r in runs:
-            st = states[r["id"]]
-            print(json.dumps({"id": r["id"], "state": st.state, "N": r["N"], "D": r["D"], "C": r["C"],
+            st = states[r.id]
+            print(json.dumps({"id": r.id, "state": st.state, "N": r.N, "D": r.D, "C": r.C,
                               "loss": st.loss, "job_id": st.job_id, "error": st.error}))  # fmt: skip
     else:
         print(format_status(runs, states))

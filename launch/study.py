@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from scaling.contracts import RunStatus
 from scaling.launch.config import ClusterConfig, LauncherConfig, ReportConfig, StudyAppConfig, StudySpec
 from scaling.launch.plan import Plan, format_plan, make_plan, throughput_for, write_plan
-from scaling.launch.state import archive_failed, read_states
+from scaling.launch.state import ACTIVE, archive_failed, read_states
 from scaling.errors import ConfigError, ScalingError
 
 
@@ -45,12 +46,12 @@ class LaunchOutcome:
     failed: dict[str, str] = field(default_factory=dict)  # id -> error, failed runs not retried
     job_ids: dict[str, str] = field(default_factory=dict)  # id -> Slurm job id
     exit_codes: dict[str, int] = field(default_factory=dict)  # local runs
-    states: dict[str, str] = field(default_factory=dict)
+    states: dict[str, RunStatus] = field(default_factory=dict)
     script: Optional[str] = None  # print-only: the rendered sbatch script
 
     @property
     def complete(self) -> bool:
-        return bool(self.states) and all(s == "completed" for s in self.states.values())
+        return bool(self.states) and all(s is RunStatus.COMPLETED for s in self.states.values())
 
 
 class StudyLocked(ScalingError):
@@ -124,11 +125,11 @@ def launch_study(
         states = read_states({r.id: r.dir for r in plan.runs})
         todo, resumed = [], []
         for rid, st in states.items():
-            if st.state == "completed":
+            if st.state is RunStatus.COMPLETED:
                 outcome.skipped_completed.append(rid)
-            elif st.state in ("queued", "running"):
+            elif st.state in ACTIVE:
                 outcome.skipped_active.append(rid)
-            elif st.state == "failed":
+            elif st.state is RunStatus.FAILED:
                 if spec.retry_failed:
                     archive_failed(runs[rid].dir)
                     todo.append(runs[rid])
@@ -137,7 +138,7 @@ def launch_study(
                     outcome.failed[rid] = st.error or "failed"
             else:
                 todo.append(runs[rid])
-                if st.state == "partial":
+                if st.state is RunStatus.PARTIAL:
                     resumed.append(rid)
         for note in plan.notes:  # a dry run prints them with the plan; a launch prints them here
             echo(f"note: {note}")

@@ -20,6 +20,7 @@ import signal
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,9 @@ from scaling.config import TrainAppConfig, register_configs, to_dataclass, to_di
 from scaling.distributed import World, detect_world
 from scaling.errors import ConfigError, DataError, ScalingError
 from scaling.runid import RUN_ID_RULE, config_hash, data_checksum
+from scaling.contracts import METRICS_NAME, RESULT_NAME, ContractError, Result, RunStatus, read_result, write_result
 from scaling.rundir import (
-    EXIT_COMPLETED, EXIT_CONFIG, EXIT_FAILED, EXIT_REQUEUE, STOP_NAME, RunFileError, load_result, write_atomic,
-    write_json_atomic,
+    EXIT_COMPLETED, EXIT_CONFIG, EXIT_FAILED, EXIT_REQUEUE, STOP_NAME, write_atomic, write_json_atomic,
 )  # fmt: skip
 from scaling.runlock import RunLock
 from scaling.trainer.callbacks import Callback, end_all, load_callbacks
@@ -87,13 +88,13 @@ def train(cfg: TrainAppConfig, started: float | None = None) -> int:
         plan = plan_run(cfg, manifest, world)
         identity = {"config_hash": config_hash(plan.cfg), "data_checksum": data_checksum(manifest)}
         check_same_run(run_dir, plan.cfg, identity, prior)
-        if prior is not None and prior.get("status") == "completed":
-            log.info("run %s already completed (eval loss %s); nothing to train", run_dir, prior.get("eval_loss"))
+        if prior is not None and prior.status is RunStatus.COMPLETED:
+            log.info("run %s already completed (eval loss %s); nothing to train", run_dir, prior.eval_loss)
             return EXIT_COMPLETED
         if world.is_main:
             (run_dir / STOP_NAME).unlink(missing_ok=True)
             if prior is not None:  # a retry: keep the old error beside the run
-                os.replace(run_dir / "result.json", run_dir / "result.previous-failure.json")
+                os.replace(run_dir / RESULT_NAME, run_dir / "result.previous-failure.json")
         epochs = manifest.epochs(plan.tokens)
         unique_units = manifest.unique_samples("train") * plan.samples_per_seq
         if epochs > 1:
@@ -114,25 +115,25 @@ def train(cfg: TrainAppConfig, started: float | None = None) -> int:
         timing.mark("resume_and_wandb_s")
         result = None
         try:
-            result = trainer.fit()
-            result |= {**identity, "run_id_rule": RUN_ID_RULE, "epochs": round(epochs, 4),
-                       "unique_tokens": unique_units}  # fmt: skip
+            result = replace(trainer.fit(), **identity, run_id_rule=RUN_ID_RULE, epochs=round(epochs, 4),
+                             unique_tokens=unique_units)  # fmt: skip
             timing.mark("train_s")  # the training loop, evaluation included
         finally:
             end_all(trainer.callbacks, trainer, result)
         timing.mark("finish_s")
-        result["timing"] = timing.as_dict() | {k: round(v, 3) for k, v in trainer.seconds.items()}
+        result.timing = timing.as_dict() | {k: round(v, 3) for k, v in trainer.seconds.items()}
         if world.is_main:
-            write_json_atomic(run_dir / "result.json", result)
-            log.info("completed %s: train loss %.4f, eval loss %.4f, %.1f s", plan.run_id, result["train_loss"],
-                     result["eval_loss"], result["wall_time_s"])
+            write_result(run_dir, result)
+            log.info("completed %s: train loss %.4f, eval loss %.4f, %.1f s", plan.run_id, result.train_loss,
+                     result.eval_loss, result.wall_time_s)
         return EXIT_COMPLETED
     except StopRequested:
         step = trainer.state.step if trainer else 0
         if world.is_main:
             # torchrun reports any non-zero exit of a worker as its own exit 1: this record tells a
             # launcher that the stop was clean and the run should be requeued.
-            write_json_atomic(run_dir / STOP_NAME, {"status": "stopped", "step": step, "signal": stop.get("signal")})
+            record = {"status": RunStatus.STOPPED, "step": step, "signal": stop.get("signal")}
+            write_json_atomic(run_dir / STOP_NAME, record)
         log.warning("stopped at step %d; run again on %s to resume", step, run_dir)
         return EXIT_REQUEUE
     except KeyboardInterrupt:
@@ -173,7 +174,7 @@ def _callbacks(trainer: Trainer, resumed: bool, user: list[Callback]) -> list[Ca
     plan, world = trainer.plan, trainer.world
     out: list[Callback] = []
     if world.is_main:
-        out.append(MetricsFile(trainer.run_dir / "metrics.jsonl", trainer.state.step if resumed else None))
+        out.append(MetricsFile(trainer.run_dir / METRICS_NAME, trainer.state.step if resumed else None))
         mode = wandb_mode(plan.cfg.logger.wandb.mode)
         if mode != "disabled":
             # The dashboard mirrors metrics.jsonl: every row written is also logged. It starts in
@@ -186,27 +187,14 @@ def _callbacks(trainer: Trainer, resumed: bool, user: list[Callback]) -> list[Ca
 def _write_failure(run_dir: Path, world: World, error: str, step: int | None) -> None:
     """Record a failure. Every failing rank tries, and the first error written wins: the rank
     that failed first has the cause, the others only see a peer disappear."""
-    import json
-    import tempfile
-
     try:
-        if (load_result(run_dir) or {}).get("status") == "completed":
-            return  # a finished run's record is never replaced by a later attempt's error
-    except RunFileError:
-        pass
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".result.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"status": "failed", "error": error, "step": step, "rank": world.rank}, f, indent=2)
-    try:
-        if world.world_size == 1:
-            os.replace(tmp, run_dir / "result.json")
-        else:
-            os.link(tmp, run_dir / "result.json")  # atomic create-if-absent
-    except FileExistsError:
-        pass
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        prior = read_result(run_dir, complete=True)
+    except ContractError:
+        prior = None
+    if prior is not None and prior.status is RunStatus.COMPLETED:
+        return  # a finished run's record is never replaced by a later attempt's error
+    failure = Result(status=RunStatus.FAILED, error=error, step=step, rank=world.rank)
+    write_result(run_dir, failure, only_if_absent=world.world_size > 1)
 
 
 def _to_yaml(obj: dict) -> str:

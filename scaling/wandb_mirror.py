@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from scaling.contracts import MetricsRow
 from scaling.rundir import write_atomic
 from scaling.trainer.callbacks import Callback
 
@@ -99,7 +100,7 @@ class WandbMirror(Callback):
         )  # fmt: skip
         self.run: Any = None
         self._ready = False
-        self._pending: list[dict] = []
+        self._pending: list[MetricsRow] = []
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._start, args=(init,), name="wandb-start", daemon=True)
         self._thread.start()
@@ -118,11 +119,11 @@ class WandbMirror(Callback):
                 self._send(row)
             self._pending.clear()
 
-    def _send(self, row: dict) -> None:
+    def _send(self, row: MetricsRow) -> None:
         if self.run is not None:
-            call(self.run.log, {k: v for k, v in row.items() if k != "step"}, step=row["step"])
+            call(self.run.log, row.values(), step=row.step)
 
-    def on_step(self, trainer: Any, row: Optional[dict]) -> None:
+    def on_step(self, trainer: Any, row: Optional[MetricsRow]) -> None:
         if row is None:
             return
         with self._lock:

@@ -36,7 +36,7 @@ class HookRecorder(Callback):
         self._record(trainer, "signal", signal_name)
 
     def on_end(self, trainer, result) -> None:
-        self._record(trainer, "end", None if result is None else str(result["status"]))
+        self._record(trainer, "end", None if result is None else str(result.status))
 
 
 class NotACallback:

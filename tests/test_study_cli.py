@@ -14,6 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(sys.executable).with_name("scaling-study")
+STUDIES = ROOT / "conf" / "study"  # the choices an unknown study= is answered with
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def _study(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     [
         (["study.budgets.flopz=[1e10]"], ["study.budgets.flopz", "not in 'BudgetsConfig'", "--cfg job"]),
         (["study.nproc=two"], ["study.nproc=two", "could not be converted to Integer"]),
-        (["study=nope"], ["study/nope", "pick one of cnn_digits, isoflop_tiny, ladder_tiny"]),
+        (["study=nope"], ["study/nope", "pick one of " + ", ".join(sorted(p.stem for p in STUDIES.glob("*.yaml")))]),
         (["study.overrides=[data.path=/x]"], ["cannot parse the override", "'study.overrides=[\"data.path=DIR\"]'"]),
         # Sizes given, so only the launch would read the data: the planner reads its manifest first.
         (["study.data=shards", 'study.overrides=["data.path=/nonexistent/shards"]', "study.seq_len=64",

@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 
 from scaling.config import TrainAppConfig
+from scaling.contracts import RESULT_NAME, ContractError, Result, RunStatus, read_result
 from scaling.distributed import World
 from scaling.errors import ConfigError
-from scaling.rundir import RunFileError, checkpoint_dirs, load_result
+from scaling.rundir import checkpoint_dirs
 from scaling.runid import config_differences, result_config
 from scaling.runlock import RunLock, RunLocked
 from scaling.trainer.checkpointing import identity_problems
@@ -44,16 +45,17 @@ def take_run_dir(run_dir: Path, world: World) -> RunLock | None:
     return lock
 
 
-def prior_result(run_dir: Path, world: World) -> dict | None:
-    """The result of an earlier attempt, if any. A malformed result.json is reported and kept
-    aside (never silently trained over); the run then resumes or starts as if it had none."""
+def prior_result(run_dir: Path, world: World) -> Result | None:
+    """The result of an earlier attempt, if any. A malformed result.json (or a completed one that
+    lacks what a completed run records) is reported and kept aside (never silently trained over);
+    the run then resumes or starts as if it had none."""
     try:
-        return load_result(run_dir)
-    except RunFileError as e:
+        return read_result(run_dir, complete=True)
+    except ContractError as e:
         agree(world, False)  # every rank has read the file before the main rank moves it
         if world.is_main:
             aside = run_dir / f"result.unreadable-{time.strftime('%Y%m%d-%H%M%S')}.json"
-            os.replace(run_dir / "result.json", aside)
+            os.replace(run_dir / RESULT_NAME, aside)
             log.error("%s; kept aside as %s, and the run resumes from its checkpoints (if any)", e, aside.name)
         return None
 
@@ -71,15 +73,15 @@ def _recorded_config(run_dir: Path) -> dict | None:
         return None
 
 
-def check_same_run(run_dir: Path, cfg: TrainAppConfig, identity: dict, prior: dict | None) -> None:
+def check_same_run(run_dir: Path, cfg: TrainAppConfig, identity: dict, prior: Result | None) -> None:
     """A rerun or a resume is the same run or nothing: refuse (naming the keys that differ) when
     the directory's result or newest checkpoint records another config or other data."""
     from scaling.checkpoint import CheckpointError, read_meta
 
     current = result_config(cfg)
     records: list[tuple[str, dict]] = []
-    if prior is not None and prior.get("status") == "completed":
-        records.append(("result.json", prior))
+    if prior is not None and prior.status is RunStatus.COMPLETED:
+        records.append((RESULT_NAME, prior.to_json()))
     ckpts = checkpoint_dirs(run_dir)
     if ckpts:
         try:

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from scaling.contracts import METRICS_NAME, MetricsRow, Result, RunStatus, read_metrics
 from scaling.distributed import World
 from scaling.errors import ScalingError
-from scaling.rundir import read_metrics
 from scaling.runid import config_hash, data_checksum
 from scaling.trainer.callbacks import Callback
 from scaling.trainer.checkpointing import Checkpointer, TrainState
@@ -86,8 +86,8 @@ class Trainer:
         return eval_batches(self.manifest, num_samples=self.plan.eval_samples, batch_size=self.plan.micro_batch,
                             rank=self.world.rank, world_size=self.world.world_size)  # fmt: skip
 
-    def fit(self) -> dict:
-        """Train from the current state to the end of the budget. Returns the result dict, or
+    def fit(self) -> Result:
+        """Train from the current state to the end of the budget. Returns the completed Result, or
         raises StopRequested after a checkpoint when a stop signal arrived."""
         from scaling.data import train_batches
 
@@ -157,45 +157,42 @@ class Trainer:
                 raise StopRequested()
         if last_eval is None:  # resumed from a checkpoint taken at the very end
             last_eval = self._evaluate(eval_set)
-            rows = read_metrics(self.run_dir / "metrics.jsonl")
-            train_loss = rows[-1]["loss"] if rows else float("nan")
+            rows = read_metrics(self.run_dir / METRICS_NAME)
+            train_loss = rows[-1].loss if rows else float("nan")
         self.state.wall_time_s = time.time() - self._started
-        return {
-            "status": "completed",
-            "run_id": plan.run_id,
-            "family": plan.family,
-            "params": plan.params,
-            "params_nonembedding": plan.params_nonembedding,
-            "tokens": plan.tokens,
-            "flops": plan.flops,
-            "flops_convention": t.flops_convention,
-            "train_loss": train_loss,
-            "eval_loss": last_eval,
-            "steps": self.state.step,
-            "world_size": self.world.world_size,
-            "zero_stage": t.zero_stage,
-            "wall_time_s": round(self.state.wall_time_s, 3),
-            "group": self.cfg.run.group,
-        }
+        return Result(
+            status=RunStatus.COMPLETED,
+            run_id=plan.run_id,
+            family=plan.family,
+            params=plan.params,
+            params_nonembedding=plan.params_nonembedding,
+            tokens=plan.tokens,
+            flops=plan.flops,
+            flops_convention=t.flops_convention,
+            train_loss=train_loss,
+            eval_loss=last_eval,
+            steps=self.state.step,
+            world_size=self.world.world_size,
+            zero_stage=t.zero_stage,
+            wall_time_s=round(self.state.wall_time_s, 3),
+            group=self.cfg.run.group,
+        )
 
-    def _metrics_row(self, loss: float, lr: float, tokens: int, seconds: float, eval_loss: float | None) -> dict:
-        plan = self.plan
+    def _metrics_row(self, loss: float, lr: float, tokens: int, seconds: float, eval_loss: float | None) -> MetricsRow:
+        plan, peak = self.plan, self.engine.peak_flops
         tps = tokens / seconds if seconds > 0 else float("nan")
-        row = {
-            "step": self.state.step,
-            "tokens": self.state.step * plan.tokens_per_step,
-            "flops": self.state.step * plan.tokens_per_step * plan.flops_per_sample,
-            "loss": loss,
-            "lr": lr,
-            "tokens_per_s": tps,
-            "flops_per_s": tps * plan.flops_per_sample,
-            "elapsed_s": round(self.state.wall_time_s, 3),
-        }
-        if self.engine.peak_flops:
-            row["mfu"] = row["flops_per_s"] / (self.engine.peak_flops * self.world.world_size)
-        if eval_loss is not None:
-            row["eval_loss"] = eval_loss
-        return row
+        return MetricsRow(
+            step=self.state.step,
+            tokens=self.state.step * plan.tokens_per_step,
+            flops=self.state.step * plan.tokens_per_step * plan.flops_per_sample,
+            loss=loss,
+            lr=lr,
+            tokens_per_s=tps,
+            flops_per_s=tps * plan.flops_per_sample,
+            elapsed_s=round(self.state.wall_time_s, 3),
+            mfu=tps * plan.flops_per_sample / (peak * self.world.world_size) if peak else None,
+            eval_loss=eval_loss,
+        )
 
     def _stop_agreed(self) -> bool:
         # Saving is collective, so every rank must agree to stop at the same step.

@@ -4,12 +4,12 @@ A callback overrides the hooks it needs; the others do nothing. The loop calls t
 rank, in the order of the list, with the Trainer (its `plan`, `state`, `world`, `run_dir`):
 
     on_eval(trainer, eval_loss)       after an evaluation, before that step's on_step
-    on_step(trainer, row)             after every optimizer step; `row` is the metrics row logged
+    on_step(trainer, row)             after every optimizer step; `row` is the MetricsRow logged
                                       at this step, or None on a step that logs none
     on_checkpoint(trainer, path)      after a checkpoint is saved (on every rank)
     on_signal(trainer, signal)        when every rank has seen a stop signal, before the run
                                       checkpoints and stops for requeue
-    on_end(trainer, result)           once, when the attempt ends: the result when the run
+    on_end(trainer, result)           once, when the attempt ends: the Result when the run
                                       completed (its timing is added after), None when it
                                       stopped or failed
 
@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from scaling.errors import ConfigError
 
 if TYPE_CHECKING:
+    from scaling.contracts import MetricsRow, Result
     from scaling.trainer.loop import Trainer
 
 log = logging.getLogger("scaling.train")
@@ -46,7 +47,7 @@ class Callback:
     def on_eval(self, trainer: Trainer, eval_loss: float) -> None:
         pass
 
-    def on_step(self, trainer: Trainer, row: Optional[dict]) -> None:
+    def on_step(self, trainer: Trainer, row: Optional[MetricsRow]) -> None:
         pass
 
     def on_checkpoint(self, trainer: Trainer, path: Path) -> None:
@@ -55,7 +56,7 @@ class Callback:
     def on_signal(self, trainer: Trainer, signal: str) -> None:
         pass
 
-    def on_end(self, trainer: Trainer, result: Optional[dict]) -> None:
+    def on_end(self, trainer: Trainer, result: Optional[Result]) -> None:
         pass
 
 
@@ -91,7 +92,7 @@ def load_callbacks(paths: list[str], key: str = "train.callbacks") -> list[Callb
     return out
 
 
-def end_all(callbacks: list[Callback], trainer: Trainer, result: Optional[dict]) -> None:
+def end_all(callbacks: list[Callback], trainer: Trainer, result: Optional[Result]) -> None:
     """Call every callback's on_end. When the run did not complete (result None: it is stopping or
     failing already), a callback's error is logged and the others still run; after a completed run
     it fails the run."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
 
+from scaling.contracts import MetricsRow
 from scaling.trainer.callbacks import Callback
 
 if TYPE_CHECKING:
@@ -15,7 +16,7 @@ class CheckpointCadence(Callback):
     def __init__(self, every_steps: Optional[int]):
         self.every_steps = every_steps
 
-    def on_step(self, trainer: Trainer, row: Optional[dict]) -> None:
+    def on_step(self, trainer: Trainer, row: Optional[MetricsRow]) -> None:
         step = trainer.state.step
         # Not on the last step: the run is about to finish, and finishing beats a checkpoint that a
         # requeue would resume with nothing left to train.

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from scaling.rundir import append_metrics, truncate_metrics
+from scaling.contracts import MetricsRow, append_metrics, truncate_metrics
 from scaling.trainer.callbacks import Callback
 
 if TYPE_CHECKING:
@@ -25,6 +25,6 @@ class MetricsFile(Callback):
         else:
             truncate_metrics(path, resumed_step)
 
-    def on_step(self, trainer: Trainer, row: Optional[dict]) -> None:
+    def on_step(self, trainer: Trainer, row: Optional[MetricsRow]) -> None:
         if row is not None:
             append_metrics(self.path, row)

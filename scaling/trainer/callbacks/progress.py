@@ -7,6 +7,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Optional
 
+from scaling.contracts import MetricsRow
 from scaling.trainer.callbacks import Callback
 
 if TYPE_CHECKING:
@@ -21,15 +22,14 @@ class ProgressLog(Callback):
         self.every_s = every_s
         self.last = 0.0
 
-    def on_step(self, trainer: Trainer, row: Optional[dict]) -> None:
-        if row is None or ("eval_loss" not in row and time.time() - self.last <= self.every_s):
+    def on_step(self, trainer: Trainer, row: Optional[MetricsRow]) -> None:
+        if row is None or (row.eval_loss is None and time.time() - self.last <= self.every_s):
             return
         self.last = time.time()
         steps, tokens_per_step = trainer.plan.steps, trainer.plan.tokens_per_step
-        remaining = (steps - row["step"]) * tokens_per_step / row["tokens_per_s"] if row["tokens_per_s"] else 0
-        extra = f" eval {row['eval_loss']:.4f}" if "eval_loss" in row else ""
+        remaining = (steps - row.step) * tokens_per_step / row.tokens_per_s if row.tokens_per_s else 0
+        extra = f" eval {row.eval_loss:.4f}" if row.eval_loss is not None else ""
         log.info(
             "step %d/%d (%.0f%%) loss %.4f%s lr %.2e %.0f tok/s ETA %.0fs",
-            row["step"], steps, 100 * row["step"] / steps, row["loss"], extra, row["lr"], row["tokens_per_s"],
-            remaining,
+            row.step, steps, 100 * row.step / steps, row.loss, extra, row.lr, row.tokens_per_s, remaining,
         )  # fmt: skip
