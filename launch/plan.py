@@ -36,7 +36,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -143,15 +143,17 @@ def data_sizes(spec: StudySpec, base: TrainAppConfig, manifest: Any = None) -> d
 
 
 def _shape_fields(cfg: Any, family: str) -> dict[str, Any]:
-    skip = {"family", *get_family(family).data_fields}
-    return {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in skip}
+    """The model fields a size sets: not the data's, and not how the model is parametrized (the
+    parametrization and its base shape come from the study's base model, the same for every run)."""
+    skip = {"family", "parametrization", *get_family(family).data_fields}
+    return {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in skip and not is_dataclass(getattr(cfg, f.name))}
 
 
 def _model_for_target(spec: StudySpec, target: float, sizes: dict[str, int], base_model: Any) -> Any:
     """The family's ladder rung for `target`, keeping what the rule keeps of the base model (tied
     embeddings, a patch size)."""
     family = get_family(spec.family)
-    return family.ladder(parse_count(target), replace(base_model, **sizes), spec.sizes.count)
+    return family.ladder(parse_count(target), replace(base_model, **sizes), spec.sizes.count, spec.sizes.ladder_rule)
 
 
 def _model_from_shape(spec: StudySpec, base_model: Any, shape: dict[str, Any], sizes: dict[str, int], where: str):
@@ -242,7 +244,10 @@ def make_plan(spec: StudySpec, study_dir: Optional[str] = None, throughput: Opti
     problems = []
     for o in spec.overrides:
         key = o.split("=", 1)[0].lstrip("+~")
-        if key in _PLANNED_KEYS or (key.startswith("model.") and key[6:] not in ("tie_embeddings",)):
+        # Model keys the planner leaves to the study: how embeddings are tied and how the model is
+        # parametrized (muP's base shape); every other model key is a size's.
+        kept = key[6:] in ("tie_embeddings", "parametrization") or key.startswith("model.mup.")
+        if key in _PLANNED_KEYS or (key.startswith("model.") and not kept):
             problems.append(
                 f"study.overrides has {o!r}, which the planner sets for each run; use study.sizes, "
                 f"study.budgets, study.rules or study.seeds instead"
