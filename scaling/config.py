@@ -63,6 +63,9 @@ class TrainConfig:
     # torch.compile the model (in place, so checkpoints keep their names). Off by default: on a
     # CPU, compiling costs more than a short run saves (bench/compile_check.py measures both).
     compile: bool = False
+    # Callbacks added to the built-in ones, as import paths "package.module:Class" (see
+    # scaling/trainer/callbacks/); they observe the run and do not change what it computes.
+    callbacks: list[str] = field(default_factory=list)
     eval_every_tokens: Optional[float] = None  # None: evaluate only at the end
     eval_tokens: float = 32768  # held-out tokens (images) per evaluation, the same for every size
     log_every_steps: int = 1

@@ -163,8 +163,7 @@ def train(cfg: TrainAppConfig, started: float | None = None) -> int:
 
 
 def _callback_paths(cfg: TrainAppConfig) -> list[str]:
-    # train.callbacks, once scaling/config.py declares it; no user callbacks until then.
-    return list(getattr(cfg.train, "callbacks", None) or [])
+    return list(cfg.train.callbacks)
 
 
 def _callbacks(trainer: Trainer, resumed: bool, user: list[Callback]) -> list[Callback]:

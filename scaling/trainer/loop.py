@@ -17,6 +17,7 @@ from typing import Any, Optional
 from scaling.contracts import METRICS_NAME, MetricsRow, Result, RunStatus, read_metrics
 from scaling.distributed import World
 from scaling.errors import ScalingError
+from scaling.families import family_of
 from scaling.runid import config_hash, data_checksum
 from scaling.trainer.callbacks import Callback
 from scaling.trainer.checkpointing import Checkpointer, TrainState
@@ -111,7 +112,7 @@ class Trainer:
             "training %s: N=%s params (%s non-embedding), D=%s %s, C=%.3g FLOPs (%s), %d steps of %d, "
             "micro batch %d x %d accumulation x %d processes, ZeRO-%d",
             plan.run_id, f"{plan.params:,}", f"{plan.params_nonembedding:,}", f"{plan.tokens:,}",
-            "tokens" if plan.family == "gpt" else "images", plan.flops, t.flops_convention, plan.steps,
+            family_of(plan.cfg.model).unit, plan.flops, t.flops_convention, plan.steps,
             plan.tokens_per_step, plan.micro_batch, plan.accumulation, self.world.world_size, t.zero_stage,
         )  # fmt: skip
         while self.state.step < plan.steps:
