@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -44,6 +45,15 @@ TRUST_HINT = (
 
 class CheckpointError(ScalingError):
     """A checkpoint file is missing, torn, corrupt or unsafe; the message names the file."""
+
+
+_RANK = re.compile(r"zero_pp_rank_(\d+)_")
+
+
+def zero_rank(path: Path) -> int:
+    """The rank that wrote a DeepSpeed ZeRO file (`zero_pp_rank_R_...`); 0 for a file all ranks share."""
+    match = _RANK.search(path.name)
+    return int(match.group(1)) if match else 0
 
 
 def safe_globals() -> list:
@@ -73,7 +83,7 @@ def torch_load(path: str | Path, map_location: Any = None, trust: bool = False) 
         first = str(e).split("\n")
         detail = next((line.strip() for line in first if "Unsupported" in line or "GLOBAL" in line), first[0])
         raise CheckpointError(f"{path} holds objects other than tensors and plain data ({detail}); {TRUST_HINT}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError) as e:  # IndexError: a torn pickle stream
         raise CheckpointError(f"{path} is torn or corrupt ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
 
 
@@ -154,25 +164,36 @@ def read_meta(folder: Path) -> dict[str, Any]:
 
 def load(engine: Any, folder: Path, rank: int, trust: bool = False) -> Loaded:
     """Restore the engine (model, optimizer, LR schedule) and this rank's RNG from `folder`.
-    Raises CheckpointError naming the file at fault."""
+    Raises CheckpointError naming the file at fault.
+
+    A ZeRO-1/2/3 checkpoint saved by another number of processes is loaded from its resharded
+    copy (`scaling.reshard.prepare` builds it first). Its RNG files then do not map one to one:
+    a rank the saving run had restores its own, a new rank restores rank 0's. Nothing depends on
+    them but the order of Python/NumPy/torch draws (the data order is a function of the seed and
+    the step, and the models have no dropout)."""
+    from scaling.reshard import engine_folder
+
     try:
         meta = read_meta(folder)
     except CheckpointError:
         if not trust:
             raise
         meta = {}  # an older checkpoint the user trusts: its state is in DeepSpeed's client state
+    source = engine_folder(folder, engine.dp_world_size)
     try:
-        _, client = engine.load_checkpoint(str(folder), tag=ENGINE_TAG, load_optimizer_states=True,
+        _, client = engine.load_checkpoint(str(source), tag=ENGINE_TAG, load_optimizer_states=True,
                                            load_lr_scheduler_states=True)
     except CheckpointError:
         raise
     except (AssertionError, FileNotFoundError, RuntimeError, KeyError, ValueError) as e:
-        raise CheckpointError(f"{folder / ENGINE_TAG} could not be loaded ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{source / ENGINE_TAG} could not be loaded ({type(e).__name__}: {e})") from None
     if client is None:
-        raise CheckpointError(f"{folder / ENGINE_TAG} holds no DeepSpeed checkpoint (a model states file is missing)")
+        raise CheckpointError(f"{source / ENGINE_TAG} holds no DeepSpeed checkpoint (a model states file is missing)")
     if not meta:
         meta = {"format": "legacy", "train_state": dict(client.get("train_state") or {})}
     rng = folder / f"rng_rank{rank}.json"
+    if source != folder and not rng.exists():
+        rng = folder / "rng_rank0.json"
     legacy_rng = folder / f"rng_rank{rank}.pt"
     if rng.exists():
         try:

@@ -45,7 +45,6 @@ import argparse
 import json
 import math
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -53,6 +52,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from scaling.checkpoint import zero_rank as _rank_key
 from scaling.errors import ScalingError
 from scaling.families.gpt import GPTConfig
 
@@ -153,7 +153,6 @@ def _step_of(folder: Path) -> int:
 # ---- reading a checkpoint's weights -----------------------------------------------------------
 # These read DeepSpeed's files through scaling.checkpoint.torch_load, as every checkpoint reader
 # must; they belong beside it in scaling/checkpoint.py.
-_RANK = re.compile(r"zero_pp_rank_(\d+)_")
 
 
 def read_model_state(folder: Path, skeleton: Any) -> tuple[dict[str, Any], str]:
@@ -209,11 +208,6 @@ def read_model_state(folder: Path, skeleton: Any) -> tuple[dict[str, Any], str]:
         if source in state:
             state[alias] = state[source]
     return _fp32(buffers) | state, f"the fp32 master weights gathered from {world} ZeRO-{stage} partition(s)"
-
-
-def _rank_key(path: Path) -> int:
-    match = _RANK.search(path.name)
-    return int(match.group(1)) if match else 0
 
 
 def _fp32(state: dict[str, Any]) -> dict[str, Any]:

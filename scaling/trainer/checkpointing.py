@@ -93,7 +93,7 @@ class Checkpointer:
     def resume(self) -> TrainState | None:
         """The state of the newest checkpoint that loads on every rank (the engine loaded from it),
         or None when there is none. Raises CheckpointError when none loads, naming each one tried."""
-        from scaling import checkpoint
+        from scaling import checkpoint, reshard
 
         if self.world.is_main:  # saves that a kill interrupted: never complete, never read
             for torn in (self.run_dir / "checkpoints").glob(".tmp-*"):
@@ -103,10 +103,16 @@ class Checkpointer:
         trust = self.cfg.train.trust_checkpoint
         for path in reversed(checkpoint_dirs(self.run_dir)):
             error = ""
-            try:
-                loaded = checkpoint.load(self.engine.ds, path, self.world.rank, trust=trust)
-            except checkpoint.CheckpointError as e:
-                error = str(e)
+            if self.world.is_main:  # saved by another number of processes: reshard it once, here
+                try:
+                    reshard.prepare(path, self.world.world_size)
+                except checkpoint.CheckpointError as e:
+                    error = str(e)
+            if not agree(self.world, bool(error)):
+                try:
+                    loaded = checkpoint.load(self.engine.ds, path, self.world.rank, trust=trust)
+                except checkpoint.CheckpointError as e:
+                    error = str(e)
             # Every rank must resume from the same step: a file torn on one rank fails them all.
             if agree(self.world, bool(error)):
                 failures.append(error or f"{path}: failed to load on another rank")
@@ -120,8 +126,10 @@ class Checkpointer:
             state = TrainState(**{k: v for k, v in loaded.meta["train_state"].items()
                                   if k in TrainState.__dataclass_fields__})  # fmt: skip
             if state.world_size != self.world.world_size:
-                log.warning("resuming a run saved with %d processes on %d", state.world_size,
-                            self.world.world_size)  # fmt: skip
+                # The batches are the same on any number of processes (scaling.data.train_batches
+                # cuts each global batch by rank), so the loss curve continues.
+                log.info("resumed a run saved with %d processes on %d", state.world_size,
+                         self.world.world_size)  # fmt: skip
                 state.world_size = self.world.world_size
             log.info("resumed from %s at step %d", path, state.step)
             return state
