@@ -33,7 +33,7 @@ from scaling.contracts import (
 )  # fmt: skip
 from scaling.contracts import read_result as read_result_record
 
-OPTIONAL_CSV = ("C", "run_id", "budget_flops")
+OPTIONAL_CSV = ("C", "run_id", "budget_flops", "unit")
 RERUN = "rerun the run or delete its folder"  # the fix for a run whose result.json is unusable
 SHOW_SKIPPED = 10  # skipped runs an error lists one by one
 NOT_IN_PLAN = "not in plan"  # the SkippedRun status of a run folder the current plan does not list
@@ -82,7 +82,8 @@ def _to_float(raw: str) -> float:
 
 def load_csv(path: str | os.PathLike, skip_bad: bool = False, x: str | None = None) -> Data:
     """Read a CSV with columns ``N``, ``D``, ``loss`` and optionally ``C``, ``run_id``,
-    ``budget_flops``. For a one-variable law, ``x`` ("N", "D" or "C") names the only input
+    ``budget_flops``, ``unit`` (the bootstrap's unit of each row, :attr:`Data.unit`: rows that
+    share a label are resampled together; an empty cell makes the row its own unit). For a one-variable law, ``x`` ("N", "D" or "C") names the only input
     column the file needs besides ``loss``; the others may be absent (``Data.absent``), and
     C is derived as 6 N D only when both N and D are there (``Data.c_derived`` says so).
 
@@ -119,7 +120,7 @@ def load_csv(path: str | os.PathLike, skip_bad: bool = False, x: str | None = No
     has_c = "C" in header
     present = tuple(k for k in ("N", "D") if k in header)
     derive_c = not has_c and present == ("N", "D")
-    good: dict[str, list] = {"N": [], "D": [], "loss": [], "C": [], "run_id": [], "budget": []}
+    good: dict[str, list] = {"N": [], "D": [], "loss": [], "C": [], "run_id": [], "budget": [], "unit": []}
     problems = []
     for i, r in enumerate(rows):
         line = i + 2  # the header is line 1
@@ -146,6 +147,7 @@ def load_csv(path: str | os.PathLike, skip_bad: bool = False, x: str | None = No
         for k in ("N", "D", "loss", "C"):
             good[k].append(vals.get(k, math.nan))
         good["run_id"].append(r.get("run_id") or f"line{line}")
+        good["unit"].append((r.get("unit") or "").strip() or f"line{line}")
         try:
             good["budget"].append(float(r.get("budget_flops") or "nan"))
         except ValueError:
@@ -161,7 +163,7 @@ def load_csv(path: str | os.PathLike, skip_bad: bool = False, x: str | None = No
     data = Data.from_arrays(
         good["N"] if "N" in present else None, good["D"] if "D" in present else None,
         good["loss"], good["C"] if has_c or derive_c else None, run_id=good["run_id"],
-        budget=good["budget"], source=str(path),
+        budget=good["budget"], source=str(path), unit=good["unit"] if "unit" in header else None,
     )
     if derive_c:
         data = dataclasses.replace(data, c_derived=True)
@@ -251,6 +253,7 @@ def load_runs(
     n_key: str = "params",
     loss_key: str = "eval_loss",
     run_dirs: list[Path] | None = None,
+    units: dict[str, str] | None = None,
 ) -> tuple[Data, list[SkippedRun]]:
     """Read every run's result.json under a study folder into :class:`Data`.
 
@@ -260,10 +263,14 @@ def load_runs(
     result.json is unreadable, not an object, lacks a key or holds a missing or non-positive
     value are skipped and returned, each with its reason (naming the file). ``run_dirs``
     (from :func:`select_runs`) limits the runs read; by default all of :func:`find_run_dirs`.
+
+    ``units`` (run id or run folder name -> label, e.g. from :func:`plan_units`) names the
+    bootstrap's unit of each run (:attr:`Data.unit`); a run it does not name, and every run
+    without it, is its own unit.
     """
     if n_key not in ("params", "params_nonembedding"):
         raise DataError(f"n_key={n_key!r}; use 'params' or 'params_nonembedding'")
-    rows: dict[str, list] = {"N": [], "D": [], "loss": [], "C": [], "run_id": [], "budget": []}
+    rows: dict[str, list] = {"N": [], "D": [], "loss": [], "C": [], "run_id": [], "budget": [], "unit": []}
     skipped: list[SkippedRun] = []
     for run in find_run_dirs(folder) if run_dirs is None else run_dirs:
         run_id = run.name
@@ -302,6 +309,8 @@ def load_runs(
         for k, v in vals.items():
             rows[k].append(float(v))
         rows["run_id"].append(run_id)
+        # A run the mapping does not name is its own unit: its id never collides with a label.
+        rows["unit"].append((units or {}).get(run_id) or (units or {}).get(run.name) or f"run:{run_id}")
         rows["budget"].append(float(res.budget_flops) if _positive(res.budget_flops) else float("nan"))
     if not rows["N"]:
         counts = {}
@@ -317,8 +326,62 @@ def load_runs(
             + "".join(f"; {line}" for line in shown)
         )
     data = Data.from_arrays(rows["N"], rows["D"], rows["loss"], rows["C"],
-                            run_id=rows["run_id"], budget=rows["budget"], source=str(folder))
+                            run_id=rows["run_id"], budget=rows["budget"], source=str(folder),
+                            unit=rows["unit"] if units else None)
     return data, skipped
+
+
+def plan_units(plan) -> dict[str, str] | None:
+    """The bootstrap unit of each planned run, where the plan marks one: a run's ``unit`` key in
+    plan.json (say, one label for the seeds of one configuration, so that they are resampled
+    together). None when no run is marked, so every run stays its own unit."""
+    if plan is None:
+        return None
+    marked = {r.id: str(r.extra["unit"]) for r in plan.runs if r.extra.get("unit") not in (None, "")}
+    return marked or None
+
+
+def _data_manifest(run_dir: Path) -> Path | None:
+    """The manifest.json of the data a run trained on, found from its config.yaml without
+    preparing anything: ``data.path``, or the built-in set's folder in the data cache (the
+    folder scaling.data.prepare names). None when the run has no config or the folder is not
+    on this machine."""
+    import yaml
+
+    from scaling.data.build import params_key
+    from scaling.data.config import DataConfig
+    from scaling.data.manifest import MANIFEST_NAME
+    from scaling.data.prepare import builtin_params, default_cache_dir
+
+    try:
+        raw = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("data") or {}
+        names = {f.name for f in dataclasses.fields(DataConfig)}
+        cfg = DataConfig(**{k: v for k, v in raw.items() if k in names})
+        folder = Path(cfg.path) if cfg.path else (
+            Path(cfg.cache_dir or default_cache_dir()) / f"{cfg.name}-{params_key(builtin_params(cfg))}")
+    except (OSError, yaml.YAMLError, TypeError, ValueError, AttributeError):
+        return None
+    path = folder / MANIFEST_NAME
+    return path if path.is_file() else None
+
+
+def data_loss_floor(run_dirs: list[Path]) -> float | None:
+    """The lowest reachable loss [nats] that the runs' data records (its manifest's
+    ``source.loss_floor_nats``: the known E of the built-in ``markov`` and ``shapes`` sets), or
+    None when no run's manifest records one, or the runs' data disagree. Read as JSON, so the
+    analysis needs neither torch nor the data prepared again."""
+    floors = set()
+    for run in run_dirs:
+        path = _data_manifest(Path(run))
+        if path is None:
+            continue
+        try:
+            value = (json.loads(path.read_text()).get("source") or {}).get("loss_floor_nats")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if _positive(value):
+            floors.add(float(value))
+    return floors.pop() if len(floors) == 1 else None
 
 
 def load_curves(

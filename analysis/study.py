@@ -8,8 +8,17 @@ Three views of the same runs, as in Hoffmann et al. (2022):
   N_opt ~ C^a and D_opt ~ C^b.
 - The parametric law (approach 3): L(N, D) = E + A/N^alpha + B/D^beta, with bootstrap intervals,
   and the compute-optimal allocation it implies for budgets beyond the study's own.
-- An extrapolation check: the largest run (by compute) is held out, the law is refitted on the
-  rest, and its prediction is compared with the measured loss.
+- The envelope of the training curves (approach 1), when the runs logged them, and the exponents
+  a, b of approaches 1-3 side by side (:func:`scaling.analysis.predict.compare_approaches`).
+- An extrapolation check: every run of the largest budget is held out, the law is refitted on the
+  rest, and its predictions are compared with the measured losses (with fewer than 3 budgets, the
+  largest run by compute instead).
+
+The allocation beyond the study is solved on the study's own FLOP scale, f(N) = C / D read from
+the runs (:mod:`scaling.analysis.flops`), so its budgets count what the runs' C counts.
+
+When the data's manifest records its lowest reachable loss (the built-in ``markov`` and ``shapes``
+sets do), the fitted E is compared with it after the fit (``known_floor``); the fit never reads it.
 
 The study's spec may constrain the parametric law (``report.fix``, ``report.tie``,
 ``report.bound``, e.g. E fixed at a known floor). Then the constrained law is the one reported
@@ -17,8 +26,9 @@ and extrapolated, and, when there are runs enough, the unconstrained law is fitt
 constraints are tested against the data (:mod:`scaling.analysis.nested`).
 
 `fit.json` is the parametric fit in the `scaling-fit` schema (law, params, stderr, interval,
-n_points, objective, diagnostics, derived), with the IsoFLOP analysis under `isoflop` and the
-extrapolation check under `holdout`.
+n_points, objective, diagnostics, derived), with the IsoFLOP analysis under `isoflop`, the
+extrapolation check under `holdout`, the study's FLOP scale under `flops_per_token`, approaches
+1-3 under `approaches` and the data's known floor under `known_floor`.
 
 Reads `plan.json` (written by the planner) through scaling.contracts for the budgets and the plan
 table; imports nothing from the training or launch code.
@@ -53,7 +63,11 @@ class StudyAnalysis:
     fit: Any = None  # FitResult
     boot: Any = None  # BootstrapResult
     holdout: Any = None  # HoldoutResult
-    optimal: dict | None = None  # compute_optimal for budgets beyond the study
+    optimal: dict | None = None  # compute_optimal for budgets beyond the study, on the study's FLOP scale
+    flops: Any = None  # FlopsPerToken: the study's f(N)
+    envelope: Any = None  # EnvelopeResult, when the runs logged training curves
+    approaches: dict | None = None  # compare_approaches
+    known_floor: dict | None = None  # the data's recorded floor against the fitted E
     comparison: Any = None  # NestedComparison, or a str saying why there is none
     problems: list[str] = field(default_factory=list)  # analyses that could not run, and why
 
@@ -75,7 +89,8 @@ def _only_planned(data: Data, plan: Plan | None) -> tuple[Data, list]:
         raise AnalysisError("none of the completed runs belongs to the current plan.json; relaunch the study")
     return Data.from_arrays(data.N[keep], data.D[keep], data.loss[keep], data.C[keep],
                             run_id=[data.run_id[i] for i in keep], budget=data.budget[keep],
-                            source=data.source), stale
+                            source=data.source,
+                            unit=None if data.unit is None else [data.unit[i] for i in keep]), stale
 
 
 def _with_plan_budgets(data: Data, plan: Plan | None) -> Data:
@@ -85,7 +100,7 @@ def _with_plan_budgets(data: Data, plan: Plan | None) -> Data:
     budgets = {r.id: r.budget_flops for r in plan.runs}
     b = np.array([budgets.get(rid) or np.nan for rid in data.run_id], dtype=float)
     return Data.from_arrays(data.N, data.D, data.loss, data.C, run_id=list(data.run_id), budget=b,
-                            source=data.source)
+                            source=data.source, unit=data.unit)
 
 
 def analyse_study(
@@ -96,14 +111,20 @@ def analyse_study(
     """Fit everything the study's completed runs support. An analysis that cannot run (too few
     runs, a single budget) is recorded in `problems` instead of stopping the others.
 
+    holdout: budgets held out by the extrapolation check (every run of the largest ones); with
+    too few budgets for that, the largest runs by C instead (0: no check).
+
     fix / tie / bounds constrain the parametric law as in `fit_law` (bounds may be [low, high]
     lists, as a YAML spec gives them); bad constraints raise before anything is fitted."""
     from scaling.analysis.constraints import Constraints, resolve
     from scaling.analysis.extrapolate import holdout_check
+    from scaling.analysis.errors import DataError
     from scaling.analysis.fit import bootstrap, compute_optimal, fit_law, get_form
-    from scaling.analysis.io import load_runs
-    from scaling.analysis.isoflop import isoflop_profiles
+    from scaling.analysis.flops import FlopsPerToken
+    from scaling.analysis.io import data_loss_floor, find_run_dirs, load_curves, load_runs, plan_units
+    from scaling.analysis.isoflop import isoflop_profiles, training_envelope
     from scaling.analysis.nested import compare_or_why
+    from scaling.analysis.predict import compare_approaches
 
     constraints = Constraints.of(fix, tie, {k: tuple(v) for k, v in (bounds or {}).items()})
     resolve(get_form("chinchilla"), constraints, "report.")
@@ -113,11 +134,13 @@ def analyse_study(
     except ContractError as e:
         raise AnalysisError(f"{e}; relaunch the study to rewrite it") from None
     n_key = "params_nonembedding" if plan and plan.n_count == "nonembedding" else "params"
-    data, skipped = load_runs(study_dir, n_key=n_key)
+    data, skipped = load_runs(study_dir, n_key=n_key, units=plan_units(plan))
     data, stale = _only_planned(data, plan)
     data = _with_plan_budgets(data, plan)
     out = StudyAnalysis(study=(plan.study if plan else None) or study_dir.name, study_dir=str(study_dir), plan=plan,
                         data=data, skipped=skipped + stale)
+    run_dirs = [d for d in find_run_dirs(study_dir) if d.name in set(data.run_id)]
+    out.flops = flops = FlopsPerToken.from_data(data)
     try:
         out.iso = isoflop_profiles(data, tolerance=tolerance, n_boot=n_boot, seed=seed,
                                    window=isoflop_window)
@@ -130,15 +153,45 @@ def analyse_study(
         if n_boot:
             out.boot = bootstrap(data, out.fit, n_resamples=n_boot, seed=seed)
         C = float(data.C.max()) * np.array(BEYOND)
-        out.optimal = compute_optimal(out.fit, C, boot=out.boot)
+        out.optimal = compute_optimal(out.fit, C, boot=out.boot, flops=flops)
     except AnalysisError as e:
         out.problems.append(f"Chinchilla fit: {e}")
     if holdout:
         try:
-            out.holdout = holdout_check(data, k=holdout, by="C", law="chinchilla", constraints=constraints)
+            try:
+                out.holdout = holdout_check(data, k=holdout, by="budget", law="chinchilla", tolerance=tolerance,
+                                            constraints=constraints)
+            except DataError:  # fewer budgets than a whole-budget holdout needs
+                out.holdout = holdout_check(data, k=holdout, by="C", law="chinchilla", constraints=constraints)
         except AnalysisError as e:
             out.problems.append(f"extrapolation check: {e}")
+    curves = load_curves(study_dir, n_key=n_key, run_dirs=run_dirs)
+    if len(curves) >= 2:
+        try:
+            out.envelope = training_envelope(curves, n_boot=n_boot, seed=seed)
+        except AnalysisError as e:
+            out.problems.append(f"envelope (approach 1): {e}")
+    if out.fit is not None or out.iso is not None:
+        try:
+            out.approaches = compare_approaches(out.fit, out.boot, out.iso, out.envelope, data=data, flops=flops)
+        except AnalysisError as e:
+            out.problems.append(f"approaches side by side: {e}")
+    floor = data_loss_floor(run_dirs)
+    if floor is not None and out.fit is not None:
+        out.known_floor = known_floor(floor, out.fit, out.boot)
     return out
+
+
+def known_floor(floor: float, fit: Any, boot: Any = None) -> dict:
+    """The fitted E against the data's known floor [nats]: {value, fitted_E, interval, inside,
+    relative_error}, relative_error = (fitted_E - floor) / floor; ``inside`` says whether the
+    floor lies in E's bootstrap interval (None without one, or when E was fixed)."""
+    E = float(fit.params["E"])
+    iv = boot.interval.get("E") if boot is not None else None
+    interval = [float(iv[0]), float(iv[1])] if iv is not None else None
+    inside = None if interval is None else bool(interval[0] <= floor <= interval[1])
+    return {"value": float(floor), "fitted_E": E, "interval": interval, "inside": inside,
+            "relative_error": (E - floor) / floor}
 
 
 def study_json(a: StudyAnalysis) -> dict:
@@ -148,7 +201,7 @@ def study_json(a: StudyAnalysis) -> dict:
     # fit.json is written in the study folder, so the input is "." relative to it: the file
     # stays right when the folder is moved or copied, and holds no machine's path.
     doc: dict = fit_to_json(a.fit, a.boot, a.holdout, source=".", skipped=a.skipped,
-                            comparison=a.comparison) if a.fit else {
+                            comparison=a.comparison, flops=a.flops, approaches=a.approaches) if a.fit else {
         "law": "chinchilla", "params": None, "diagnostics": [], "n_points": int(len(a.data.N)),
     }  # fmt: skip
     doc["study"] = a.study
@@ -156,6 +209,10 @@ def study_json(a: StudyAnalysis) -> dict:
         doc["isoflop"] = isoflop_to_json(a.iso)
     if a.optimal is not None:
         doc["beyond_study"] = _jsonable(a.optimal)
+    if a.approaches is not None and "approaches" not in doc:
+        doc["approaches"] = a.approaches
+    if a.known_floor is not None:
+        doc["known_floor"] = a.known_floor
     doc["problems"] = list(a.problems)
     return doc
 
@@ -239,8 +296,13 @@ def render_report(a: StudyAnalysis, figures: list[str]) -> str:
         parts += ["## Parametric law (approach 3)", "", _fit_section(a), ""]
     if a.optimal is not None:
         parts += ["## Compute-optimal allocation beyond the study", "", _optimal_section(a), ""]
+    if a.approaches is not None and any(k in a.approaches for k in ("envelope", "isoflop", "parametric")):
+        parts += ["## Approaches side by side", "", _approaches_section(a.approaches), ""]
     if a.holdout is not None:
         parts += ["## Extrapolation check", "", _holdout_section(a.holdout), ""]
+    if a.known_floor is not None:
+        parts += ["## The data's known floor", "", _floor_sentence(a.known_floor)
+                  + " The fit never reads the floor; it comes from the data's manifest.", ""]
     parts += ["## Diagnostics", "", _diagnostics(a), ""]
     if figures:
         parts += ["## Figures", ""] + [f"![{name}](figures/{name}.png)" for name in figures] + [""]
@@ -266,8 +328,27 @@ def headline(a: StudyAnalysis) -> list[str]:
     if a.comparison is not None and not isinstance(a.comparison, str):
         lines.append(a.comparison.sentence())
     if a.holdout is not None:
-        lines.append(f"The held-out largest run is predicted within {100 * a.holdout.max_abs_rel_error:.2f}%.")
+        h = a.holdout
+        if h.by == "budget":
+            which = "largest budget" if h.k == 1 else f"{h.k} largest budgets"
+            lines.append(f"Every run of the {which} ({h.n_held} runs, law refitted on the other "
+                         f"{h.budgets_fitted} budgets) is predicted within {100 * h.max_abs_rel_error:.2f}%.")
+        else:
+            lines.append(f"The held-out largest run{'s are' if h.n_held > 1 else ' is'} (by {h.by}) predicted "
+                         f"within {100 * h.max_abs_rel_error:.2f}%.")
+    if a.known_floor is not None:
+        lines.append(_floor_sentence(a.known_floor))
     return lines
+
+
+def _floor_sentence(k: dict) -> str:
+    iv = k["interval"]
+    if iv is None:
+        return (f"fitted E = {k['fitted_E']:.4g} (no interval); the data's known floor is {k['value']:.4g} "
+                f"(error {100 * k['relative_error']:+.2f}%).")
+    where = "inside" if k["inside"] else "outside"
+    return (f"fitted E = {k['fitted_E']:.4g} [{iv[0]:.4g}, {iv[1]:.4g}]; the data's known floor is "
+            f"{k['value']:.4g}: the truth lies {where} the interval (error {100 * k['relative_error']:+.2f}%).")
 
 
 def _summary(a: StudyAnalysis) -> str:
@@ -374,20 +455,54 @@ def _optimal_section(a: StudyAnalysis) -> str:
             return f"{v} [{_g(lo)}, {_g(hi)}]"
 
         rows.append([_g(C), cell("N_opt"), cell("D_opt"), cell("tokens_per_param"), cell("loss")])
-    text = _table(["budget C", "N_opt", "D_opt", "tokens per parameter", "predicted loss"], rows)
-    text += ("\n\nFrom the parametric law under C = 6 N D, with 95% bootstrap intervals. The runs' own C follows "
-             "the plan's FLOP convention, which may count more than 6 N D (attention, embeddings), so these "
-             "budgets are on the 6 N D scale.")
+    headers = ["budget C", "N_opt", "D_opt", "tokens per parameter", "predicted loss"]
+    six = None
+    if a.flops is not None and not a.flops.is_6nd:
+        # The closed form under C = 6 N D, beside, for comparison with papers that use it.
+        from scaling.analysis.fit import compute_optimal
+
+        six = compute_optimal(a.fit, np.atleast_1d(o["C"]))
+        headers.append("N_opt at 6ND")
+        for row, v in zip(rows, np.atleast_1d(six["N_opt"])):
+            row.append(_g(v))
+    text = _table(headers, rows)
+    text += ("\n\nFrom the parametric law, with 95% bootstrap intervals. The budgets are on the study's own FLOP "
+             "scale: C = f(N) D with f(N) the runs' FLOPs per token (their C / D), so they count what the runs' "
+             "C counts, and N_opt = argmin L(N, C / f(N)) is solved numerically.")
+    if six is not None:
+        text += " The last column is the closed form under C = 6 N D at the same budgets."
     if a.iso is not None:
         Cs = np.atleast_1d(o["C"])
         text += " The IsoFLOP fit gives N_opt = " + ", ".join(_g(v) for v in a.iso.N_opt(Cs)) + " at the same budgets."
     return text
 
 
+def _approaches_section(approaches: dict) -> str:
+    """a and b of approaches 1-3 with their intervals, and their disagreements."""
+    names = {"envelope": "1: envelope of training curves", "isoflop": "2: IsoFLOP profiles",
+             "parametric": "3: parametric law"}
+    rows = []
+    for key, label in names.items():
+        e = approaches.get(key)
+        if e is None:
+            continue
+        rows.append([label, f"{e['a']:.3f}{_pair(tuple(e['a_interval']))}",
+                     f"{e['b']:.3f}{_pair(tuple(e['b_interval']))}"])
+    text = _table(["approach", "a (N_opt ~ C^a)", "b (D_opt ~ C^b)"], rows)
+    text += "\n\n95% intervals; approach 3's exponents are measured on the study's FLOP scale over its budgets."
+    for d in approaches.get("diagnostics", ()):
+        text += f"\n\n`{d['code']}`: {d['message']}"
+    return text
+
+
 def _holdout_section(h: Any) -> str:
     rows = [[f"`{r}`", _g(n), _g(d), _g(c), f"{act:.4f}", f"{pred:.4f}", f"{100 * e:+.2f}%"]
             for r, n, d, c, act, pred, e in zip(h.run_id, h.N, h.D, h.C, h.actual, h.predicted, h.rel_error)]
-    text = f"The {h.k} largest run(s) by {h.by} held out; the law refitted on the rest predicts:\n\n"
+    if h.by == "budget":
+        text = (f"Every run of the {h.k} largest budget(s) ({', '.join(_g(b) for b in h.budgets)} FLOPs) held out; "
+                f"the law refitted on the other {h.budgets_fitted} budgets predicts:\n\n")
+    else:
+        text = f"The {h.k} largest run(s) by {h.by} held out; the law refitted on the rest predicts:\n\n"
     return text + _table(["run", "N", "D", "C", "actual", "predicted", "relative error"], rows)
 
 

@@ -1,0 +1,118 @@
+"""The study report on a small study folder written by hand in the run-directory contract
+(plan.json, runs/<id>/result.json and config.yaml): the whole-budget extrapolation check in the
+headline, the data's known floor against the fitted E, and bootstrap units from the plan."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scaling.analysis.io import load_csv
+from scaling.analysis.study import analyse_study, headline, known_floor, render_report, study_json
+from scaling.contracts import Plan, Result, RunSpec, RunStatus, write_plan, write_result
+
+TRUE = {"E": 1.8, "A": 400.0, "alpha": 0.34, "B": 410.0, "beta": 0.28}
+BUDGETS = (1e15, 1e16, 1e17, 1e18)
+
+
+def _law(N, D):
+    return TRUE["E"] + TRUE["A"] / N ** TRUE["alpha"] + TRUE["B"] / D ** TRUE["beta"]
+
+
+def _study(tmp_path: Path, floor: float | None, budgets=BUDGETS, units: dict | None = None) -> Path:
+    """A study of len(budgets) IsoFLOP budgets x 5 sizes on the true law (0.2% noise). The runs'
+    data is a folder whose manifest records `floor` (none when None)."""
+    study = tmp_path / "study"
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(parents=True)
+    source = {"type": "markov"} | ({} if floor is None else {"loss_floor_nats": floor})
+    (data_dir / "manifest.json").write_text(json.dumps({"format": "scaling-shards/1", "source": source}))
+    rng = np.random.default_rng(0)
+    runs = []
+    for C in budgets:
+        N_mid = 0.1 * (C / 6) ** 0.5
+        for N in N_mid * np.geomspace(0.2, 5.0, 5):
+            N = int(N)
+            D = int(C / (6 * N))
+            rid = f"run-N{N}-D{D}"
+            run_dir = study / "runs" / rid
+            run_dir.mkdir(parents=True)
+            (run_dir / "config.yaml").write_text(f"data:\n  name: markov\n  path: {data_dir}\n")
+            loss = _law(N, D) * (1 + 0.002 * rng.standard_normal())
+            write_result(run_dir, Result(status=RunStatus.COMPLETED, run_id=rid, params=N, tokens=D,
+                                         flops=6.0 * N * D, eval_loss=float(loss), budget_flops=C))
+            extra = {"unit": units[rid]} if units and rid in units else {}
+            runs.append(RunSpec(id=rid, N=N, D=D, C=6.0 * N * D, budget_flops=C, dir=str(run_dir), extra=extra))
+    write_plan(Plan(runs=runs, study="hand_made", kind="isoflop", dir=str(study), n_count="total"))
+    return study
+
+
+def test_headline_holds_out_every_run_of_the_largest_budget(tmp_path):
+    a = analyse_study(_study(tmp_path, floor=None), n_boot=0)
+    h = a.holdout
+    assert h.by == "budget" and h.n_held == 5 and h.budgets_fitted == 3
+    assert set(np.round(a.data.budget[[a.data.run_id.index(r) for r in h.run_id]])) == {1e18}
+    line = [s for s in headline(a) if "largest budget" in s][0]
+    assert line.startswith("Every run of the largest budget (5 runs")
+    assert f"within {100 * h.max_abs_rel_error:.2f}%" in line
+    assert study_json(a)["holdout"]["by"] == "budget"
+    assert "known_floor" not in study_json(a)  # the manifest records no floor
+    assert "known floor" not in render_report(a, [])
+
+
+def test_too_few_budgets_fall_back_to_the_largest_run(tmp_path):
+    a = analyse_study(_study(tmp_path, floor=None, budgets=BUDGETS[:2]), n_boot=0)
+    assert a.holdout.by == "C" and a.holdout.n_held == 1
+    assert any(s.startswith("The held-out largest run is (by C)") for s in headline(a))
+
+
+@pytest.mark.parametrize("floor", [TRUE["E"], 2.5])
+def test_known_floor_against_the_fitted_E(tmp_path, floor):
+    a = analyse_study(_study(tmp_path, floor=floor), n_boot=40)
+    k = study_json(a)["known_floor"]
+    lo, hi = a.boot.interval["E"]
+    assert k["value"] == floor and k["fitted_E"] == a.fit.params["E"] and k["interval"] == [lo, hi]
+    assert k["inside"] is bool(lo <= floor <= hi)
+    assert k["relative_error"] == pytest.approx((a.fit.params["E"] - floor) / floor)
+    if floor == 2.5:  # far above the true E of 1.8: outside any sensible interval
+        assert k["inside"] is False
+    where = "inside" if k["inside"] else "outside"
+    assert f"the data's known floor is {floor:.4g}: the truth lies {where} the interval" in render_report(a, [])
+
+
+def test_known_floor_inside_and_outside():
+    class Fit:
+        params = {"E": 2.0}
+
+    class Boot:
+        interval = {"E": (1.9, 2.1)}
+
+    assert known_floor(2.05, Fit, Boot)["inside"] is True
+    assert known_floor(2.2, Fit, Boot)["inside"] is False
+    assert known_floor(1.0, Fit, Boot)["relative_error"] == pytest.approx(1.0)
+    assert known_floor(2.05, Fit)["inside"] is None  # no bootstrap, no interval to judge
+
+
+def test_units_come_from_the_plan_only_when_it_marks_them(tmp_path):
+    plain = analyse_study(_study(tmp_path / "a", floor=None), n_boot=0)
+    assert plain.data.unit is None
+    ids = sorted(plain.data.run_id)
+    units = {rid: "pair0" for rid in ids[:2]}
+    marked = analyse_study(_study(tmp_path / "b", floor=None, units=units), n_boot=0)
+    codes = marked.data.unit_codes()
+    pos = [marked.data.run_id.index(r) for r in ids[:2]]
+    assert codes[pos[0]] == codes[pos[1]]
+    assert len(set(codes)) == len(ids) - 1  # the two marked runs share one unit; the rest are their own
+
+
+def test_csv_unit_column(tmp_path):
+    path = tmp_path / "runs.csv"
+    path.write_text("N,D,loss,unit\n1e6,1e8,3.0,a\n2e6,1e8,2.9,a\n4e6,1e8,2.8,\n")
+    data = load_csv(path)
+    assert data.unit_codes().tolist()[0] == data.unit_codes().tolist()[1]
+    assert len(set(data.unit_codes())) == 2
+    path.write_text("N,D,loss\n1e6,1e8,3.0\n2e6,1e8,2.9\n")
+    assert load_csv(path).unit is None
