@@ -22,10 +22,19 @@ from scaling.export import (
 )  # fmt: skip
 from scaling.models import build_model
 from scaling.rundir import checkpoint_dirs, read_metrics, read_result
-from scaling.train import run_overrides
-from trainer_utils import ROOT, run_train
+from trainer_utils import ROOT, env, run_train
 
 transformers = pytest.importorskip("transformers")
+
+
+def run_overrides(overrides: list[str], cache: Path | None = None) -> int:
+    """scaling-train in a subprocess: an in-process run would leave its process group (and the
+    MASTER_PORT it set) in this test process, where every later trainer subprocess inherits the
+    port and finds it taken."""
+    environment = env(cache) if cache is not None else {k: v for k, v in env(ROOT).items() if k != "SCALING_CACHE"}
+    proc = subprocess.run([sys.executable, "-m", "scaling.train", *overrides], cwd=ROOT, env=environment,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    return proc.returncode
 
 # Two steps of 1024 tokens with a checkpoint and an evaluation after the first: the trainer keeps
 # no checkpoint of a run's last step, so step 1 is what these runs can export.
@@ -53,7 +62,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> dict[str, Pat
         ("bf16", ["train.precision=bf16"]),
     ):
         out[name] = root / name
-        assert run_overrides([f"run.dir={out[name]}", f"data.cache_dir={cache}", *TINY, *extra]) == 0, name
+        assert run_overrides([f"run.dir={out[name]}", f"data.cache_dir={cache}", *TINY, *extra], cache) == 0, name
     return out
 
 
@@ -185,7 +194,7 @@ def test_bad_input_is_refused_with_the_fix(runs, cache, tmp_path, capsys):
         export(unfinished, tmp_path / "out", step=STEP)
 
     failed = tmp_path / "failed"  # a budget smaller than one step: the trainer records a failure
-    assert run_overrides([f"run.dir={failed}", f"data.cache_dir={cache}", *TINY, "train.tokens=10"]) == 2
+    assert run_overrides([f"run.dir={failed}", f"data.cache_dir={cache}", *TINY, "train.tokens=10"], cache) == 2
     assert read_result(failed)["status"] == "failed"
     with pytest.raises(ExportError, match=r"(?s)holds a failed run \(.*smaller than one step.*\); fix the cause"):
         export(failed, tmp_path / "out")
@@ -354,7 +363,7 @@ def test_cnn_is_refused_for_hf_and_round_trips_as_safetensors(cache, tmp_path):
     overrides = ["model=cnn_debug", "data=digits", "train.global_batch_size=32", "train.tokens=64",
                  "train.checkpoint_every_tokens=32", "train.eval_tokens=64", "train.device=cpu",
                  "logger.wandb.mode=disabled"]  # fmt: skip
-    assert run_overrides([f"run.dir={run}", f"data.cache_dir={cache}", *overrides]) == 0
+    assert run_overrides([f"run.dir={run}", f"data.cache_dir={cache}", *overrides], cache) == 0
     with pytest.raises(ExportError, match=r"model.family='cnn' has no standard Hugging Face Transformers "
                                           r"architecture .* use --format safetensors"):  # fmt: skip
         export(run, tmp_path / "hf", step=STEP)

@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import toy_family  # noqa: F401 - registers the family
+import pytest
+
+import toy_family
+from scaling.families import unregister
 from scaling.launch.config import BudgetsConfig, PowerLaw, RulesConfig, SizesConfig, StudySpec
 from scaling.launch.plan import make_plan, write_plan
 from scaling.rundir import read_result
@@ -18,13 +21,21 @@ from trainer_utils import ROOT, data_cache, env  # noqa: F401 - fixture
 # would otherwise dominate this test).
 TRAIN = """
 import json, sys
-import toy_family  # registers the family in this process
+import toy_family
 from scaling.train import run_overrides
+toy_family.register_toy()
 sys.exit(max(run_overrides(overrides) for overrides in json.loads(sys.argv[1])))
 """
 
 
-def test_a_family_from_a_test_module_plans_trains_and_fits(data_cache, tmp_path):
+@pytest.fixture
+def toy():
+    """The toy family, registered for this test only (other tests must see the package's alone)."""
+    yield toy_family.register_toy()
+    unregister(toy_family.NAME)
+
+
+def test_a_family_from_a_test_module_plans_trains_and_fits(data_cache, tmp_path, toy):
     spec = StudySpec(
         name="toy", family="toy", data="digits", dir=str(tmp_path / "study"),
         sizes=SizesConfig(targets=[2e3, 4e3, 8e3, 1.6e4], count="total"),

@@ -1,7 +1,7 @@
 """A model family defined outside the package, to show that a family is one module: an MLP on
-flattened images. Importing this module registers it (`scaling.families.register`) and stores
-its schema and a `model=toy_debug` option in Hydra's ConfigStore; nothing in the package is
-edited."""
+flattened images. `register_toy()` registers it (`scaling.families.register`) and stores its
+schema and a `model=toy_debug` option in Hydra's ConfigStore; nothing in the package is edited.
+Importing the module registers nothing, so other tests see only the package's families."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def forward_flops(cfg: ToyConfig) -> FlopTerms:
     return FlopTerms(matmul={"linear": sum(2 * a * b for a, b in _dims(cfg))})
 
 
-def ladder(target: float, base: ToyConfig, count: str = "nonembedding") -> ToyConfig:
+def ladder(target: float, base: ToyConfig, count: str = "nonembedding", rule: int = 2) -> ToyConfig:
     check_sizes("toy", tuple((k, getattr(base, k)) for k in IMAGE_FIELDS))
     candidates = []
     for width in range(2, 512):
@@ -78,10 +78,14 @@ class ToyMLP(nn.Module):
         return self.net(x)  # (B, n_classes)
 
 
-FAMILY = register(Family(
+FAMILY = Family(
     name=NAME, config=ToyConfig, data_kind="image", data_fields=IMAGE_FIELDS, count_params=count_params,
     forward_flops=forward_flops, flops_per_sample=per_sample_from_matmuls(forward_flops), ladder=ladder,
     sizes={"debug": ToyConfig(width=8)}, module=f"{__name__}:ToyMLP", default_model="toy_debug",
-))  # fmt: skip
-ConfigStore.instance().store(group="schema/model", name=NAME, node=ToyConfig)
-ConfigStore.instance().store(group="model", name="toy_debug", node=ToyConfig(width=8))
+)  # fmt: skip
+
+
+def register_toy() -> Family:
+    ConfigStore.instance().store(group="schema/model", name=NAME, node=ToyConfig)
+    ConfigStore.instance().store(group="model", name="toy_debug", node=ToyConfig(width=8))
+    return register(FAMILY, replace=True)
