@@ -30,8 +30,9 @@ Modules, and the entry points other code calls:
   the printed tables.
 - :mod:`scaling.analysis.cli`: the ``scaling-fit`` command, the only place that writes files.
 - :mod:`scaling.analysis.diagnostics`, :mod:`scaling.analysis.errors`: named warnings and input errors.
-- :mod:`scaling.analysis.forms`, :mod:`scaling.analysis.optim`: the log-space laws with gradients, and the
-  batched L-BFGS they are minimised with.
+- :mod:`scaling.analysis.forms`, :mod:`scaling.analysis.optim`: the Huber objective on log loss
+  and its gradient, and the batched L-BFGS it is minimised with (each law's log form and
+  gradient live with the law, in :mod:`scaling.analysis.laws`).
 """
 
 if __name__ != "scaling.analysis":
