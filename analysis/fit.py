@@ -590,11 +590,12 @@ def compute_optimal(
             raise AnalysisError(f"bootstrap is for law {boot.law}, the fit for {spec.name}")
         level = boot.level if level is None else level
         samp = {k: np.asarray(v)[:, None] for k, v in boot.samples.items()}
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"):  # a resample far from the fit can overflow; its NaNs are skipped
             Nb, Db, Lb = solve(samp, Carr[None, :])
             exps_b = spec.derived({k: v[:, 0] for k, v in samp.items()})
+            ratio = Db / Nb
         lo_q, hi_q = 100 * (1 - level) / 2, 100 * (1 + level) / 2
-        for name, s in (("N_opt", Nb), ("D_opt", Db), ("tokens_per_param", Db / Nb),
+        for name, s in (("N_opt", Nb), ("D_opt", Db), ("tokens_per_param", ratio),
                         ("loss", Lb)):
             out[name + "_interval"] = (np.nanpercentile(s, lo_q, axis=0),
                                        np.nanpercentile(s, hi_q, axis=0))
