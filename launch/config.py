@@ -100,9 +100,11 @@ class SizesConfig:
     span: float = 10.0  # IsoFLOP without a size list: largest / smallest N at each budget
     center_tokens_per_param: float = 20.0  # IsoFLOP without a size list: centre of the sizes
     # The version of the family's ladder rule (scaling/families/): 2 is today's; 1 is the GPT
-    # ladder before its depth rule (aspect 64 at every width, so one layer below d_model 128),
-    # for relaunching a study planned with it into the same models and run directories.
-    ladder_rule: int = 2
+    # ladder before its depth rule (aspect 64 at every width, so one layer below d_model 128).
+    # None: the rule the study folder's plan.json was planned with (rule 1 for a plan that does
+    # not record one), or today's for a new study, so a relaunch trains the same models into the
+    # same run directories.
+    ladder_rule: Optional[int] = None
 
 
 @dataclass

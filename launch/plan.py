@@ -149,11 +149,29 @@ def _shape_fields(cfg: Any, family: str) -> dict[str, Any]:
     return {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in skip and not is_dataclass(getattr(cfg, f.name))}
 
 
-def _model_for_target(spec: StudySpec, target: float, sizes: dict[str, int], base_model: Any) -> Any:
-    """The family's ladder rung for `target`, keeping what the rule keeps of the base model (tied
-    embeddings, a patch size)."""
+def _model_for_target(spec: StudySpec, target: float, sizes: dict[str, int], base_model: Any, rule: int) -> Any:
+    """The family's ladder rung for `target` under ladder rule `rule`, keeping what the rule keeps
+    of the base model (tied embeddings, a patch size)."""
     family = get_family(spec.family)
-    return family.ladder(parse_count(target), replace(base_model, **sizes), spec.sizes.count, spec.sizes.ladder_rule)
+    return family.ladder(parse_count(target), replace(base_model, **sizes), spec.sizes.count, rule)
+
+
+def ladder_rule(spec: StudySpec, study_dir: str) -> int:
+    """The ladder rule to plan with: the spec's when it names one; else the one the folder's
+    plan.json records (rule 1 for a plan written before rules were recorded), so a relaunch plans
+    the same models; else today's."""
+    from scaling.contracts import ContractError, read_plan
+    from scaling.ladder import LADDER_RULE
+
+    if spec.sizes.ladder_rule is not None:
+        return spec.sizes.ladder_rule
+    try:
+        existing = read_plan(study_dir)
+    except ContractError:  # an unreadable plan is reported where the study reads it
+        existing = None
+    if existing is None:
+        return LADDER_RULE
+    return existing.ladder_rule if existing.ladder_rule is not None else 1
 
 
 def _model_from_shape(spec: StudySpec, base_model: Any, shape: dict[str, Any], sizes: dict[str, int], where: str):
@@ -241,6 +259,7 @@ def make_plan(spec: StudySpec, study_dir: Optional[str] = None, throughput: Opti
     (an empty size list, a budget too small for the smallest model, a bad override, ...)."""
     raise_if(spec.problems())
     study_dir = os.path.abspath(study_dir or spec.dir)
+    rule = ladder_rule(spec, study_dir)
     problems = []
     for o in spec.overrides:
         key = o.split("=", 1)[0].lstrip("+~")
@@ -280,7 +299,7 @@ def make_plan(spec: StudySpec, study_dir: Optional[str] = None, throughput: Opti
             if isinstance(item, dict):
                 model = _model_from_shape(spec, base.model, item, sizes, where)
             else:
-                model = _model_for_target(spec, item, sizes, base.model)
+                model = _model_for_target(spec, item, sizes, base.model, rule)
             cache[key] = _measure(spec, model, tokens_per_sample)
         return cache[key]
 
@@ -445,7 +464,7 @@ def make_plan(spec: StudySpec, study_dir: Optional[str] = None, throughput: Opti
         study=spec.name, kind=spec.kind, dir=study_dir, family=spec.family,
         flops_convention=spec.flops_convention, n_count=spec.sizes.count,
         rules={"lr": spec.rules.lr.describe(), "batch_tokens": spec.rules.batch_tokens.describe(" " + get_family(spec.family).unit)},
-        throughput_flops=None, throughput_source="none", runs=runs, notes=notes,
+        throughput_flops=None, throughput_source="none", runs=runs, notes=notes, ladder_rule=rule,
     )  # fmt: skip
     if throughput is not None:
         set_estimates(plan, *throughput)

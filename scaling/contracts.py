@@ -474,6 +474,9 @@ class Plan:
     throughput_flops: Optional[float] = None  # per process, for the time estimates
     throughput_source: Optional[str] = None
     notes: list = field(default_factory=list)
+    # The version of the ladder rule the sizes came from (scaling.ladder.LADDER_RULE); None in
+    # plans written before it was recorded, which used rule 1.
+    ladder_rule: Optional[int] = None
     format: str = PLAN_FORMAT
     extra: dict = field(default_factory=dict)
 
@@ -486,6 +489,8 @@ class Plan:
 
     def to_json(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("runs", "extra")}
+        if self.ladder_rule is None:  # a plan of the previous version writes back as it was read
+            del out["ladder_rule"]
         runs = [asdict(r) | r.extra for r in self.runs]
         for r in runs:
             r.pop("extra")

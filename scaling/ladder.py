@@ -32,6 +32,7 @@ from typing import Any
 
 from scaling.errors import ConfigError
 
+LADDER_RULE = 2  # the current version of the families' ladder rules (see each family's module)
 SPACING = 1.08  # rungs are at least 8% apart; within that, the better aspect ratio wins
 MAX_MISS = 2.0  # the nearest rung must be within this factor of the target
 

@@ -68,6 +68,26 @@ def test_a_study_planned_under_rule_1_relaunches_into_its_own_run_directories(tm
     assert [r.id for r in make_plan(spec).runs] == legacy_ids
 
 
+def test_a_relaunch_plans_with_the_ladder_rule_its_plan_was_made_with(tmp_path):
+    # A study folder planned before ladder rules were recorded (plan.json without `ladder_rule`)
+    # was planned with rule 1: relaunched without naming a rule, it plans the same runs again.
+    import json
+
+    from scaling.launch.plan import write_plan
+
+    spec = study_spec("isoflop_tiny", tmp_path / "s")
+    assert make_plan(spec).ladder_rule == 2  # a new study: today's rule
+    spec.sizes.ladder_rule = 1
+    old = make_plan(spec)
+    write_plan(old)
+    raw = json.loads((tmp_path / "s" / "plan.json").read_text())
+    del raw["ladder_rule"]  # as the previous version wrote it
+    (tmp_path / "s" / "plan.json").write_text(json.dumps(raw))
+    spec.sizes.ladder_rule = None
+    again = make_plan(spec)
+    assert again.ladder_rule == 1 and [r.id for r in again.runs] == [r.id for r in old.runs]
+
+
 def test_the_planner_and_the_trainer_hash_the_same_resolved_config(tmp_path):
     from scaling.launch.plan import compose_train
     from scaling.config import to_dataclass as train_dataclass
