@@ -33,7 +33,7 @@ import math
 import sys
 from pathlib import Path
 
-from scaling.analysis.errors import AnalysisError
+from scaling.analysis.errors import AnalysisError, cli_exit_code
 from scaling.analysis.isoflop import DEFAULT_WINDOW
 from scaling.analysis.laws import LAWS as PARAMETRIC
 
@@ -100,14 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except AnalysisError as exc:
-        print(f"scaling-fit: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"scaling-fit: error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
-        return 2
+    return cli_exit_code("scaling-fit", lambda: _run(args))
 
 
 def _run(args: argparse.Namespace) -> int:

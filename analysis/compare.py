@@ -44,7 +44,6 @@ import inspect
 import json
 import math
 import os
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +56,7 @@ from numpy.typing import ArrayLike
 from scaling.analysis.constraints import Constraints, Reparam, resolve
 from scaling.analysis.data import Data
 from scaling.analysis.diagnostics import Diagnostic
-from scaling.analysis.errors import AnalysisError
+from scaling.analysis.errors import AnalysisError, cli_exit_code
 from scaling.analysis.fit import SCREEN_ITERS, TIGHT, FitResult, fit_law, get_law
 from scaling.analysis.forms import huber_value_and_grad
 from scaling.analysis.laws import Law
@@ -944,14 +943,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except AnalysisError as exc:
-        print(f"scaling-compare: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"scaling-compare: error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
-        return 2
+    return cli_exit_code("scaling-compare", lambda: _run(args))
 
 
 def _parse_shared(text: str | None, law: Law) -> tuple[str, ...] | None:
