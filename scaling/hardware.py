@@ -1,7 +1,9 @@
-"""Device detection and peak throughput, for MFU.
+"""Device detection and peak throughput, for MFU and for a plan's cost.
 
 MFU is measured against the detected device's dense bf16 peak, looked up by GPU name. Where the
-name is unknown (or on CPU) the peak is None and MFU is omitted rather than guessed.
+name is unknown (or on CPU) the peak is None and MFU is omitted rather than guessed. The planner's
+cost estimate (scaling.launch.cost) reads the same table, so an estimate at MFU m and a run that
+reports MFU m agree on what the accelerator's peak is.
 """
 
 from __future__ import annotations
@@ -33,11 +35,23 @@ PEAK_BF16_FLOPS: list[tuple[str, float]] = [
 ]
 
 
-def peak_flops(device_name: str | None) -> float | None:
-    """Dense bf16 peak FLOP/s of one device, or None when unknown."""
+def peak_entry(device_name: str | None) -> tuple[str, float] | None:
+    """The table's (name, dense bf16 FLOP/s) for a device name such as "NVIDIA H100 80GB HBM3" or
+    "h100", or None when unknown."""
     if not device_name:
         return None
     for key, flops in PEAK_BF16_FLOPS:
         if key.lower() in device_name.lower():
-            return flops
+            return key, flops
     return None
+
+
+def peak_flops(device_name: str | None) -> float | None:
+    """Dense bf16 peak FLOP/s of one device, or None when unknown."""
+    entry = peak_entry(device_name)
+    return None if entry is None else entry[1]
+
+
+def known_accelerators() -> list[str]:
+    """The names the peak table knows, for error messages."""
+    return [key for key, _ in PEAK_BF16_FLOPS]
