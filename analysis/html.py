@@ -56,26 +56,24 @@ _SCRIPT = """
     var n = Number(t.replace(/[%,]/g, ""));
     return t === "" || isNaN(n) ? t : n;
   }
+  function blank(v) { return v === "" || v === "n/a" || v === "None"; }
   function compare(a, b) {
-    var blankA = a === "" || a === "n/a" || a === "None", blankB = b === "" || b === "n/a" || b === "None";
-    if (blankA || blankB) return blankA - blankB;
     if (typeof a === "number" && typeof b === "number") return a - b;
     return String(a).localeCompare(String(b), undefined, {numeric: true});
   }
   document.querySelectorAll("table.sortable").forEach(function (table) {
-    var body = table.tBodies[0];
+    var body = table.tBodies[0], headers = table.querySelectorAll("thead th");
     Array.prototype.forEach.call(body.rows, function (row, i) { row.dataset.order = i; });
-    table.querySelectorAll("thead th").forEach(function (th, col) {
+    headers.forEach(function (th, col) {
       th.title = "sort by this column";
       th.addEventListener("click", function () {
         var dir = th.getAttribute("aria-sort") === "ascending" ? -1 : 1;
-        table.querySelectorAll("thead th").forEach(function (h) { h.removeAttribute("aria-sort"); });
+        headers.forEach(function (h) { h.removeAttribute("aria-sort"); });
         th.setAttribute("aria-sort", dir > 0 ? "ascending" : "descending");
         var rows = Array.prototype.slice.call(body.rows);
-        rows.sort(function (r, s) {
+        rows.sort(function (r, s) {  // blanks last either way; ties keep the report's order
           var a = key(r.cells[col]), b = key(s.cells[col]);
-          var blanks = (a === "" || a === "n/a" || a === "None") - (b === "" || b === "n/a" || b === "None");
-          return blanks || dir * compare(a, b) || r.dataset.order - s.dataset.order;
+          return (blank(a) - blank(b)) || (blank(a) ? 0 : dir * compare(a, b)) || r.dataset.order - s.dataset.order;
         });
         rows.forEach(function (r) { body.appendChild(r); });
       });

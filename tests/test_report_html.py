@@ -177,9 +177,9 @@ def _console_errors(stderr: str) -> list[str]:
 
 
 # JavaScript added to a copy of the page (the report itself stays as written): it records errors,
-# then once the page has loaded checks that each image decoded, clicks the Results table's loss
-# header twice and reads the column after each click, and writes what it saw into the DOM, where
-# --dump-dom shows it.
+# then once the page has loaded checks that each image decoded, clicks the header COLUMN of the
+# table under the heading SECTION twice and reads the column after each click, and writes what it
+# saw into the DOM, where --dump-dom shows it.
 PROBE = """<script>
 window.__errors = [];
 window.addEventListener("error", function (e) { __errors.push("error: " + e.message); });
@@ -189,12 +189,12 @@ window.addEventListener("load", function () {
   Array.prototype.forEach.call(document.images, function (img) {
     out.images.push({alt: img.alt, width: img.naturalWidth, complete: img.complete});
   });
-  var results = Array.prototype.filter.call(document.querySelectorAll("h2"), function (h) {
-    return h.textContent === "Results"; })[0];
-  var table = results.nextElementSibling;
+  var heading = Array.prototype.filter.call(document.querySelectorAll("h2"), function (h) {
+    return h.textContent === "SECTION"; })[0];
+  var table = heading.nextElementSibling;
   while (table && table.tagName !== "TABLE") table = table.nextElementSibling;
   var th = Array.prototype.filter.call(table.tHead.rows[0].cells, function (c) {
-    return c.textContent === "eval loss"; })[0];
+    return c.textContent === "COLUMN"; })[0];
   var col = th.cellIndex;
   for (var k = 0; k < 2; k++) {
     th.click();
@@ -225,6 +225,20 @@ class _Probe(HTMLParser):
     def handle_data(self, data):
         if self.inside:
             self.text += data
+
+
+def _probe(chromium: str, page: Path, html_text: str, section: str, column: str) -> dict:
+    """Open a copy of the page with PROBE added; what the probe saw."""
+    probe = PROBE.replace("SECTION", section).replace("COLUMN", column)
+    page.write_text(html_text.replace("<head>", "<head>\n" + probe, 1))
+    out = _browse(chromium, page, "--dump-dom")
+    assert out.returncode == 0, out.stderr[-2000:]
+    parser = _Probe()
+    parser.feed(out.stdout)
+    assert parser.text, f"the probe did not run:\n{out.stdout[-1000:]}\n{out.stderr[-2000:]}"
+    seen = json.loads(parser.text)
+    assert seen["errors"] == [] and _console_errors(out.stderr) == [], (seen["errors"], out.stderr[-2000:])
+    return seen
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -260,15 +274,7 @@ def test_every_figure_is_embedded_and_tables_sort(chromium, study_report):
     text = (study_report / "report.html").read_text()
     figures = re.findall(r"!\[([^\]]*)\]\(figures/([^)]+)\)", (study_report / "report.md").read_text())
     assert len(figures) >= 4
-    probe_page = study_report / "probe.html"
-    probe_page.write_text(text.replace("<head>", "<head>\n" + PROBE, 1))
-    out = _browse(chromium, probe_page, "--dump-dom")
-    assert out.returncode == 0, out.stderr[-2000:]
-    parser = _Probe()
-    parser.feed(out.stdout)
-    assert parser.text, f"the probe did not run:\n{out.stdout[-1000:]}\n{out.stderr[-2000:]}"
-    seen = json.loads(parser.text)
-    assert seen["errors"] == [] and _console_errors(out.stderr) == [], (seen["errors"], out.stderr[-2000:])
+    seen = _probe(chromium, study_report / "probe.html", text, "Results", "eval loss")
     # Every figure report.md links is an <img> whose data URI decoded to a real picture.
     assert [i["alt"] for i in seen["images"]] == [alt for alt, _ in figures]
     assert all(i["complete"] and i["width"] > 100 for i in seen["images"]), seen["images"]
@@ -278,6 +284,15 @@ def test_every_figure_is_embedded_and_tables_sort(chromium, study_report):
     assert seen["tables"] == len(re.findall(r"^\|---", (study_report / "report.md").read_text(), re.M)) >= 3
     (d1, v1), (d2, v2) = [(s["dir"], [float(v) for v in s["values"]]) for s in seen["sorted"]]
     assert d1 == "ascending" and v1 == sorted(v1) and d2 == "descending" and v2 == sorted(v1, reverse=True)
+
+
+def test_mixed_columns_sort_as_numbers_with_blanks_last(chromium, tmp_path):
+    md = ("## T\n\n| run | x |\n|---|---|\n| a | n/a |\n| b | 1e+15 |\n| c | -0.29% |\n| d | 2 |\n"
+          "| e |  |\n| f | +0.04% |\n| g | 10 |\n")  # fmt: skip
+    seen = _probe(chromium, tmp_path / "mixed.html", render_report_html(md, tmp_path), "T", "x")
+    ascending, descending = (s["values"] for s in seen["sorted"])
+    assert ascending == ["-0.29%", "+0.04%", "2", "10", "1e+15", "n/a", ""]
+    assert descending == ["1e+15", "10", "2", "+0.04%", "-0.29%", "n/a", ""]
 
 
 def test_the_error_check_can_fail(chromium, tmp_path):
