@@ -190,9 +190,9 @@ def _money(x: Optional[float], currency: str) -> str:
     return f"{currency}{x:,.2f}" if x >= 0.01 or x == 0 else f"{currency}{x:.2g}"
 
 
-def format_cost(cost: PlanCost) -> str:
+def format_cost(cost: PlanCost, cfg: Optional[CostConfig] = None, prefix: str = "study.cost") -> str:
     """The cost as a dry run prints it: a table of the runs, then the totals and where each
-    figure comes from."""
+    figure comes from; with `cfg`, the plan against its max_gpu_hours."""
     from scaling.launch.plan import format_table
 
     headers = ["id", "C", "GPU-hours", "wall (GPUs)", "CPU-hours", "cost"]
@@ -212,6 +212,10 @@ def format_cost(cost: PlanCost) -> str:
         out.append(f"CPU: {_hours(cost.cpu_hours)} process-hours at {cost.cpu_flops_per_s:.3g} FLOP/s per process"
                    + (f" ({cost.cpu_source})" if cost.cpu_source else ""))  # fmt: skip
     out.append("(training compute only: start-up, evaluation and checkpoints come on top)")
+    if cfg is not None and cfg.max_gpu_hours is not None:
+        over = cost.gpu_hours > cfg.max_gpu_hours
+        out.append(f"budget: {_hours(cost.gpu_hours)} of {prefix}.max_gpu_hours={cfg.max_gpu_hours:g} GPU-hours"
+                   + (": OVER, a launch is refused" if over else ""))  # fmt: skip
     if cost.uncounted:
         out.append(f"note: {len(cost.uncounted)} run(s) have no planned FLOPs (C) and are not counted: "
                    f"{cost.uncounted[:3]}{' ...' if len(cost.uncounted) > 3 else ''}")

@@ -96,6 +96,10 @@ def test_over_budget_is_refused_with_the_total():
     msg = str(e.value)
     assert "study.cost.max_gpu_hours=29" in msg and "30 GPU-hours" in msg and "$75.00" in msg
     assert "2 runs of 1.68e+19 FLOPs" in msg and "raise study.cost.max_gpu_hours" in msg
+    # A dry run shows the plan against the limit, without refusing.
+    assert "budget: 30 of study.cost.max_gpu_hours=29 GPU-hours: OVER, a launch is refused" in format_cost(
+        cost, CostConfig(accelerator="A100", mfu=0.5, max_gpu_hours=29.0))
+    assert format_cost(cost, CostConfig(max_gpu_hours=100.0)).endswith("budget: 30 of study.cost.max_gpu_hours=100 GPU-hours")
 
 
 @pytest.mark.parametrize(
