@@ -147,7 +147,8 @@ def _cells(line: str) -> list[str]:
 
 def _table(lines: list[str], study_dir: Path) -> str:
     headers = _cells(lines[0])
-    out = ['<table class="sortable">', "<thead><tr>" + "".join(f"<th>{_inline(h, study_dir)}</th>" for h in headers) + "</tr></thead>", "<tbody>"]
+    head = "".join(f"<th>{_inline(h, study_dir)}</th>" for h in headers)
+    out = ['<table class="sortable">', f"<thead><tr>{head}</tr></thead>", "<tbody>"]
     for line in lines[2:]:
         cells = _cells(line)
         cells = (cells + [""] * len(headers))[: len(headers)]
@@ -218,7 +219,8 @@ def markdown_to_html(text: str, study_dir: Path | str = ".") -> str:
             if all(_IMAGE_ONLY.match(p) for p in para):  # a block of figures: one <figure> each
                 for p in para:
                     alt, src = _IMAGE_ONLY.match(p).groups()  # type: ignore[union-attr]
-                    out.append(f"<figure>{_image(alt, src, study_dir)}<figcaption>{html.escape(alt)}</figcaption></figure>")
+                    caption = f"<figcaption>{html.escape(alt)}</figcaption>"
+                    out.append(f"<figure>{_image(alt, src, study_dir)}{caption}</figure>")
             else:
                 out.append("<p>" + _inline("\n".join(p.strip() for p in para), study_dir) + "</p>")
     return "\n".join(out)

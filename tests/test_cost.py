@@ -99,7 +99,8 @@ def test_over_budget_is_refused_with_the_total():
     # A dry run shows the plan against the limit, without refusing.
     assert "budget: 30 of study.cost.max_gpu_hours=29 GPU-hours: OVER, a launch is refused" in format_cost(
         cost, CostConfig(accelerator="A100", mfu=0.5, max_gpu_hours=29.0))
-    assert format_cost(cost, CostConfig(max_gpu_hours=100.0)).endswith("budget: 30 of study.cost.max_gpu_hours=100 GPU-hours")
+    within = format_cost(cost, CostConfig(max_gpu_hours=100.0))
+    assert within.endswith("budget: 30 of study.cost.max_gpu_hours=100 GPU-hours")
 
 
 @pytest.mark.parametrize(
