@@ -4,15 +4,26 @@
         state.json          format, provenance (run id, step, config hash, data checksum, parent),
                             the trainer state and the result-affecting config; written last by rank 0
         rng_rankR.json      each rank's RNG states (Python, NumPy, torch, CUDA) as plain numbers
-        state/              DeepSpeed's model, optimizer and LR-schedule states (tensors and plain
-                            types in torch's zip format)
+        state/              the engine's model, optimizer and LR-schedule states (tensors and plain
+                            types in torch's zip format), as the run's `train.engine` writes them:
+            DeepSpeed:      its own files (`*model_states.pt`, and `*optim_states.pt` at ZeRO 1-3)
+            FSDP2:          fsdp2_model_states.pt   {"module": the full fp32 state dict}
+                            fsdp2_optim_states.pt   {"optimizer": the full optimizer state dict,
+                                                     keyed by parameter name, "lr_scheduler": ...}
+
+state.json records the engine (`engine`; absent: DeepSpeed). FSDP2's state is gathered whole to
+rank 0 when saved and cut again for each rank when loaded, so its checkpoints load on any number of
+processes, and its weights are read without knowing how they were sharded. (torch's own sharded
+format, torch.distributed.checkpoint, keeps its metadata as a pickle, which this format never
+reads; a whole state per file is what a study's model sizes allow.)
 
 Loading is safe by construction: JSON is parsed, and DeepSpeed's files are read by
 `SafeCheckpointEngine`, a DeepSpeed checkpoint engine whose `load` is `torch.load(weights_only=True)`
-with three plain DeepSpeed types allow-listed (`SAFE_GLOBALS`). A file that needs anything else (a
-crafted pickle, or a checkpoint of an older version of this project) is refused. A checkpoint the
-user trusts can still be loaded with `train.trust_checkpoint=true`, which reads it as before
-(arbitrary code, so off by default); the next checkpoint the run writes is in this format.
+with three plain DeepSpeed types allow-listed (`SAFE_GLOBALS`); FSDP2's files hold only tensors and
+plain data and are read the same way. A file that needs anything else (a crafted pickle, or a
+checkpoint of an older version of this project) is refused. A checkpoint the user trusts can still
+be loaded with `train.trust_checkpoint=true`, which reads it as before (arbitrary code, so off by
+default); the next checkpoint the run writes is in this format.
 
 Later features (cooldown branches, resuming on another world size) read checkpoints through this
 module, and record the run they fork from in `parent`.
@@ -37,6 +48,9 @@ log = logging.getLogger("scaling.checkpoint")
 FORMAT = "scaling-checkpoint/1"
 STATE_NAME = "state.json"
 ENGINE_TAG = "state"
+FSDP2_MODEL = "fsdp2_model_states.pt"
+FSDP2_OPTIM = "fsdp2_optim_states.pt"
+DEFAULT_ENGINE = "deepspeed"  # the engine of a state.json that names none (written before FSDP2)
 TRUST_HINT = (
     "if you trust this checkpoint (you or your job wrote it), resume once with train.trust_checkpoint=true; "
     "the checkpoints written after that are in the safe format"
@@ -66,17 +80,18 @@ def safe_globals() -> list:
     return [LossScaler, ZeroStageEnum, fragment_address]
 
 
-def torch_load(path: str | Path, map_location: Any = None, trust: bool = False) -> Any:
-    """torch.load that refuses arbitrary objects, with errors that name the file."""
+def torch_load(path: str | Path, map_location: Any = None, trust: bool = False, mmap: bool = False) -> Any:
+    """torch.load that refuses arbitrary objects, with errors that name the file. `mmap`: tensors
+    stay in the file's pages (shared by every process of a host that reads it) until used."""
     import pickle
 
     import torch
 
     try:
         if trust:
-            return torch.load(path, map_location=map_location, weights_only=False)
+            return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
         with torch.serialization.safe_globals(safe_globals()):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing") from None
     except pickle.UnpicklingError as e:
@@ -138,12 +153,36 @@ class Loaded:
 
 
 def save(engine: Any, folder: Path, rank: int, is_main: bool, meta: dict[str, Any]) -> None:
-    """Write this rank's share of a checkpoint into `folder` (every rank calls it). The caller
-    renames the folder into place once all ranks are done."""
-    engine.save_checkpoint(str(folder), tag=ENGINE_TAG, client_state={}, save_latest=False)
+    """Write this rank's share of a checkpoint into `folder` (every rank calls it). `engine` is the
+    trainer's (scaling/trainer/engine.py), which writes its own state into `folder/state`. The
+    caller renames the folder into place once all ranks are done."""
+    engine.save_state(folder)
     write_json_atomic(folder / f"rng_rank{rank}.json", rng_state())
     if is_main:
-        write_json_atomic(folder / STATE_NAME, {"format": FORMAT, **meta})
+        write_json_atomic(folder / STATE_NAME, {"format": FORMAT, "engine": engine.name, **meta})
+
+
+def save_deepspeed_state(ds: Any, folder: Path) -> None:
+    """A DeepSpeed engine's state, as DeepSpeed writes it, into `folder/state` (every rank)."""
+    ds.save_checkpoint(str(folder), tag=ENGINE_TAG, client_state={}, save_latest=False)
+
+
+def save_fsdp2_state(model: Any, optimizer: Any, scheduler: Any, folder: Path, is_main: bool) -> None:
+    """An FSDP2 model's state, gathered whole (a collective: every rank calls it) and written by
+    the main rank into `folder/state`."""
+    import torch
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+    )  # fmt: skip
+
+    # Gathered to CPU on rank 0 only: the other ranks get empty dicts.
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    module = get_model_state_dict(model, options=options)
+    optim = get_optimizer_state_dict(model, optimizer, options=options)
+    if is_main:
+        (folder / ENGINE_TAG).mkdir(parents=True, exist_ok=True)
+        torch.save({"module": module}, folder / ENGINE_TAG / FSDP2_MODEL)
+        torch.save({"optimizer": optim, "lr_scheduler": scheduler.state_dict()}, folder / ENGINE_TAG / FSDP2_OPTIM)
 
 
 def read_meta(folder: Path) -> dict[str, Any]:
@@ -163,36 +202,31 @@ def read_meta(folder: Path) -> dict[str, Any]:
 
 
 def load(engine: Any, folder: Path, rank: int, trust: bool = False) -> Loaded:
-    """Restore the engine (model, optimizer, LR schedule) and this rank's RNG from `folder`.
-    Raises CheckpointError naming the file at fault.
+    """Restore the engine (model, optimizer, LR schedule; `engine` is the trainer's) and this
+    rank's RNG from `folder`. Raises CheckpointError naming the file at fault.
 
     A ZeRO-1/2/3 checkpoint saved by another number of processes is loaded from its resharded
-    copy (`scaling.reshard.prepare` builds it first). Its RNG files then do not map one to one:
-    a rank the saving run had restores its own, a new rank restores rank 0's. Nothing depends on
-    them but the order of Python/NumPy/torch draws (the data order is a function of the seed and
-    the step, and the models have no dropout)."""
-    from scaling.reshard import engine_folder
-
+    copy (`scaling.reshard.prepare` builds it first); an FSDP2 one holds whole states, which any
+    number of processes loads. Their RNG files then do not map one to one: a rank the saving run
+    had restores its own, a new rank restores rank 0's. Nothing depends on them but the order of
+    Python/NumPy/torch draws (the data order is a function of the seed and the step, and the
+    models have no dropout)."""
     try:
         meta = read_meta(folder)
     except CheckpointError:
         if not trust:
             raise
         meta = {}  # an older checkpoint the user trusts: its state is in DeepSpeed's client state
-    source = engine_folder(folder, engine.dp_world_size)
-    try:
-        _, client = engine.load_checkpoint(str(source), tag=ENGINE_TAG, load_optimizer_states=True,
-                                           load_lr_scheduler_states=True)
-    except CheckpointError:
-        raise
-    except (AssertionError, FileNotFoundError, RuntimeError, KeyError, ValueError) as e:
-        raise CheckpointError(f"{source / ENGINE_TAG} could not be loaded ({type(e).__name__}: {e})") from None
-    if client is None:
-        raise CheckpointError(f"{source / ENGINE_TAG} holds no DeepSpeed checkpoint (a model states file is missing)")
+    saved_by = meta.get("engine", DEFAULT_ENGINE)
+    if saved_by != engine.name:
+        raise CheckpointError(f"{folder / STATE_NAME} was saved by train.engine={saved_by}; this run has "
+                              f"train.engine={engine.name}: resume it with train.engine={saved_by}")  # fmt: skip
+    client = engine.load_state(folder, trust)
     if not meta:
-        meta = {"format": "legacy", "train_state": dict(client.get("train_state") or {})}
+        meta = {"format": "legacy", "train_state": dict((client or {}).get("train_state") or {})}
     rng = folder / f"rng_rank{rank}.json"
-    if source != folder and not rng.exists():
+    saved_world = (meta.get("train_state") or {}).get("world_size")
+    if isinstance(saved_world, int) and rank >= saved_world:  # a rank the saving run did not have
         rng = folder / "rng_rank0.json"
     legacy_rng = folder / f"rng_rank{rank}.pt"
     if rng.exists():
@@ -205,6 +239,60 @@ def load(engine: Any, folder: Path, rank: int, trust: bool = False) -> Loaded:
     else:
         raise CheckpointError(f"{rng} is missing")
     return Loaded(path=folder, meta=meta)
+
+
+def load_deepspeed_state(ds: Any, folder: Path) -> dict:
+    """Load a DeepSpeed engine's state (its files read through `SafeCheckpointEngine`); returns
+    DeepSpeed's client state."""
+    from scaling.reshard import engine_folder
+
+    source = engine_folder(folder, ds.dp_world_size)
+    try:
+        _, client = ds.load_checkpoint(str(source), tag=ENGINE_TAG, load_optimizer_states=True,
+                                       load_lr_scheduler_states=True)  # fmt: skip
+    except CheckpointError:
+        raise
+    except (AssertionError, FileNotFoundError, RuntimeError, KeyError, ValueError) as e:
+        raise CheckpointError(f"{source / ENGINE_TAG} could not be loaded ({type(e).__name__}: {e})") from None
+    if client is None:
+        raise CheckpointError(f"{source / ENGINE_TAG} holds no DeepSpeed checkpoint (a model states file is missing)")
+    return client
+
+
+def read_fsdp2_module(folder: Path, mmap: bool = False) -> dict[str, Any]:
+    """The full model state dict of an FSDP2 checkpoint `folder` (parameter name -> tensor)."""
+    path = folder / ENGINE_TAG / FSDP2_MODEL
+    raw = torch_load(path, map_location="cpu", mmap=mmap)
+    if not isinstance(raw, dict) or not isinstance(raw.get("module"), dict):
+        raise CheckpointError(f"{path} is not an FSDP2 model states file (no module)")
+    return raw["module"]
+
+
+def load_fsdp2_state(model: Any, optimizer: Any, scheduler: Any, folder: Path) -> None:
+    """Load an FSDP2 checkpoint's whole states into `model` (sharded by `fully_shard`), its
+    optimizer and LR schedule. Every rank reads the same files (memory-mapped: one copy in the
+    host's page cache) and keeps its own shard, so a file at fault fails every rank alike."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions, set_model_state_dict, set_optimizer_state_dict,
+    )  # fmt: skip
+
+    module = read_fsdp2_module(folder, mmap=True)
+    path = folder / ENGINE_TAG / FSDP2_OPTIM
+    rest = torch_load(path, map_location="cpu", mmap=True)
+    if not isinstance(rest, dict) or not isinstance(rest.get("optimizer"), dict) or "lr_scheduler" not in rest:
+        raise CheckpointError(f"{path} is not an FSDP2 optimizer states file (no optimizer or lr_scheduler)")
+    options = StateDictOptions(full_state_dict=True, strict=True)
+    try:
+        set_model_state_dict(model, module, options=options)
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise CheckpointError(f"{folder / ENGINE_TAG / FSDP2_MODEL} does not fit the model "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:300]})") from None  # fmt: skip
+    try:
+        set_optimizer_state_dict(model, optimizer, rest["optimizer"], options=options)
+        scheduler.load_state_dict(rest["lr_scheduler"])
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+        raise CheckpointError(f"{path} does not fit the optimizer ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:300]})") from None  # fmt: skip
 
 
 def _set_legacy_rng(state: dict) -> None:

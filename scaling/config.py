@@ -22,6 +22,7 @@ from scaling.families import DEFAULT, FAMILIES, cnn as _cnn, gpt as _gpt
 from scaling.families.base import FLOPS_CONVENTIONS
 SCHEDULES = ("cosine", "wsd", "constant")
 PRECISIONS = ("fp32", "bf16")
+ENGINES = ("deepspeed", "fsdp2")  # train.engine; the classes are in scaling/trainer/engine.py
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 
@@ -57,6 +58,9 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
+    # The data-parallel engine: deepspeed (ZeRO stages, train.zero_stage) or fsdp2 (PyTorch's
+    # fully_shard: parameters, gradients and optimizer state sharded, as ZeRO-3).
+    engine: str = "deepspeed"
     zero_stage: int = 0
     precision: str = "fp32"
     activation_checkpointing: bool = False
@@ -70,7 +74,10 @@ class TrainConfig:
     eval_tokens: float = 32768  # held-out tokens (images) per evaluation, the same for every size
     log_every_steps: int = 1
     checkpoint_every_tokens: Optional[float] = None  # None: only on a signal and at the end
-    keep_checkpoints: int = 2
+    # Checkpoint the final step (what scaling-export exports by default). A tiny run's final save
+    # costs a fraction of a second and a few MB; false saves both, and exporting then needs --step.
+    final_checkpoint: bool = True
+    keep_checkpoints: int = 2  # the newest, the final one included
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     num_threads: Optional[int] = None  # CPU threads per process; None: cores / local processes
@@ -98,6 +105,14 @@ class TrainConfig:
             out.append(f"{prefix}.precision={self.precision!r}; use one of {PRECISIONS}")
         if self.zero_stage not in (0, 1, 2, 3):
             out.append(f"{prefix}.zero_stage={self.zero_stage}; use 0, 1, 2 or 3")
+        if self.engine not in ENGINES:
+            out.append(f"{prefix}.engine={self.engine!r}; use one of {ENGINES}")
+        elif self.engine == "fsdp2" and self.zero_stage != 0:
+            out.append(
+                f"{prefix}.zero_stage={self.zero_stage} is a DeepSpeed setting, but {prefix}.engine=fsdp2 always "
+                f"shards parameters, gradients and optimizer state (as ZeRO-3); leave {prefix}.zero_stage at 0, "
+                f"or use {prefix}.engine=deepspeed"
+            )
         if self.global_batch_size <= 0:
             out.append(f"{prefix}.global_batch_size={self.global_batch_size} must be >= 1")
         mbs = self.micro_batch_size

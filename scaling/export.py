@@ -3,6 +3,7 @@
     scaling-export RUN_DIR --format hf --out DIR           Hugging Face folder (GPT -> GPT-2)
     scaling-export RUN_DIR --format safetensors --out DIR  our weights and config, any family
     scaling-export RUN_DIR --out DIR --step 800            an earlier checkpoint of the run
+                                                           (default: the final step's)
 
 `--format hf` writes what `transformers` loads with `GPT2LMHeadModel.from_pretrained(DIR)` and
 `AutoTokenizer.from_pretrained(DIR)`, with no code of ours:
@@ -29,14 +30,17 @@ becomes id 256 rather than its seven bytes. BPE: the run's own `tokenizer.json`,
 Synthetic data are token ids with no text: no tokenizer is exported (scaling_export.json says so).
 
 Weights. A checkpoint is read only through `scaling.checkpoint.torch_load` (weights_only): no
-file is unpickled. The weights are the fp32 master weights: the module's own in an fp32 run at
+file is unpickled. The weights are the fp32 master weights: an FSDP2 run's whole fp32 state dict
+(`train.engine=fsdp2`, gathered from its shards when saved); the module's own in an fp32 run at
 ZeRO 0-2; gathered from every rank's partition of the optimizer's fp32 groups at ZeRO 1-3 when the
 module does not hold them (ZeRO-3, or bf16 training), following the layout DeepSpeed's
 `zero_to_fp32` reads (which itself unpickles, so it is not called); and, for bf16 at ZeRO 0, the
 optimizer's per-parameter fp32 copies, checked against the module's bf16 weights.
 
-A completed run is exported from a checkpoint at its final step; `--step` picks an earlier one
-explicitly. Failed and unfinished runs are refused.
+A completed run is exported from the checkpoint of its final step, which the trainer saves when a
+run completes (`train.final_checkpoint`, on by default); `--step` picks an earlier one explicitly.
+A run directory without a final checkpoint (trained with `train.final_checkpoint=false`, or before
+the trainer saved one) is exported with `--step N`. Failed and unfinished runs are refused.
 """
 
 from __future__ import annotations
@@ -129,8 +133,8 @@ def pick_checkpoint(run_dir: Path, result: dict, step: Optional[int] = None) -> 
     else:
         raise ExportError(
             f"{run_dir} completed at step {final}, but no checkpoint holds its final weights (checkpoints at steps: "
-            f"{have}); export an earlier one with --step N, or train the run with a trainer that checkpoints its "
-            f"final step"
+            f"{have}); export an earlier one with --step N (the run was trained with train.final_checkpoint=false, "
+            f"or by a version of the trainer that did not checkpoint a run's final step)"
         )
     try:
         meta = read_meta(folder)
@@ -161,9 +165,15 @@ def read_model_state(folder: Path, skeleton: Any) -> tuple[dict[str, Any], str]:
     its parameter names, shapes and order are read). Raises CheckpointError naming the file."""
     import torch
 
-    from scaling.checkpoint import ENGINE_TAG, CheckpointError, torch_load
+    from scaling.checkpoint import ENGINE_TAG, FSDP2_MODEL, CheckpointError, read_fsdp2_module, torch_load
 
     state_dir = folder / ENGINE_TAG
+    if (state_dir / FSDP2_MODEL).exists():  # train.engine=fsdp2: the whole state, gathered when saved
+        module = _fp32(read_fsdp2_module(folder))
+        for alias, _ in skeleton.named_parameters(remove_duplicate=False):  # tied weights
+            if alias not in module and _shared_with(skeleton, alias) in module:
+                module[alias] = module[_shared_with(skeleton, alias)]
+        return module, "the fp32 weights gathered from FSDP2's shards"
     model_files = sorted(state_dir.glob("*model_states.pt"), key=_rank_key)
     if not model_files:
         raise CheckpointError(f"{state_dir} holds no model states file (*model_states.pt): the checkpoint is torn")

@@ -41,6 +41,7 @@ NON_RESULT_KEYS = (
     "run", "logger", "data.cache_dir", "data.num_workers", "train.device", "train.num_threads",
     "train.log_every_steps", "train.keep_checkpoints", "train.checkpoint_every_tokens", "train.nan_check",
     "train.trust_checkpoint", "train.eval_every_tokens", "train.compile", "train.callbacks",
+    "train.final_checkpoint",
 )  # fmt: skip
 
 # Rule 1 hashed every schema key of its day; frozen here (and each family's model keys in its

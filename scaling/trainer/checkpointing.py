@@ -77,7 +77,7 @@ class Checkpointer:
             "run_id": self.run_id, "step": state.step, "parent": None, **self.identity,
             "train_state": asdict(state), "config": result_config(self.cfg),
         }  # fmt: skip
-        checkpoint.save(self.engine.ds, tmp, self.world.rank, self.world.is_main, meta)
+        checkpoint.save(self.engine, tmp, self.world.rank, self.world.is_main, meta)
         self.engine.barrier()
         final = root / name
         if self.world.is_main:
@@ -103,14 +103,15 @@ class Checkpointer:
         trust = self.cfg.train.trust_checkpoint
         for path in reversed(checkpoint_dirs(self.run_dir)):
             error = ""
-            if self.world.is_main:  # saved by another number of processes: reshard it once, here
+            if self.world.is_main and self.engine.name == "deepspeed":
+                # A ZeRO checkpoint saved by another number of processes: reshard it once, here.
                 try:
                     reshard.prepare(path, self.world.world_size)
                 except checkpoint.CheckpointError as e:
                     error = str(e)
             if not agree(self.world, bool(error)):
                 try:
-                    loaded = checkpoint.load(self.engine.ds, path, self.world.rank, trust=trust)
+                    loaded = checkpoint.load(self.engine, path, self.world.rank, trust=trust)
                 except checkpoint.CheckpointError as e:
                     error = str(e)
             # Every rank must resume from the same step: a file torn on one rank fails them all.

@@ -1,7 +1,8 @@
 """The training loop: from the current state to the end of the budget.
 
-`Trainer.fit` steps the engine, evaluates when due, builds the metrics row, and stops cleanly
-(checkpoint, then StopRequested) when every rank has seen a stop signal. Everything else a run
+`Trainer.fit` steps the engine, evaluates when due, builds the metrics row, stops cleanly
+(checkpoint, then StopRequested) when every rank has seen a stop signal, and checkpoints the final
+step (`train.final_checkpoint`). Everything else a run
 does as it goes (the metrics file, the dashboard, the progress log, the checkpoint cadence, a
 user's own) is a callback (scaling/trainer/callbacks/), called at the loop's seams.
 """
@@ -21,7 +22,7 @@ from scaling.families import family_of
 from scaling.runid import config_hash, data_checksum
 from scaling.trainer.callbacks import Callback
 from scaling.trainer.checkpointing import Checkpointer, TrainState
-from scaling.trainer.engine import Engine
+from scaling.trainer.engine import build_engine
 from scaling.trainer.plan import RunPlan
 from scaling.trainer.process import agree
 
@@ -44,13 +45,14 @@ class Trainer:
         self.plan, self.manifest, self.world = plan, manifest, world
         self.cfg = plan.cfg
         self.run_dir = Path(self.cfg.run.dir)
-        self.engine = Engine(plan, world)
+        self.engine = build_engine(plan, world)
         self.identity = {"config_hash": config_hash(self.cfg), "data_checksum": data_checksum(manifest)}
         self.checkpointer = Checkpointer(self.engine, self.run_dir, self.identity)
         self.state = TrainState(world_size=world.world_size)
         self.stop_requested = False
         self.stop_signal = ""  # the signal's name, set by the handler in train()
-        self.seconds = {"steps_s": 0.0, "eval_s": 0.0}  # this attempt's time in optimizer steps and evaluation
+        # This attempt's time in optimizer steps, evaluation and checkpoint saves.
+        self.seconds = {"steps_s": 0.0, "eval_s": 0.0, "checkpoint_s": 0.0}
         self.callbacks = list(callbacks or [])
         self.lease: Any = None  # the run directory's lease (rank 0), see scaling/runlock.py
         self.saved_step: Optional[int] = None  # the step of this attempt's latest checkpoint
@@ -64,12 +66,15 @@ class Trainer:
         state = self.checkpointer.resume()
         if state is not None:
             self.state = state
+            self.saved_step = state.step  # on disk already: a stop or the end does not save it again
         return state is not None
 
     def save_checkpoint(self) -> Path:
         """Checkpoint the current step (a collective: every rank calls it)."""
         self.state.wall_time_s = time.time() - self._started
+        t0 = time.perf_counter()
         path = self.checkpointer.save(self.state)
+        self.seconds["checkpoint_s"] += time.perf_counter() - t0
         self.saved_step = self.state.step
         for callback in self.callbacks:
             callback.on_checkpoint(self, path)
@@ -110,10 +115,11 @@ class Trainer:
 
         log.info(
             "training %s: N=%s params (%s non-embedding), D=%s %s, C=%.3g FLOPs (%s), %d steps of %d, "
-            "micro batch %d x %d accumulation x %d processes, ZeRO-%d",
+            "micro batch %d x %d accumulation x %d processes, %s",
             plan.run_id, f"{plan.params:,}", f"{plan.params_nonembedding:,}", f"{plan.tokens:,}",
             family_of(plan.cfg.model).unit, plan.flops, t.flops_convention, plan.steps,
-            plan.tokens_per_step, plan.micro_batch, plan.accumulation, self.world.world_size, t.zero_stage,
+            plan.tokens_per_step, plan.micro_batch, plan.accumulation, self.world.world_size,
+            self.engine.describe(),
         )  # fmt: skip
         while self.state.step < plan.steps:
             if self.lease is not None and self.lease.lost:
@@ -160,6 +166,11 @@ class Trainer:
             last_eval = self._evaluate(eval_set)
             rows = read_metrics(self.run_dir / METRICS_NAME)
             train_loss = rows[-1].loss if rows else float("nan")
+        if t.final_checkpoint and self.saved_step != self.state.step:
+            # The final weights, for scaling-export and for branching off a finished run. Saved
+            # before result.json: a run killed in between resumes here, evaluates, and completes
+            # without training a step again.
+            self.save_checkpoint()
         self.state.wall_time_s = time.time() - self._started
         return Result(
             status=RunStatus.COMPLETED,
