@@ -18,7 +18,9 @@ class Data:
 
     N: parameters [count]; D: tokens (or images) seen [count]; loss [nats]; C: training
     FLOPs (``6 N D`` when the source has none); run_id: a name per row for messages and
-    reports; budget: the IsoFLOP budget a planner assigned [FLOPs], NaN where unknown.
+    reports; budget: the IsoFLOP budget a planner assigned [FLOPs], NaN where unknown;
+    unique_tokens: the unique tokens (images) a run drew its D from [count], NaN where
+    unknown, None when no run says (a run that repeats data saw D / unique_tokens epochs).
     Build it with :meth:`from_arrays`, which validates every row.
     """
 
@@ -38,6 +40,7 @@ class Data:
     # The independent unit each run belongs to, for the bootstrap (a parent run and its
     # cooldown branches, or the seeds of one configuration); None: every run is its own unit.
     unit: tuple[str, ...] | None = None
+    unique_tokens: np.ndarray | None = None
 
     @classmethod
     def from_arrays(
@@ -50,13 +53,15 @@ class Data:
         budget: ArrayLike | None = None,
         source: str = "",
         unit: list | tuple | np.ndarray | None = None,
+        unique_tokens: ArrayLike | None = None,
     ) -> "Data":
         """Validate and wrap columns; C defaults to ``6 N D`` (``c_derived`` records it).
 
         N or D may be None for a source that lacks them (a 1-D law's data): they are NaN and
         listed in ``absent``, and so is C unless given. ``unit``: a label per row naming the
         independent unit it belongs to (rows that share a label are resampled together by
-        the bootstrap); None makes every row its own unit. Raises DataError naming every row with
+        the bootstrap); None makes every row its own unit. ``unique_tokens``: the unique
+        tokens of each run (NaN where unknown), for the data-constrained law. Raises DataError naming every row with
         a NaN, missing, infinite or non-positive value, so the user can fix them all at once.
         """
         n = np.atleast_1d(np.asarray(loss, dtype=float)).shape[0]
@@ -85,6 +90,13 @@ class Data:
         )
         problems = bad_rows({k: v for k, v in arrays.items() if k not in absent}, ids,
                             c_derived=C is None)
+        uniq = None
+        if unique_tokens is not None:
+            uniq = np.atleast_1d(np.asarray(unique_tokens, dtype=float))
+            if uniq.shape != (n,):
+                raise DataError(f"unique_tokens has shape {uniq.shape}, expected ({n},) like N")
+            problems += [f"row {ids[i]}: unique_tokens={float(u)!r}" for i, u in enumerate(uniq)
+                         if not np.isnan(u) and not (np.isfinite(u) and u > 0)]
         if problems:
             raise DataError(
                 f"{len(problems)} bad row(s) in {source or 'data'}: "
@@ -94,7 +106,7 @@ class Data:
         return cls(
             N=arrays["N"], D=arrays["D"], loss=arrays["loss"], C=arrays["C"],
             run_id=ids, budget=bud, source=source, absent=absent,
-            c_derived=C is None and not absent,
+            c_derived=C is None and not absent, unique_tokens=uniq,
         ).with_units(unit)
 
     def __len__(self) -> int:
@@ -109,6 +121,7 @@ class Data:
             source=self.source, rejected=self.rejected, absent=self.absent,
             c_derived=self.c_derived,
             unit=None if self.unit is None else tuple(self.unit[i] for i in idx),
+            unique_tokens=None if self.unique_tokens is None else self.unique_tokens[idx],
         )
 
     def unit_codes(self) -> np.ndarray:
@@ -139,9 +152,20 @@ class Data:
         return self.subset(keep)
 
     def column(self, name: str) -> np.ndarray:
-        """One of N, D, C or loss, by name."""
+        """One of N, D, C or loss, by name; U is ``unique_tokens``, which every run must have."""
+        if name == "U":
+            u = self.unique_tokens
+            unknown = [] if u is None else [r for r, v in zip(self.run_id, u) if np.isnan(v)]
+            if u is None or unknown:
+                which = "no run" if u is None else f"run(s) {', '.join(unknown[:5])}" + (
+                    f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+                raise DataError(f"{which} in {self.source or 'the data'} record(s) unique "
+                                f"tokens; the data-constrained law needs each run's "
+                                f"unique_tokens (result.json's unique_tokens, or a CSV column "
+                                f"unique_tokens)")
+            return u
         if name not in ("N", "D", "C", "loss"):
-            raise DataError(f"unknown column {name!r}; use one of N, D, C, loss")
+            raise DataError(f"unknown column {name!r}; use one of N, D, C, loss, U")
         if name in self.absent:
             raise DataError(f"{self.source or 'the data'} has no {name} column (it has "
                             f"{', '.join(k for k in ('N', 'D', 'C') if k not in self.absent)} "

@@ -113,13 +113,18 @@ class FitResult:
         return get_law(self.law).optimal is not None
 
     def predict(self, N: ArrayLike | None = None, D: ArrayLike | None = None,
-                C: ArrayLike | None = None) -> np.ndarray:
-        """Predicted loss [nats] at the given inputs (N and D for two-variable laws)."""
+                C: ArrayLike | None = None, U: ArrayLike | None = None) -> np.ndarray:
+        """Predicted loss [nats] at the given inputs (N and D for two-variable laws, and U,
+        the unique tokens, for the data-constrained law)."""
         law = get_law(self.law)
         if self.x is None:
-            if N is None or D is None:
-                raise AnalysisError(f"law {self.law} predicts from N and D; pass both")
-            return law(N, D, **self.params)
+            extra = {"U": U}
+            need = ("N", "D") + law.extra_inputs
+            given = {"N": N, "D": D, **extra}
+            if any(given[k] is None for k in need):
+                raise AnalysisError(f"law {self.law} predicts from {', '.join(need)}; pass "
+                                    f"{' and '.join(need)}")
+            return law(*(given[k] for k in need), **self.params)
         value = {"N": N, "D": D, "C": C}[self.x]
         if value is None:
             raise AnalysisError(f"law {self.law} was fitted on {self.x}; pass {self.x}=...")
@@ -127,7 +132,8 @@ class FitResult:
 
     def predict_data(self, data: Data) -> np.ndarray:
         """Predicted loss for every run in ``data``."""
-        return self.predict(N=data.N, D=data.D, C=data.C)
+        U = data.column("U") if "U" in get_law(self.law).extra_inputs else None
+        return self.predict(N=data.N, D=data.D, C=data.C, U=U)
 
 
 @dataclass(frozen=True, eq=False)
@@ -165,9 +171,12 @@ get_form = get_law  # the name study.py and older callers use
 
 def _columns(data: Data, law: Law, x: str | None) -> tuple[dict, dict, str | None]:
     """Log columns for the optimiser, raw columns for diagnostics, and the x used."""
-    if law.inputs == ("N", "D"):
+    if not law.x_choices:
         raw = {"N": data.N, "D": data.D}
-        return {"lnN": np.log(data.N), "lnD": np.log(data.D)}, raw, None
+        cols = {"lnN": np.log(data.N), "lnD": np.log(data.D)}
+        for name in law.extra_inputs:  # U: often one value for every run, so not a raw
+            cols["ln" + name] = np.log(data.column(name))  # column (no distinctness check)
+        return cols, raw, None
     x = x or law.default_x
     if x not in law.x_choices:
         if len(law.x_choices) == 1:

@@ -120,7 +120,8 @@ def load_csv(path: str | os.PathLike, skip_bad: bool = False, x: str | None = No
     has_c = "C" in header
     present = tuple(k for k in ("N", "D") if k in header)
     derive_c = not has_c and present == ("N", "D")
-    good: dict[str, list] = {"N": [], "D": [], "loss": [], "C": [], "run_id": [], "budget": [], "unit": []}
+    good: dict[str, list] = {"N": [], "D": [], "loss": [], "C": [], "run_id": [], "budget": [], "unit": [],
+                             "unique_tokens": []}
     problems = []
     for i, r in enumerate(rows):
         line = i + 2  # the header is line 1
@@ -152,6 +153,8 @@ def load_csv(path: str | os.PathLike, skip_bad: bool = False, x: str | None = No
             good["budget"].append(float(r.get("budget_flops") or "nan"))
         except ValueError:
             good["budget"].append(float("nan"))
+        # Unique tokens (the data-constrained law's U): an empty cell is unknown (NaN).
+        good["unique_tokens"].append(_to_float((r.get("unique_tokens") or "nan").strip()))
     if problems and not skip_bad:
         raise DataError(
             f"{path.name}: {len(problems)} bad row(s): " + "; ".join(problems)
@@ -164,6 +167,7 @@ def load_csv(path: str | os.PathLike, skip_bad: bool = False, x: str | None = No
         good["N"] if "N" in present else None, good["D"] if "D" in present else None,
         good["loss"], good["C"] if has_c or derive_c else None, run_id=good["run_id"],
         budget=good["budget"], source=str(path), unit=good["unit"] if "unit" in header else None,
+        unique_tokens=good["unique_tokens"] if "unique_tokens" in header else None,
     )
     if derive_c:
         data = dataclasses.replace(data, c_derived=True)
@@ -270,7 +274,8 @@ def load_runs(
     """
     if n_key not in ("params", "params_nonembedding"):
         raise DataError(f"n_key={n_key!r}; use 'params' or 'params_nonembedding'")
-    rows: dict[str, list] = {"N": [], "D": [], "loss": [], "C": [], "run_id": [], "budget": [], "unit": []}
+    rows: dict[str, list] = {"N": [], "D": [], "loss": [], "C": [], "run_id": [], "budget": [], "unit": [],
+                             "unique_tokens": []}
     skipped: list[SkippedRun] = []
     for run in find_run_dirs(folder) if run_dirs is None else run_dirs:
         run_id = run.name
@@ -312,6 +317,9 @@ def load_runs(
         # A run the mapping does not name is its own unit: its id never collides with a label.
         rows["unit"].append((units or {}).get(run_id) or (units or {}).get(run.name) or f"run:{run_id}")
         rows["budget"].append(float(res.budget_flops) if _positive(res.budget_flops) else float("nan"))
+        # The unique tokens the run drew from (the data-constrained law's U); NaN when unknown.
+        rows["unique_tokens"].append(float(res.unique_tokens) if _positive(res.unique_tokens)
+                                     else float("nan"))
     if not rows["N"]:
         counts = {}
         for s in skipped:
@@ -327,7 +335,9 @@ def load_runs(
         )
     data = Data.from_arrays(rows["N"], rows["D"], rows["loss"], rows["C"],
                             run_id=rows["run_id"], budget=rows["budget"], source=str(folder),
-                            unit=rows["unit"] if units else None)
+                            unit=rows["unit"] if units else None,
+                            unique_tokens=(rows["unique_tokens"]
+                                           if any(map(math.isfinite, rows["unique_tokens"])) else None))
     return data, skipped
 
 

@@ -75,17 +75,21 @@ class Law:
     derived: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]] = lambda params: {}
     # A law in N and D: optimal(C, **params) -> (N_opt, D_opt, L) under C = 6 N D.
     optimal: Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+    # Inputs a law in N and D takes after them, each a Data column: ("U",), the unique
+    # tokens, for the data-constrained law. The log columns are then also "lnU", ...
+    extra_inputs: tuple[str, ...] = ()
     # (theta, cols, log_loss, delta, weights) -> (Huber objective, gradient), fused for speed;
     # it must agree with the generic objective built from log_pred (a test checks it).
     fused: Callable | None = None
-    # ("N", "D"), or ("x",) for a law in one variable: the formula's first arguments.
+    # ("N", "D") (with extra_inputs after them), or ("x",) for a law in one variable: the
+    # formula's first arguments.
     inputs: tuple[str, ...] = field(init=False)
     # The formula's parameters after its inputs, in its order: e.g. ("E", "A", "B", "alpha",
     # "beta"). Read from the signature, so they cannot drift from the formula.
     param_names: tuple[str, ...] = field(init=False)
 
     def __post_init__(self):
-        inputs = ("x",) if self.x_choices else ("N", "D")
+        inputs = ("x",) if self.x_choices else ("N", "D") + self.extra_inputs
         names = tuple(inspect.signature(self.formula).parameters)[len(inputs):]
         object.__setattr__(self, "inputs", inputs)
         object.__setattr__(self, "param_names", names)
@@ -263,6 +267,40 @@ def _chinchilla_fused(theta, cols, log_loss, delta, weights):
     return f.sum(axis=1), grad
 
 
+# Chinchilla's start grid, in fractions of the lowest loss: each term A N^-alpha (B D^-beta)
+# at the data's median N (D) from 0.1% to 20 times it, and E from a twentieth of it to just
+# below it. Six, six and five values, times Epoch's five values of each exponent: 4,500 starts,
+# as many as Epoch's grid.
+CHIN_TERM_FRACTIONS = (1e-3, 6e-3, 0.035, 0.2, 1.2, 20.0)
+CHIN_E_FRACTIONS = (0.05, 0.25, 0.5, 0.75, 0.95)
+CHIN_EXPONENTS = (0.0, 0.5, 1.0, 1.5, 2.0)
+
+
+def _chinchilla_grid(cols):
+    """Starts for E + A N^-alpha + B D^-beta scaled to the data.
+
+    The exponents are dimensionless, so their starts are Epoch AI's (0 to 2 by 0.5). The
+    scales are not: for each exponent, ``a = log A`` starts where ``A N^-alpha`` at the data's
+    median N is a fraction of the lowest loss (:data:`CHIN_TERM_FRACTIONS`), so
+    ``a = ln L_min + ln(fraction) + alpha median(ln N)``, and b the same in D; ``e = log E``
+    starts at fractions of the lowest loss (an offset below it, :data:`CHIN_E_FRACTIONS`).
+    N and D in other units, or a loss in other units, move the grid with them. Without the
+    losses (``lny``) or the inputs, it is Epoch AI's fixed grid (data/README.md):
+    a, b in 0..25 by 5, e in -1..1 by 0.5, alpha, beta in 0..2 by 0.5.
+    """
+    if not {"lny", "lnN", "lnD"} <= cols.keys():
+        return _grid(np.arange(0, 30, 5), np.arange(0, 30, 5), np.arange(-1, 1.5, 0.5),
+                     CHIN_EXPONENTS, CHIN_EXPONENTS)
+    y_lo = float(np.min(cols["lny"]))
+    n_med, d_med = float(np.median(cols["lnN"])), float(np.median(cols["lnD"]))
+    terms = y_lo + np.log(CHIN_TERM_FRACTIONS)
+    ex = np.array(CHIN_EXPONENTS)
+    g = _grid(terms, terms, y_lo + np.log(CHIN_E_FRACTIONS), ex, ex)
+    g[:, 0] += g[:, 3] * n_med  # a = ln(term) + alpha median(ln N)
+    g[:, 1] += g[:, 4] * d_med
+    return g
+
+
 CHINCHILLA = Law(
     name="chinchilla",
     formula=chinchilla,
@@ -274,11 +312,7 @@ CHINCHILLA = Law(
     # the log-scales get wide but finite bounds so a runaway start cannot overflow.
     lower=np.array([-50.0, -50.0, -20.0, 0.0, 0.0]),
     upper=np.array([100.0, 100.0, 20.0, 10.0, 10.0]),
-    # Epoch AI's grid (data/README.md): 6 x 6 x 5 x 5 x 5 = 4,500 starts.
-    default_grid=lambda cols: _grid(
-        np.arange(0, 30, 5), np.arange(0, 30, 5), np.arange(-1, 1.5, 0.5),
-        np.arange(0, 2.5, 0.5), np.arange(0, 2.5, 0.5),
-    ),
+    default_grid=_chinchilla_grid,
     derived=lambda p: chinchilla_allocation(p["A"], p["B"], p["alpha"], p["beta"]),
     optimal=chinchilla_optimal,
     fused=_chinchilla_fused,
@@ -547,6 +581,119 @@ BROKEN_POWER_LAW = Law(
 )
 
 
+# --- Data-constrained: Chinchilla with effective data (Muennighoff et al. 2023) -------------
+
+def effective_data(D: ArrayLike, U: ArrayLike, R_D_star: float) -> np.ndarray:
+    """Effective data of a run that repeats its unique tokens (Muennighoff et al. 2023).
+
+    ``D' = U_D + U_D R*_D (1 - exp(-R_D / R*_D))`` with ``U_D = min(U, D)`` and
+    ``R_D = D / U_D - 1`` the repetitions (epochs - 1).
+
+    D: tokens seen [count]; U: unique tokens available [count]; R_D_star: the repetitions at
+    which a repeated token's value has fallen by 1/e [dimensionless]. D' [tokens] equals D for
+    a single epoch and tends to ``(1 + R*_D) U_D`` with many.
+    """
+    D = np.asarray(D, dtype=float)
+    U_D = np.minimum(np.asarray(U, dtype=float), D)
+    R = D / U_D - 1.0
+    return U_D + U_D * R_D_star * -np.expm1(-R / R_D_star)
+
+
+def data_constrained(
+    N: ArrayLike,
+    D: ArrayLike,
+    U: ArrayLike,
+    E: float = 1.69,
+    A: float = 406.4,
+    B: float = 410.7,
+    alpha: float = 0.34,
+    beta: float = 0.28,
+    R_D_star: float = 15.39,
+) -> np.ndarray:
+    """Muennighoff et al. (2023) data-constrained law: Chinchilla's in effective data.
+
+    ``L(N, D, U) = E + A / N^alpha + B / D'^beta`` with
+    ``D' = U_D + U_D R*_D (1 - exp(-R_D / R*_D))``, ``U_D = min(U, D)``,
+    ``R_D = D / U_D - 1`` (epochs - 1).
+
+    N: parameters [count]; D: tokens seen [count]; U: unique tokens [count]; E [nats];
+    A [nats * params^alpha]; B [nats * tokens^beta]; alpha, beta [dimensionless];
+    R_D_star [dimensionless]. Defaults: Hoffmann et al.'s fit and Muennighoff et al.'s
+    R*_D = 15.39. With one epoch (U >= D) it is Chinchilla's law.
+    """
+    N = np.asarray(N, dtype=float)
+    return E + A * N ** (-alpha) + B * effective_data(D, U, R_D_star) ** (-beta)
+
+
+def epoch_value(epochs: ArrayLike, R_D_star: ArrayLike) -> np.ndarray:
+    """What one more pass over the unique data is worth, as a fraction of new unique data.
+
+    Going from ``epochs`` to ``epochs + 1`` passes over U unique tokens adds
+    ``U R*_D exp(-R_D / R*_D) (1 - exp(-1 / R*_D))`` effective tokens (R_D = epochs - 1);
+    the same number of tokens of new unique data would add U. The ratio, returned, is 1 for
+    unlimited data and falls by ``exp(-1/R*_D)`` with every epoch [dimensionless].
+    """
+    R = np.asarray(epochs, dtype=float) - 1.0
+    Rs = np.asarray(R_D_star, dtype=float)
+    return Rs * np.exp(-R / Rs) * -np.expm1(-1.0 / Rs)
+
+
+def _effective_log_data(lnD, lnU, r):
+    """ln D' and d ln D' / d r for r = ln R*_D, broadcast to (batch, n)."""
+    Rs = np.exp(r)  # (batch, 1)
+    lnUD = np.minimum(lnU, lnD)
+    R = np.expm1(lnD - lnUD)  # repetitions, (n,)
+    q = R / Rs
+    em = np.exp(-q)
+    g = 1.0 + Rs * -np.expm1(-q)  # D' / U_D
+    dg = -np.expm1(-q) - q * em  # d g / d R*
+    return lnUD + np.log(g), Rs * dg / g
+
+
+def _data_constrained_log_pred(theta, cols):
+    lnDp, dlnDp = _effective_log_data(cols["lnD"], cols["lnU"], theta[:, 5:6])
+    lse, jac = _chinchilla_log_pred(theta[:, :5], {"lnN": cols["lnN"], "lnD": lnDp})
+    beta = theta[:, 4:5]
+    return lse, jac + [-jac[1] * beta * dlnDp]
+
+
+def _data_constrained_grid(cols):
+    """Chinchilla's grid (:func:`_chinchilla_grid`, D at the data's tokens), times three
+    starts of R*_D spread over the data's repetitions: from the median to four times the
+    largest (log-spaced); without repeated runs, Muennighoff et al.'s 15.39 alone."""
+    base = _chinchilla_grid(cols)
+    R = np.expm1(cols["lnD"] - np.minimum(cols["lnU"], cols["lnD"])) if "lnU" in cols else None
+    if R is None or not (R > 0).any():
+        rstar = np.log([15.39])
+    else:
+        R = R[R > 0]
+        rstar = np.linspace(np.log(np.median(R)), np.log(4 * R.max()), 3)
+    return np.array([np.r_[row, r] for r in rstar for row in base])
+
+
+def _data_constrained_derived(p):
+    Rs = p["R_D_star"]
+    # epochs at which a repeated token is worth half a new one, and the most a run on U
+    # unique tokens can be worth in epochs of them: D' -> (1 + R*_D) U.
+    return {"half_value_epochs": 1.0 + Rs * np.log(2.0), "max_effective_epochs": 1.0 + Rs}
+
+
+DATA_CONSTRAINED = Law(
+    name="data_constrained",
+    formula=data_constrained,
+    extra_inputs=("U",),
+    theta_names=("a", "b", "e", "alpha", "beta", "log_R_D_star"),
+    encodes=("A", "B", "E", "alpha", "beta", "R_D_star"),
+    logged=(True, True, True, False, False, True),
+    log_pred=_data_constrained_log_pred,
+    # R*_D from 0.01 (a repeated token is worthless) to 1e6 (repeats as good as new data).
+    lower=np.r_[CHINCHILLA.lower, np.log(1e-2)],
+    upper=np.r_[CHINCHILLA.upper, np.log(1e6)],
+    default_grid=_data_constrained_grid,
+    derived=_data_constrained_derived,
+)
+
+
 # --- Other formulas ------------------------------------------------------------------------
 
 def compute_flops(N: ArrayLike, D: ArrayLike) -> np.ndarray:
@@ -559,5 +706,6 @@ def compute_flops(N: ArrayLike, D: ArrayLike) -> np.ndarray:
 
 LAWS: dict[str, Law] = {
     law.name: law
-    for law in (CHINCHILLA, POWER_LAW, KAPLAN_N, KAPLAN_D, KAPLAN_ND, BROKEN_POWER_LAW)
+    for law in (CHINCHILLA, POWER_LAW, KAPLAN_N, KAPLAN_D, KAPLAN_ND, BROKEN_POWER_LAW,
+                DATA_CONSTRAINED)
 }

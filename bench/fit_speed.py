@@ -90,7 +90,10 @@ def main() -> None:
     args = ap.parse_args()
 
     data = load_csv(args.csv).drop_highest_loss(args.drop_highest_loss)
-    grid = CHINCHILLA.default_grid({})
+    # The grid the fit builds from the data (scaled to its N, D and losses), so both methods
+    # start from the same points.
+    grid = CHINCHILLA.default_grid({"lnN": np.log(data.N), "lnD": np.log(data.D),
+                                    "lny": np.log(data.loss)})
     print(f"data: {len(data)} runs; grid: {len(grid)} starts")
 
     fit_law(data.subset(np.arange(20)), "chinchilla")  # warm numpy/scipy imports, untimed

@@ -46,9 +46,12 @@ def test_chinchilla_optimal_uses_c_equals_6nd():
 
 def _cols_for(law):
     n = 12
-    if law.inputs == ("N", "D"):
-        return {"lnN": np.log(np.geomspace(1e7, 1e10, n)), "lnD": np.log(np.geomspace(1e9, 1e11, n))[::-1].copy()}
-    return {"lnx": np.log(np.geomspace(1e3, 1e9, n))}
+    if law.x_choices:
+        return {"lnx": np.log(np.geomspace(1e3, 1e9, n))}
+    cols = {"lnN": np.log(np.geomspace(1e7, 1e10, n)), "lnD": np.log(np.geomspace(1e9, 1e11, n))[::-1].copy()}
+    if "U" in law.extra_inputs:  # from 1 to 100 epochs, and one run with more unique data than D
+        cols["lnU"] = cols["lnD"] - np.log(np.r_[np.geomspace(1, 100, n - 1), 0.5])
+    return cols
 
 
 THETA = {
@@ -58,13 +61,14 @@ THETA = {
     "kaplan_d": [np.log(5.4e13), 0.095],
     "kaplan_nd": [np.log(8.8e13), np.log(5.4e13), 0.076, 0.095],
     "broken_power_law": [0.2, 2.0, 0.1, 0.3, np.log(1e6), 0.5],
+    "data_constrained": [6.0, 7.5, 0.6, 0.35, 0.37, np.log(15.39)],
 }
 
 
 def _formula(law, theta, cols):
     """The law's formula (the pure function) at internal parameters ``theta`` (p,)."""
     params = dict(zip(law.param_names, law.to_public(theta[None])[0]))
-    inputs = [np.exp(cols[k]) for k in (("lnN", "lnD") if law.inputs == ("N", "D") else ("lnx",))]
+    inputs = [np.exp(cols["ln" + k]) for k in law.inputs]
     with np.errstate(over="ignore"):
         return law(*inputs, **params)
 

@@ -72,3 +72,56 @@ def test_one_variable_fits_do_not_depend_on_the_units_of_the_loss(law):
     assert fits[1].rmse_log == pytest.approx(fits[0].rmse_log, rel=0.05)
     if law == "power_law":  # the broken law's E trades off against its break: not pinned
         assert fits[1].params["E"] == pytest.approx(1e-3 * fits[0].params["E"], rel=0.05)
+
+
+def chinchilla_rescaled(loss_scale, n_unit, d_unit, sigma=0.001, seed=0):
+    """Chinchilla's law on an 8 x 8 grid, with the loss multiplied by ``loss_scale`` and N, D
+    counted in units of ``n_unit``, ``d_unit``; returns the data and the true parameters in
+    those units."""
+    from scaling.analysis import laws
+
+    rng = np.random.default_rng(seed)
+    N, D = np.meshgrid(np.geomspace(1e7, 3e9, 8), np.geomspace(3e8, 1e11, 8))
+    N, D = N.ravel(), D.ravel()
+    p = dict(E=1.8, A=400.0, B=1500.0, alpha=0.34, beta=0.30)
+    loss = laws.chinchilla(N, D, **p) * np.exp(rng.normal(0, sigma, N.size))
+    true = dict(E=p["E"] * loss_scale, A=p["A"] * loss_scale * n_unit ** -p["alpha"],
+                B=p["B"] * loss_scale * d_unit ** -p["beta"], alpha=p["alpha"], beta=p["beta"])
+    return Data.from_arrays(N / n_unit, D / d_unit, loss * loss_scale), true
+
+
+@pytest.mark.parametrize("loss_scale,n_unit,d_unit", [
+    (1e-2, 1e9, 1e-3),   # loss below 0.05, N in billions, D in thousandths of a token
+    (1e-3, 1e-6, 1e6),   # N in micro-parameters, D in millions of tokens
+    (30.0, 1.0, 1e12),   # loss above 30, D in trillions (every D below 1)
+])
+def test_chinchilla_grid_follows_rescaled_data(loss_scale, n_unit, d_unit):
+    # The grid scales with the data's N, D and losses: the same law in other units is
+    # recovered, and no start lies off the data's scale (no grid_edge warning).
+    data, true = chinchilla_rescaled(loss_scale, n_unit, d_unit)
+    fit = fit_law(data, "chinchilla")
+    for k in ("E", "alpha", "beta"):
+        assert fit.params[k] == pytest.approx(true[k], rel=0.02), k
+    for k in ("A", "B"):
+        assert fit.params[k] == pytest.approx(true[k], rel=0.1), k
+    assert not fit.diagnostics
+    # Equivariance: the fit in the original units, carried over, is the same optimum.
+    base = fit_law(chinchilla_rescaled(1.0, 1.0, 1.0)[0], "chinchilla")
+    assert fit.objective == pytest.approx(base.objective, rel=1e-4)
+    assert fit.params["E"] == pytest.approx(base.params["E"] * loss_scale, rel=1e-3)
+    assert fit.params["alpha"] == pytest.approx(base.params["alpha"], rel=1e-3)
+
+
+def test_chinchilla_grid_scales_with_the_data():
+    from scaling.analysis.laws import CHINCHILLA
+
+    data, _ = chinchilla_rescaled(1.0, 1.0, 1.0)
+    cols = {"lnN": np.log(data.N), "lnD": np.log(data.D), "lny": np.log(data.loss)}
+    grid = CHINCHILLA.default_grid(cols)
+    assert grid.shape == (4500, 5)  # as many starts as Epoch AI's grid
+    shifted = CHINCHILLA.default_grid({"lnN": cols["lnN"] - np.log(1e9), "lnD": cols["lnD"],
+                                       "lny": cols["lny"] + np.log(1e-2)})
+    # N in billions moves a by -alpha ln(1e9); a loss 100 times smaller moves a, b, e by ln(0.01).
+    assert np.allclose(shifted[:, 0], grid[:, 0] - grid[:, 3] * np.log(1e9) + np.log(1e-2))
+    assert np.allclose(shifted[:, 1:3], grid[:, 1:3] + np.log(1e-2))
+    assert (np.exp(grid[:, 2]) < data.loss.min()).all()  # E starts below the lowest loss
