@@ -236,3 +236,26 @@ def _held(h: HoldoutResult) -> str:
     if h.by == "budget":
         return f"all {h.n_held} runs of the {h.k} largest budget(s)"
     return f"{h.k} largest by {h.by}"
+
+
+def plot_tune(ax: Axes, tune: dict) -> Axes:
+    """The tune phase's sweep: each seed's loss and the seed means against LR (log axis), the
+    parabola fitted around the minimum, and the chosen LR."""
+    lrs = np.asarray(tune["lrs"], dtype=float)
+    for lr, losses in zip(lrs, tune["losses"]):
+        finite = [v for v in losses if v is not None and np.isfinite(v)]
+        ax.scatter([lr] * len(finite), finite, s=12, color="0.6", zorder=2)
+    mean = np.array([np.nan if m is None else m for m in tune["mean"]], dtype=float)
+    ax.plot(lrs, mean, "o-", color="C0", label="seed mean", zorder=3)
+    if tune.get("coef"):
+        a, b, c = tune["coef"]
+        win = lrs[tune["window"]]
+        x = np.linspace(np.log(win.min()), np.log(win.max()), 100)
+        ax.plot(np.exp(x), a + b * x + c * x**2, "--", color="C1", label="parabola in log LR")
+    ax.axvline(tune["best_lr"], color="C3", lw=1, label=f"chosen LR {tune['best_lr']:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (base shape)")
+    ax.set_ylabel("final loss [nats]")
+    ax.set_title("tune phase: LR sweep at the muP base shape")
+    ax.legend(fontsize=8)
+    return ax

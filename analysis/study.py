@@ -48,7 +48,7 @@ from scaling.analysis.errors import AnalysisError
 from scaling.analysis.isoflop import DEFAULT_WINDOW
 from scaling.contracts import ContractError, Plan, plan_from_json, read_plan
 
-FIGURE_NAMES = ("loss_vs_compute", "isoflop", "optimal_allocation", "residuals", "predicted_vs_actual")
+FIGURE_NAMES = ("loss_vs_compute", "isoflop", "optimal_allocation", "residuals", "predicted_vs_actual", "tune")
 BEYOND = (10.0, 100.0, 1000.0)  # budgets beyond the study's largest, for the allocation table
 
 
@@ -69,6 +69,8 @@ class StudyAnalysis:
     approaches: dict | None = None  # compare_approaches
     known_floor: dict | None = None  # the data's recorded floor against the fitted E
     comparison: Any = None  # NestedComparison, or a str saying why there is none
+    tune: dict | None = None  # the tune phase's sweep and chosen LR (STUDY/tune/tune.json)
+    verification: dict | None = None  # the pre-registered prediction against the run (analysis.verify)
     problems: list[str] = field(default_factory=list)  # analyses that could not run, and why
 
 
@@ -179,7 +181,21 @@ def analyse_study(
     floor = data_loss_floor(run_dirs)
     if floor is not None and out.fit is not None:
         out.known_floor = known_floor(floor, out.fit, out.boot)
+    out.tune = read_tune(study_dir)
+    from scaling.analysis.verify import verification
+
+    out.verification = verification(study_dir)
     return out
+
+
+def read_tune(study_dir: str | Path) -> dict | None:
+    """The tune phase's record (STUDY/tune/tune.json, written by the launcher), or None."""
+    import json
+
+    try:
+        return json.loads((Path(study_dir) / "tune" / "tune.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def known_floor(floor: float, fit: Any, boot: Any = None) -> dict:
@@ -213,6 +229,10 @@ def study_json(a: StudyAnalysis) -> dict:
         doc["approaches"] = a.approaches
     if a.known_floor is not None:
         doc["known_floor"] = a.known_floor
+    if a.tune is not None:
+        doc["tune"] = a.tune
+    if a.verification is not None:
+        doc["verification"] = {k: v for k, v in a.verification.items() if k != "prediction"}
     doc["problems"] = list(a.problems)
     return doc
 
@@ -249,6 +269,10 @@ def study_figures(a: StudyAnalysis) -> dict[str, Any]:
         fig, (ax,) = plots.new_figure()
         plots.plot_predicted_vs_actual(ax, a.data, a.fit, a.holdout)
         figs["predicted_vs_actual"] = fig
+    if a.tune is not None:
+        fig, (ax,) = plots.new_figure()
+        plots.plot_tune(ax, a.tune)
+        figs["tune"] = fig
     return figs
 
 
@@ -287,6 +311,8 @@ def render_report(a: StudyAnalysis, figures: list[str]) -> str:
         rules = a.plan.rules or {}
         if rules:
             parts += ["Hyperparameter rules: " + "; ".join(f"{k} = {v}" for k, v in rules.items()), ""]
+    if a.tune is not None:
+        parts += ["## Tune phase: the LR sweep", "", _tune_section(a.tune), ""]
     parts += ["## Results", "", results, ""]
     if a.skipped:
         parts += ["Skipped runs:", ""] + [f"- `{s.run_id}` ({s.status}): {s.reason}" for s in a.skipped] + [""]
@@ -300,6 +326,8 @@ def render_report(a: StudyAnalysis, figures: list[str]) -> str:
         parts += ["## Approaches side by side", "", _approaches_section(a.approaches), ""]
     if a.holdout is not None:
         parts += ["## Extrapolation check", "", _holdout_section(a.holdout), ""]
+    if a.verification is not None:
+        parts += ["## Prediction: the pre-registered verification run", "", _prediction_section(a.verification), ""]
     if a.known_floor is not None:
         parts += ["## The data's known floor", "", _floor_sentence(a.known_floor)
                   + " The fit never reads the floor; it comes from the data's manifest.", ""]
@@ -307,6 +335,55 @@ def render_report(a: StudyAnalysis, figures: list[str]) -> str:
     if figures:
         parts += ["## Figures", ""] + [f"![{name}](figures/{name}.png)" for name in figures] + [""]
     return "\n".join(parts)
+
+
+def _tune_section(t: dict) -> str:
+    rows = []
+    for j, (lr, losses, mean) in enumerate(zip(t["lrs"], t["losses"], t["mean"])):
+        mark = " (best of the grid)" if j == t["best_index"] else (" (fitted)" if j in t["window"] else "")
+        rows.append([_g(lr), ", ".join(_g(v) for v in losses), (_g(mean) if mean is not None else "diverged") + mark])
+    return "\n\n".join([
+        f"Every run of the study trains at LR {_g(t['best_lr'])} under muP, relative to the base shape "
+        f"`{t['base_shape']}`, which muP scales per layer for each run's width and depth. The sweep trained the "
+        f"base shape at each LR below; the LR is {t['note']}, by the rule: {t['rule']}.",
+        _table(["LR", "final loss per seed", "mean"], rows),
+    ])
+
+
+def verification_sentences(v: dict) -> list[str]:
+    """The verification run in a sentence or two: predicted against actual, or why not yet."""
+    if not v.get("trusted"):
+        return [f"verification: {v.get('why')}"]
+    doc = v["prediction"]
+    run = doc["run"]
+    head = (f"verification run {run['id']} (N={run['N']:.3g}, D={run['D']:.3g}, C={run['C']:.3g} = "
+            f"{doc['compute_multiple']:g}x the largest budget), predicted {doc['written']} before it trained")
+    if v.get("actual") is None:
+        return [head + (f": it failed ({v['failed'].strip().splitlines()[-1]})" if v.get("failed") else
+                        ": not trained yet")]  # fmt: skip
+    lines = [head + f": actual loss {v['actual']:.4f}"]
+    names = {"parametric": "approach 3 (parametric law)", "isoflop": "approach 2 (IsoFLOP L_min(C))"}
+    for name, r in v["approaches"].items():
+        lo, hi = r["interval"]
+        lines.append(f"{names.get(name, name)} predicted {r['predicted']:.4f} [{lo:.4f}, {hi:.4f}]: "
+                     f"error {100 * r['relative_error']:+.2f}%, actual {'inside' if r['inside'] else 'OUTSIDE'} "
+                     f"the 95% prediction interval")  # fmt: skip
+    return lines
+
+
+def _prediction_section(v: dict) -> str:
+    if not v.get("trusted"):
+        return f"**Not trusted:** {v.get('why')}. The run is not judged against it."
+    doc = v["prediction"]
+    text = [" ".join(verification_sentences(v)[:1]) + "."]
+    if v.get("actual") is not None:
+        rows = [[name, _g(r["predicted"]), f"[{_g(r['interval'][0])}, {_g(r['interval'][1])}]", _g(v["actual"]),
+                 f"{100 * r['relative_error']:+.2f}%", "yes" if r["inside"] else "**no**"]
+                for name, r in v["approaches"].items()]  # fmt: skip
+        text.append(_table(["approach", "predicted", "95% prediction interval", "actual", "error", "inside"], rows))
+    text.append(f"The prediction (`verify/prediction.json`) was made from {doc['data']['runs']} runs and is kept "
+                f"unchanged while they are; new runs make a new one and keep the old in `verify/history/`.")
+    return "\n\n".join(text)
 
 
 def _pair(pair: tuple[float, float]) -> str:
@@ -327,6 +404,13 @@ def headline(a: StudyAnalysis) -> list[str]:
                      f"{constrained}; a = {a.fit.derived['a']:.3f}, b = {a.fit.derived['b']:.3f}.")
     if a.comparison is not None and not isinstance(a.comparison, str):
         lines.append(a.comparison.sentence())
+    if a.approaches:
+        names = {"isoflop": "approach 2", "parametric": "approach 3", "envelope": "approach 1"}
+        parts = [f"{names[k]} {a.approaches[k]['a']:.3f}{_pair(tuple(a.approaches[k]['a_interval']))}"
+                 for k in ("isoflop", "parametric", "envelope") if isinstance(a.approaches.get(k), dict)
+                 and "a" in a.approaches[k]]  # fmt: skip
+        if parts:
+            lines.append("a of N_opt ~ C^a on the study's FLOP scale: " + "; ".join(parts) + ".")
     if a.holdout is not None:
         h = a.holdout
         if h.by == "budget":
@@ -338,6 +422,8 @@ def headline(a: StudyAnalysis) -> list[str]:
                          f"within {100 * h.max_abs_rel_error:.2f}%.")
     if a.known_floor is not None:
         lines.append(_floor_sentence(a.known_floor))
+    if a.verification is not None:
+        lines += verification_sentences(a.verification)
     return lines
 
 
@@ -538,4 +624,7 @@ def write_study_outputs(study_dir: str | Path, a: StudyAnalysis) -> dict[str, Pa
     tmp.write_text(report)
     tmp.replace(study_dir / "report.md")
     written["report.md"] = study_dir / "report.md"
+    from scaling.analysis.html import write_report_html
+
+    written["report.html"] = write_report_html(study_dir)
     return written

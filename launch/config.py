@@ -18,6 +18,7 @@ from scaling.config import FLOPS_CONVENTIONS
 from scaling.errors import ConfigError, raise_if
 from scaling.families import DEFAULT as DEFAULT_FAMILY, FAMILIES
 from scaling.ladder import parse_count
+from scaling.launch.cost import CostConfig
 
 COUNTS = ("nonembedding", "total")
 LAUNCHERS = ("local", "slurm")
@@ -126,6 +127,72 @@ class BudgetsConfig:
     max_epochs: Optional[float] = 4.0
 
 
+@dataclass
+class TuneConfig:
+    """A study's LR sweep at its muP base shape, run before the study's own runs (under
+    STUDY/tune/, as ordinary run directories). The best LR, read off by the rule in
+    `scaling.analysis.tune`, becomes every run's LR, and muP scales it per layer for each run's
+    width and depth (so the study needs `model.parametrization=mup`). muP transfers across width
+    and depth, not across training length or batch, so the sweep trains at the study's typical
+    tokens per parameter with the study's batch rule.
+
+    lrs               the grid: 3 or more LRs, log-spaced (e.g. a factor of 2 apart); empty: the
+                      study has no tune phase and its LRs follow study.rules.lr
+    shape             the base shape's model fields, e.g. {n_layers: 1, d_model: 8, n_heads: 1};
+                      empty: the study's smallest model. It is the muP base shape of every run,
+                      so it may not be wider or deeper than the smallest model.
+    tokens_per_param  the sweep's D / N; None: the study's typical (an IsoFLOP grid's
+                      `center_tokens_per_param`, a ladder's geometric-mean multiplier)
+    seeds             seeds per LR; the parabola fits their means"""
+
+    lrs: list[float] = field(default_factory=list)
+    shape: dict[str, Any] = field(default_factory=dict)
+    tokens_per_param: Optional[float] = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.lrs)
+
+    def problems(self, prefix: str = "study.tune") -> list[str]:
+        out = []
+        if not self.enabled:
+            return out
+        if len(self.lrs) < 3:
+            out.append(f"{prefix}.lrs={self.lrs} has {len(self.lrs)} LRs; give 3 or more, log-spaced, "
+                       f"e.g. {prefix}.lrs=[0.004,0.008,0.016,0.032]")
+        if any(not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0) for lr in self.lrs):
+            out.append(f"{prefix}.lrs={self.lrs} must all be positive numbers")
+        elif len(set(self.lrs)) != len(self.lrs):
+            out.append(f"{prefix}.lrs={self.lrs} repeats an LR; list each once")
+        if self.tokens_per_param is not None and not self.tokens_per_param > 0:
+            out.append(f"{prefix}.tokens_per_param={self.tokens_per_param} must be positive, or null for the "
+                       f"study's typical")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            out.append(f"{prefix}.seeds={self.seeds}; give one or more distinct seeds")
+        return out
+
+
+@dataclass
+class VerifyConfig:
+    """A pre-registered verification run: once the study's runs are fitted, the compute-optimal
+    N and D at `compute_multiple` x the study's largest budget are planned (N snapped to the
+    ladder), the predicted loss is written to STUDY/verify/prediction.json, and only then is the
+    run trained (under STUDY/verify/). None: no verification run."""
+
+    compute_multiple: Optional[float] = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.compute_multiple is not None
+
+    def problems(self, prefix: str = "study.verify") -> list[str]:
+        if self.enabled and not (math.isfinite(self.compute_multiple) and self.compute_multiple >= 1):
+            return [f"{prefix}.compute_multiple={self.compute_multiple} must be >= 1 (a multiple of the study's "
+                    f"largest budget), e.g. 3 or 10"]  # fmt: skip
+        return []
+
+
 def _positive_counts(values: list[Any], key: str) -> list[str]:
     """Problems with a list of counts such as [1e5, "3M"]: unparsable or not positive."""
     out = []
@@ -167,6 +234,10 @@ class StudySpec:
     retry_failed: bool = False  # relaunch runs whose result.json says failed
     throughput_flops: Optional[float] = None  # achieved training FLOP/s per process, for estimates
     assumed_mfu: float = 0.3  # share of the measured matmul FLOP/s a small model reaches
+    # GPU-hours and money of the plan (scaling.launch.cost); max_gpu_hours refuses a larger one
+    cost: CostConfig = field(default_factory=CostConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)  # an LR sweep at the base shape that sets every run's LR (muP)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)  # a pre-registered prediction of a larger run
 
     def __post_init__(self) -> None:
         if self.model is None and self.family in FAMILIES:
@@ -239,6 +310,9 @@ class StudySpec:
             )
         out += self.rules.lr.problems(f"{prefix}.rules.lr")
         out += self.rules.batch_tokens.problems(f"{prefix}.rules.batch_tokens")
+        out += self.cost.problems(f"{prefix}.cost")
+        out += self.tune.problems(f"{prefix}.tune")
+        out += self.verify.problems(f"{prefix}.verify")
         if self.throughput_flops is not None and not self.throughput_flops > 0:
             out.append(f"{prefix}.throughput_flops={self.throughput_flops} must be positive, or null to measure")
         return out

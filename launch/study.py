@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from scaling.contracts import RunStatus
+from scaling.launch.cost import check_budget, format_cost, plan_cost
 from scaling.launch.config import ClusterConfig, LauncherConfig, ReportConfig, StudyAppConfig, StudySpec
-from scaling.launch.plan import Plan, format_plan, make_plan, throughput_for, write_plan
+from scaling.launch.plan import Plan, format_plan, make_plan, set_estimates, throughput_for, write_plan
 from scaling.launch.state import ACTIVE, archive_failed, read_states
 from scaling.errors import ConfigError, ScalingError
 
@@ -48,6 +49,8 @@ class LaunchOutcome:
     exit_codes: dict[str, int] = field(default_factory=dict)  # local runs
     states: dict[str, RunStatus] = field(default_factory=dict)
     script: Optional[str] = None  # print-only: the rendered sbatch script
+    tune: Optional[Plan] = None  # the tune phase's sweep, for a study that has one
+    spec: Optional[StudySpec] = None  # the study as its runs were planned (with the tuned LR)
 
     @property
     def complete(self) -> bool:
@@ -92,23 +95,68 @@ def launch_study(
     echo: Callable[[str], None] = print,
 ) -> LaunchOutcome:
     """Plan `spec` and launch the runs that need it. Local launches block until the runs end;
-    Slurm launches return once submitted (unless launcher.wait)."""
+    Slurm launches return once submitted (unless launcher.wait).
+
+    A study with a tune phase (`study.tune`) first launches its LR sweep (STUDY/tune/); once the
+    sweep has ended, its best LR becomes every run's LR (muP, relative to the sweep's shape) and
+    the study's own runs are planned and launched. A Slurm launch that does not wait submits the
+    sweep and returns; the relaunch after it launches the study."""
     from scaling.launch.config import validate
 
     cluster = cluster or ClusterConfig()
     validate(StudyAppConfig(study=spec, launcher=launcher, cluster=cluster))
     study_dir = os.path.abspath(spec.dir)
     configured = cluster.throughput_flops if launcher.name == "slurm" else None
-    plan = make_plan(spec, study_dir, throughput=throughput_for(spec, study_dir, configured))
+    throughput = throughput_for(spec, study_dir, configured)
+    outcome = LaunchOutcome(plan=None)  # type: ignore[arg-type] - set below
+    main_spec = spec
+    if spec.tune.enabled:
+        from scaling.launch.tune import lr_rule_text, plan_tune, tune_result, tuned_spec, write_tune
+
+        tune = plan_tune(spec, study_dir)
+        set_estimates(tune, *throughput)
+        outcome.tune = tune
+        result = tune_result(tune)
+        if result is None and not spec.dry_run:
+            check_budget(plan_cost(tune, spec.cost), spec.cost)
+            _launch_plan(tune, spec, launcher, cluster, echo, outcome, heading="tune phase")
+            if launcher.name == "slurm" and not launcher.wait:
+                outcome.plan = tune
+                return outcome
+            result = tune_result(tune)
+            if result is None:  # a sweep run failed; the launch said which
+                outcome.plan = tune
+                return outcome
+        shape = tune.runs[0].shape
+        if result is not None:
+            if not spec.dry_run:
+                write_tune(study_dir, tune, result, shape)
+            echo(f"tune phase: best LR {result.best_lr:.4g} ({result.note}) from {len(tune.runs)} runs at the base "
+                 f"shape {shape}; every run of the study gets it, scaled per layer by muP")  # fmt: skip
+            main_spec = tuned_spec(spec, shape, result.best_lr)
+        else:  # a dry run before the sweep has run: show the study at the grid's middle LR
+            lrs = sorted(spec.tune.lrs)
+            main_spec = tuned_spec(spec, shape, lrs[len(lrs) // 2])
+    plan = make_plan(main_spec, study_dir, throughput=throughput)
+    outcome.spec = main_spec
+    if spec.tune.enabled:
+        plan.rules["lr"] = (lr_rule_text(outcome.tune.runs[0].shape, main_spec.rules.lr.coef) if result is not None
+                            else "set by the tune phase, which has not run: the LRs and run ids below are "
+                                 "provisional, at the grid's middle LR")  # fmt: skip
+    outcome.plan = plan
+    cost = plan_cost(plan, spec.cost)
     if launcher.name == "slurm":
         from scaling.launch.slurm import check_cluster
 
         check_cluster(plan, cluster)  # before anything is written or submitted
-    outcome = LaunchOutcome(plan=plan)
     if spec.dry_run:
+        if outcome.tune is not None:
+            echo("tune phase:\n" + format_plan(outcome.tune) + "\n")
         echo(format_plan(plan))
+        echo(format_cost(cost, spec.cost))
         outcome.dry_run = True
         return outcome
+    check_budget(cost, spec.cost)  # a dry run shows a plan over budget; a launch refuses it
     if launcher.name == "slurm" and launcher.print_script:
         from scaling.launch.slurm import render_sbatch
 
@@ -118,57 +166,76 @@ def launch_study(
         outcome.script = render_sbatch(run, cluster)
         echo(outcome.script)
         return outcome
+    _launch_plan(plan, spec, launcher, cluster, echo, outcome)
+    return outcome
 
+
+def _launch_plan(
+    plan: Plan,
+    spec: StudySpec,
+    launcher: LauncherConfig,
+    cluster: ClusterConfig,
+    echo: Callable[[str], None],
+    outcome: LaunchOutcome,
+    heading: Optional[str] = None,
+) -> None:
+    """Write `plan` and launch its runs that need it (skipping completed, queued and failed ones),
+    under the study's lock; record what happened in `outcome`."""
+    study_dir = os.path.abspath(spec.dir)
     with study_lock(study_dir):
         write_plan(plan)
         runs = {r.id: r for r in plan.runs}
         states = read_states({r.id: r.dir for r in plan.runs})
         todo, resumed = [], []
+        skipped, active, failed = [], [], {}
         for rid, st in states.items():
             if st.state is RunStatus.COMPLETED:
-                outcome.skipped_completed.append(rid)
+                skipped.append(rid)
             elif st.state in ACTIVE:
-                outcome.skipped_active.append(rid)
+                active.append(rid)
             elif st.state is RunStatus.FAILED:
                 if spec.retry_failed:
                     archive_failed(runs[rid].dir)
                     todo.append(runs[rid])
                     resumed.append(rid)
                 else:
-                    outcome.failed[rid] = st.error or "failed"
+                    failed[rid] = st.error or "failed"
             else:
                 todo.append(runs[rid])
                 if st.state is RunStatus.PARTIAL:
                     resumed.append(rid)
         for note in plan.notes:  # a dry run prints them with the plan; a launch prints them here
             echo(f"note: {note}")
+        what = f"{heading} of study {spec.name}" if heading else f"study {plan.study}"
         echo(
-            f"study {plan.study} in {study_dir}: {len(plan.runs)} runs; {len(outcome.skipped_completed)} completed, "
-            f"{len(outcome.skipped_active)} queued or running, {len(outcome.failed)} failed, "
+            f"{what} in {study_dir}: {len(plan.runs)} runs; {len(skipped)} completed, "
+            f"{len(active)} queued or running, {len(failed)} failed, "
             f"launching {len(todo)} ({len(resumed)} resume or retry)"
         )
-        for rid, error in outcome.failed.items():
+        for rid, error in failed.items():
             echo(f"  failed: {rid}: {error.strip().splitlines()[-1] if error.strip() else error}")
-        if outcome.failed:
+        if failed:
             echo("  (relaunch with study.retry_failed=true to retry the failed runs)")
-        outcome.launched = [r.id for r in todo]
+        outcome.skipped_completed += skipped
+        outcome.skipped_active += active
+        outcome.failed.update(failed)
+        outcome.launched += [r.id for r in todo]
 
         if launcher.name == "local":
             from scaling.launch.local import run_local
 
-            outcome.exit_codes = run_local(todo, launcher.parallel, echo=echo, warm=launcher.warm_workers,
-                                           stall_timeout_s=launcher.stall_timeout_s)  # fmt: skip
+            outcome.exit_codes.update(run_local(todo, launcher.parallel, echo=echo, warm=launcher.warm_workers,
+                                                stall_timeout_s=launcher.stall_timeout_s))  # fmt: skip
         else:
             from scaling.launch.slurm import submit_runs
 
-            outcome.job_ids = submit_runs(plan, todo, cluster, launcher, echo=echo)
+            outcome.job_ids.update(submit_runs(plan, todo, cluster, launcher, echo=echo))
 
-    if launcher.name == "slurm" and launcher.wait and (outcome.launched or outcome.skipped_active):
+    if launcher.name == "slurm" and launcher.wait and (todo or active):
         from scaling.launch.status import follow
 
-        follow(study_dir, poll_s=launcher.poll_s, echo=echo)
-    outcome.states = {rid: st.state for rid, st in read_states({r.id: r.dir for r in plan.runs}).items()}
-    return outcome
+        follow(plan.dir, poll_s=launcher.poll_s, echo=echo)
+    outcome.states.update({rid: st.state for rid, st in read_states({r.id: r.dir for r in plan.runs}).items()})
 
 
 def summarize(outcome: LaunchOutcome) -> str:
@@ -191,24 +258,75 @@ def _main(dcfg) -> int:
     if outcome.dry_run or outcome.script is not None:
         return 0
     print(f"study {outcome.plan.study}: {summarize(outcome)}")
+    if outcome.plan.kind == "tune":  # the sweep has not ended well: nothing of the study to fit yet
+        if cfg.launcher.name == "slurm" and not cfg.launcher.wait and not outcome.failed:
+            print(f"tune phase submitted; follow it with: scaling-status {outcome.plan.dir}; relaunch when done "
+                  f"to launch the study at its best LR")  # fmt: skip
+            return 0
+        return 1
     if cfg.launcher.name == "slurm" and not cfg.launcher.wait and (outcome.launched or outcome.skipped_active):
         # Launching does not block; relaunching once the jobs have ended fits and reports.
         print(f"follow it with: scaling-status {outcome.plan.dir}; relaunch when done to fit and report")
         return 0
     if cfg.report.enabled:
         try:
-            report_study(outcome.plan.dir, cfg.report)
+            analysis = report_study(outcome.plan.dir, cfg.report)
         except ScalingError as e:
             if outcome.complete:
                 raise
             # Failed runs decide the exit code (1); that the rest cannot be fitted is a consequence.
             print(f"scaling-study: {e}", file=sys.stderr)
+            return 1
+        if outcome.complete and cfg.study.verify.enabled:
+            return verify_study(outcome, analysis, cfg)
+    elif cfg.study.verify.enabled:
+        print("note: study.verify needs the study's fit (report.enabled=false skips it); no verification run")
     return 0 if outcome.complete else 1
 
 
-def report_study(study_dir: str, cfg: ReportConfig, echo: Callable[[str], None] = print) -> None:
+def verify_study(outcome: LaunchOutcome, analysis, cfg, echo: Callable[[str], None] = print) -> int:
+    """Plan the verification run from the fitted study, write its prediction (once), then train it
+    and report predicted against actual. Returns the exit code."""
+    from scaling.analysis.study import write_study_outputs
+    from scaling.analysis.verify import verification
+    from scaling.launch.verify import plan_verify, predict_verify
+
+    study_dir = outcome.plan.dir
+    plan = plan_verify(outcome.spec, study_dir, analysis, outcome.plan)
+    doc, written = predict_verify(outcome.spec, analysis, outcome.plan, plan)
+    run = plan.runs[0]
+    if doc.get("run", {}).get("id") not in (None, run.id):
+        echo(f"note: the prediction in force names run {doc['run']['id']}, but the study now plans {run.id}; "
+             f"training the planned run, which the report does not judge against that prediction")  # fmt: skip
+    p = (doc.get("predictions") or {}).get("parametric", {})
+    if p:
+        lo, hi = p["prediction_interval"]
+        echo(f"{'predicted' if written else 'prediction (kept from before)'}: run {run.id} (N={run.N:.3g}, D={run.D:.3g}, "
+             f"C={run.C:.3g}) will reach loss {p['loss']:.4f} [{lo:.4f}, {hi:.4f}] (approach 3; "
+             f"verify/prediction.json)")  # fmt: skip
+    sub = LaunchOutcome(plan=plan)
+    _launch_plan(plan, outcome.spec, cfg.launcher, cfg.cluster, echo, sub, heading="verification run")
+    if cfg.launcher.name == "slurm" and not cfg.launcher.wait and not sub.complete:
+        echo(f"verification run submitted; relaunch once it has ended to report predicted against actual")
+        return 0
+    analysis.verification = verification(study_dir)
+    paths = write_study_outputs(study_dir, analysis)
+    for line in verification_lines(analysis.verification):
+        echo(f"  {line}")
+    echo(f"report: {paths['report.md']}")
+    return 0 if sub.complete else 1
+
+
+def verification_lines(v: Optional[dict]) -> list[str]:
+    from scaling.analysis.study import verification_sentences
+
+    return verification_sentences(v) if v else []
+
+
+def report_study(study_dir: str, cfg: ReportConfig, echo: Callable[[str], None] = print):
     """Fit the study's completed runs and write report.md, fit.json and figures/; print a short
-    summary and where the report is. Refits from the run directories every time."""
+    summary and where the report is. Refits from the run directories every time. Returns the
+    StudyAnalysis."""
     import time
 
     from scaling.analysis.errors import AnalysisError
@@ -229,6 +347,7 @@ def report_study(study_dir: str, cfg: ReportConfig, echo: Callable[[str], None] 
     for problem in analysis.problems:
         echo(f"  note: {problem}")
     echo(f"report: {paths['report.md']} (fitted in {time.time() - t0:.1f}s)")
+    return analysis
 
 
 def _error_line(e: ConfigError) -> str:

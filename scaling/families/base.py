@@ -196,6 +196,8 @@ class Family:
     parametrizations how the family can be parametrized ("sp" today)
     legacy_id_keys  the keys run-id rule 1 hashed (frozen; empty for families born after it)
     width_field, depth_field  the config fields muP scales against `model.mup.base_width/depth`
+    head_dim        {shape field: value} -> the attention head dimension, for muP's
+                    `base_head_dim`; None for a family without attention
     input_params, output_params  parameter-name prefixes of the input weights (embeddings, stem)
                     and the output head; every other matrix is hidden, every vector a vector
     describe        cfg -> [(key, value)] rows for `scaling-size`
@@ -219,6 +221,7 @@ class Family:
     describe: Optional[Callable[[Any], list[tuple[str, str]]]] = None
     width_field: Optional[str] = None
     depth_field: Optional[str] = None
+    head_dim: Optional[Callable[[dict], int]] = None
     input_params: tuple[str, ...] = ()
     output_params: tuple[str, ...] = ()
 

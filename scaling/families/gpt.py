@@ -275,6 +275,7 @@ FAMILY = Family(
     legacy_id_keys=LEGACY_ID_KEYS,
     width_field="d_model",
     depth_field="n_layers",
+    head_dim=lambda shape: int(shape["d_model"]) // int(shape["n_heads"]),
     input_params=("wte.", "wpe."),
     output_params=("head.",),
 )

@@ -180,6 +180,7 @@ FAMILY = Family(
     default_model="vit_debug",
     width_field="d_model",
     depth_field="n_layers",
+    head_dim=lambda shape: int(shape["d_model"]) // int(shape["n_heads"]),
     input_params=("patch.", "pos", "cls"),
     output_params=("head.",),
 )
