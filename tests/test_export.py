@@ -36,8 +36,8 @@ def run_overrides(overrides: list[str], cache: Path | None = None) -> int:
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     return proc.returncode
 
-# Two steps of 1024 tokens with a checkpoint and an evaluation after the first: the trainer keeps
-# no checkpoint of a run's last step, so step 1 is what these runs can export.
+# Two steps of 1024 tokens with a checkpoint and an evaluation after the first, so these runs
+# export step 1 (recorded eval loss) as well as their final step (tests/test_final_checkpoint.py).
 TINY = [
     "model=gpt_debug", "data=synthetic", "model.n_layers=2", "model.d_model=32", "model.n_heads=2",
     "train.global_batch_size=16", "train.tokens=2048", "train.checkpoint_every_tokens=1024",
@@ -165,7 +165,7 @@ def test_default_export_needs_the_final_step(runs, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(runs["untied"], run)
     final = read_result(run)["steps"]
-    for folder in checkpoint_dirs(run):  # a trainer that checkpoints its last step: not this case
+    for folder in checkpoint_dirs(run):  # a run directory from before the trainer saved its final step
         if int(folder.name[4:]) == final:
             shutil.rmtree(folder)
     with pytest.raises(ExportError, match=rf"completed at step {final}, but no checkpoint holds its final weights "

@@ -2,8 +2,11 @@
 
     plan.py         what a run will do, from its config and data alone: counts, steps, batch
                     arithmetic, and the micro batch (decided there and nowhere else)
-    engine.py       the model under DeepSpeed: optimizer, LR schedule, one optimizer step, evaluation
+    engine.py       the model under its engine (`train.engine`): optimizer, LR schedule, one optimizer
+                    step, evaluation; DeepSpeed here, and the engine registry
+    fsdp2.py        the FSDP2 engine (PyTorch's fully_shard)
     checkpointing.py  saving and resuming a run's checkpoints, atomically, with the run's identity
+                    (the final step's included: scaling-export reads it)
     loop.py         the Trainer: the training loop, which calls its callbacks at each seam
     callbacks/      what the loop calls: the metrics file, the progress log, the checkpoint cadence,
                     the wandb mirror (scaling/wandb_mirror.py), and callbacks a user names in

@@ -2,9 +2,9 @@
 
 `Trainer.fit` steps the engine, evaluates when due, builds the metrics row, stops cleanly
 (checkpoint, then StopRequested) when every rank has seen a stop signal, and checkpoints the final
-step (`train.final_checkpoint`). Everything else a run
-does as it goes (the metrics file, the dashboard, the progress log, the checkpoint cadence, a
-user's own) is a callback (scaling/trainer/callbacks/), called at the loop's seams.
+step (`train.final_checkpoint`). Everything else a run does as it goes (the metrics file, the
+dashboard, the progress log, the checkpoint cadence, a user's own) is a callback
+(scaling/trainer/callbacks/), called at the loop's seams.
 """
 
 from __future__ import annotations

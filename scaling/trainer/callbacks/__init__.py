@@ -6,7 +6,8 @@ rank, in the order of the list, with the Trainer (its `plan`, `state`, `world`, 
     on_eval(trainer, eval_loss)       after an evaluation, before that step's on_step
     on_step(trainer, row)             after every optimizer step; `row` is the MetricsRow logged
                                       at this step, or None on a step that logs none
-    on_checkpoint(trainer, path)      after a checkpoint is saved (on every rank)
+    on_checkpoint(trainer, path)      after a checkpoint is saved (on every rank), the final one
+                                      (train.final_checkpoint) included, before on_end
     on_signal(trainer, signal)        when every rank has seen a stop signal, before the run
                                       checkpoints and stops for requeue
     on_end(trainer, result)           once, when the attempt ends: the Result when the run

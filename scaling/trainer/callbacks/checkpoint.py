@@ -1,5 +1,5 @@
 """The checkpoint cadence: a checkpoint every `train.checkpoint_every_tokens`, on every rank (saving
-is collective). A checkpoint on a stop signal is the loop's, not the cadence's."""
+is collective). A checkpoint on a stop signal, and the final one, are the loop's, not the cadence's."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ class CheckpointCadence(Callback):
 
     def on_step(self, trainer: Trainer, row: Optional[MetricsRow]) -> None:
         step = trainer.state.step
-        # Not on the last step: the run is about to finish, and finishing beats a checkpoint that a
-        # requeue would resume with nothing left to train.
+        # Not on the last step: the final checkpoint is the loop's (train.final_checkpoint), taken
+        # when the run has finished, or none when the user turned it off.
         if self.every_steps is not None and step % self.every_steps == 0 and step < trainer.plan.steps:
             trainer.save_checkpoint()
