@@ -603,6 +603,60 @@ def _diagnostics(a: StudyAnalysis) -> str:
     return "\n".join(items) if items else "None."
 
 
+NEXT_PLAN = "next_plan.yaml"
+EXTRA_SIZES = 2  # sizes added beyond the edge of a budget whose minimum lies there
+
+
+def next_plan_extra(a: StudyAnalysis) -> list[dict]:
+    """For each IsoFLOP budget whose minimum lies on the edge of its sizes, EXTRA_SIZES more sizes
+    beyond that edge, continuing the budget's own spacing in log N: [{budget, targets}]."""
+    out = []
+    for p in (a.iso.profiles if a.iso is not None else ()):
+        if p.interior or len(p.N) < 2:
+            continue
+        order = np.argsort(p.N)
+        N, loss = np.asarray(p.N, dtype=float)[order], np.asarray(p.loss, dtype=float)[order]
+        step = (N[-1] / N[0]) ** (1 / (len(N) - 1))
+        i = int(np.argmin(loss))
+        # the lowest loss at the smallest size, or (with an interior lowest loss) a vertex below the sizes
+        low = i == 0 if i in (0, len(N) - 1) else bool(p.N_opt < N[0])
+        targets = [N[0] / step**k if low else N[-1] * step**k for k in range(1, EXTRA_SIZES + 1)]
+        out.append({"budget": float(f"{p.budget:.6g}"), "targets": [float(f"{t:.4g}") for t in targets]})
+    return out
+
+
+def write_next_plan(study_dir: str | Path, a: StudyAnalysis) -> Path | None:
+    """STUDY/next_plan.yaml: the sizes that recentre the budgets whose minimum lies on an edge, for
+    `scaling-study study=NAME study.extend=next` (which keeps every planned run). The sizes of an
+    earlier next_plan.yaml are kept, so a study extended twice keeps its first extension's runs.
+    Removed when every minimum is interior and no earlier sizes are to be kept."""
+    import yaml
+
+    path = Path(study_dir) / NEXT_PLAN
+    earlier = []
+    if path.exists():
+        try:
+            earlier = (yaml.safe_load(path.read_text()) or {}).get("sizes", {}).get("extra", []) or []
+        except (OSError, yaml.YAMLError):
+            earlier = []
+    new = next_plan_extra(a)
+    if not new:
+        return path if earlier else None
+    merged: dict[float, list[float]] = {}
+    for e in [*earlier, *new]:
+        merged.setdefault(float(e["budget"]), [])
+        merged[float(e["budget"])] += [t for t in e["targets"] if t not in merged[float(e["budget"])]]
+    doc = {"sizes": {"extra": [{"budget": c, "targets": sorted(t)} for c, t in sorted(merged.items())]}}
+    edges = ", ".join(f"{e['budget']:.3g}" for e in new)
+    text = (f"# Written by the report of study {a.study}: the IsoFLOP minimum of budget(s) {edges} lies on the edge\n"
+            f"# of its sizes, so {EXTRA_SIZES} sizes are added beyond that edge. Every run planned before is kept:\n"
+            f"#   scaling-study study={a.study} study.extend=next\n" + yaml.safe_dump(doc, sort_keys=False))  # fmt: skip
+    tmp = path.with_name(f".{NEXT_PLAN}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
 def write_study_outputs(study_dir: str | Path, a: StudyAnalysis) -> dict[str, Path]:
     """Write figures/, fit.json and report.md (each atomically). Returns their paths."""
     from scaling.analysis.io import write_json_atomic
@@ -619,6 +673,10 @@ def write_study_outputs(study_dir: str | Path, a: StudyAnalysis) -> dict[str, Pa
         written[name] = fig_dir / f"{name}.png"
     write_json_atomic(study_dir / "fit.json", study_json(a))
     written["fit.json"] = study_dir / "fit.json"
+    if a.plan is not None and a.plan.kind == "isoflop":
+        nxt = write_next_plan(study_dir, a)
+        if nxt is not None:
+            written[NEXT_PLAN] = nxt
     report = render_report(a, [n for n in FIGURE_NAMES if n in written])
     tmp = study_dir / ".report.md.tmp"
     tmp.write_text(report)

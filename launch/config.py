@@ -106,6 +106,10 @@ class SizesConfig:
     # not record one), or today's for a new study, so a relaunch trains the same models into the
     # same run directories.
     ladder_rule: Optional[int] = None
+    # IsoFLOP: more sizes for some budgets, [{budget: 3.6e11, targets: [1.2e5, 1.7e5]}, ...], added
+    # to the budget's own; the report's next_plan.yaml (study.extend=next) fills it to recentre a
+    # budget whose minimum lies on the edge of its sizes, keeping every planned run.
+    extra: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -236,6 +240,9 @@ class StudySpec:
     assumed_mfu: float = 0.3  # share of the measured matmul FLOP/s a small model reaches
     # GPU-hours and money of the plan (scaling.launch.cost); max_gpu_hours refuses a larger one
     cost: CostConfig = field(default_factory=CostConfig)
+    # "next": add the sizes of STUDY/next_plan.yaml (written by the report when an IsoFLOP minimum
+    # lies on the edge of its sizes) to sizes.extra; every run planned before is kept
+    extend: Optional[str] = None
     tune: TuneConfig = field(default_factory=TuneConfig)  # an LR sweep at the base shape that sets every run's LR (muP)
     verify: VerifyConfig = field(default_factory=VerifyConfig)  # a pre-registered prediction of a larger run
 
@@ -311,6 +318,20 @@ class StudySpec:
         out += self.rules.lr.problems(f"{prefix}.rules.lr")
         out += self.rules.batch_tokens.problems(f"{prefix}.rules.batch_tokens")
         out += self.cost.problems(f"{prefix}.cost")
+        if self.extend not in (None, "next"):
+            out.append(f"{prefix}.extend={self.extend!r}; use study.extend=next (the report's next_plan.yaml) or null")
+        for i, e in enumerate(s.extra):
+            if set(e) != {"budget", "targets"} or not b.flops:
+                out.append(f"{prefix}.sizes.extra[{i}]={e}; give {{budget: C, targets: [N, ...]}} for a budget of "
+                           f"{prefix}.budgets.flops")
+                continue
+            try:
+                c = parse_count(e["budget"], f"{prefix}.sizes.extra[{i}].budget")
+                if not any(abs(c / parse_count(x, "") - 1) < 1e-6 for x in b.flops):
+                    out.append(f"{prefix}.sizes.extra[{i}].budget={e['budget']} is not one of {prefix}.budgets.flops")
+            except ConfigError as err:
+                out += err.problems
+            out += _positive_counts(list(e["targets"]), f"{prefix}.sizes.extra[{i}].targets")
         out += self.tune.problems(f"{prefix}.tune")
         out += self.verify.problems(f"{prefix}.verify")
         if self.throughput_flops is not None and not self.throughput_flops > 0:

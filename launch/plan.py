@@ -358,6 +358,10 @@ def make_plan(spec: StudySpec, study_dir: Optional[str] = None, throughput: Opti
                     # Keep the ladder's finding, not its fix: the fix here is a larger budget.
                     found = "below one parameter" if min(targets) < 1 else e.problems[0].split("; ")[0]
                     return [], [], f"start at N={min(targets):.3g}: {found}"
+            extra = [parse_count(t, "study.sizes.extra") for e in spec.sizes.extra
+                     if abs(c / parse_count(e["budget"], "study.sizes.extra") - 1) < 1e-6 for t in e["targets"]]
+            if extra:
+                candidates = dedupe([*candidates, *(size_for(t, "study.sizes.extra") for t in extra)])
             kept = 0
             for s in candidates:
                 d_target = c / s.flops_per_token

@@ -106,6 +106,8 @@ def launch_study(
     cluster = cluster or ClusterConfig()
     validate(StudyAppConfig(study=spec, launcher=launcher, cluster=cluster))
     study_dir = os.path.abspath(spec.dir)
+    if spec.extend == "next":
+        spec = extended(spec, study_dir)
     configured = cluster.throughput_flops if launcher.name == "slurm" else None
     throughput = throughput_for(spec, study_dir, configured)
     outcome = LaunchOutcome(plan=None)  # type: ignore[arg-type] - set below
@@ -168,6 +170,31 @@ def launch_study(
         return outcome
     _launch_plan(plan, spec, launcher, cluster, echo, outcome)
     return outcome
+
+
+def extended(spec: StudySpec, study_dir: str) -> StudySpec:
+    """The study with the sizes of its report's next_plan.yaml added to study.sizes.extra."""
+    import yaml
+    from dataclasses import replace
+
+    from scaling.analysis.study import NEXT_PLAN
+
+    path = os.path.join(study_dir, NEXT_PLAN)
+    try:
+        doc = yaml.safe_load(open(path).read()) or {}
+    except FileNotFoundError:
+        raise ConfigError(
+            f"study.extend=next reads {path}, which does not exist: the report writes it only when an IsoFLOP "
+            f"minimum lies on the edge of its sizes; drop study.extend"
+        ) from None
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"study.extend=next: cannot read {path} ({e}); delete it and refit the study") from None
+    extra = (doc.get("sizes") or {}).get("extra") or []
+    spec = replace(spec, sizes=replace(spec.sizes, extra=[*spec.sizes.extra, *extra]))
+    from scaling.errors import raise_if
+
+    raise_if(spec.problems())
+    return spec
 
 
 def _launch_plan(

@@ -121,7 +121,7 @@ def plan_tune(spec: StudySpec, study_dir: str) -> Plan:
     shape = base_shape(spec, study_dir)
     where = tune_dir(study_dir)
     tokens_per_param = _typical_tokens_per_param(spec)
-    runs = []
+    runs, notes = [], []
     plan = None
     for lr in sorted(spec.tune.lrs):
         sweep = replace(
@@ -134,10 +134,11 @@ def plan_tune(spec: StudySpec, study_dir: str) -> Plan:
         )  # fmt: skip
         plan = make_plan(sweep, where)
         runs += plan.runs
+        notes = notes or [f"{n} (the same at each of the sweep's {len(spec.tune.lrs)} LRs)" for n in plan.notes]
     assert plan is not None
     lrs = ", ".join(f"{lr:.3g}" for lr in sorted(spec.tune.lrs))
     rules = dict(plan.rules, lr=f"sweep over [{lrs}] at the base shape {shape}, {tokens_per_param:g} tokens per parameter")
-    return replace(plan, kind="tune", runs=runs, rules=rules)
+    return replace(plan, kind="tune", runs=runs, rules=rules, notes=notes)
 
 
 def sweep_losses(tune: Plan) -> Optional[dict[float, list[float]]]:

@@ -58,6 +58,7 @@ def plan_verify(spec: StudySpec, study_dir: str, analysis: Any, study_plan: Plan
     except ConfigError as e:
         raise ConfigError([f"study.verify: the verification run (N_opt = {n_opt:.3g} at C = {c_verify:.3g} FLOPs) "
                            f"does not plan: {p}" for p in e.problems]) from None  # fmt: skip
+    plan.notes = [n for n in plan.notes if "an IsoFLOP parabola needs" not in n]  # one run is meant to be alone
     plan.rules = dict(plan.rules, verify=(
         f"N_opt = {n_opt:.4g} at C = {spec.verify.compute_multiple:g} x {largest_budget(study_plan):.3g} FLOPs, "
         f"snapped to the ladder"))  # fmt: skip

@@ -1,5 +1,6 @@
-"""The main job, reduced: `scaling-study` plans, trains, fits and reports a small IsoFLOP study
-through the same code path as `make study` (2 budgets x 3 sizes, tiny budgets)."""
+"""The main job, reduced: `scaling-study` tunes, plans, trains, fits, predicts, verifies and reports
+a small IsoFLOP study through the same code path as `make study` (a 3-LR sweep, 2 budgets x 3
+sizes, tiny budgets, and a verification run at 1.5x the largest budget)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ REDUCED = [
     # Below the runs' 0.06 to 0.41 epochs: the repetition warning's path from plan to console and
     # report, without repeating data (a study key, so no run changes).
     "study.budgets.max_epochs=0.2",
+    "study.tune.lrs=[0.08,0.16,0.32]",
+    "study.verify.compute_multiple=1.5",
 ]
 
 
@@ -61,6 +64,32 @@ def test_reduced_study_trains_fits_and_reports(study):
     assert f"report: {out / 'report.md'}" in proc.stdout
 
 
+def test_the_sweep_sets_every_runs_lr_and_the_prediction_precedes_the_verification_run(study):
+    tmp, proc = study
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    out = tmp / "study"
+    tune = json.loads((out / "tune" / "tune.json").read_text())
+    assert tune["lrs"] == [0.08, 0.16, 0.32] and 0.08 < tune["best_lr"] < 0.32
+    assert len(list((out / "tune" / "runs").iterdir())) == 3
+    plan = json.loads((out / "plan.json").read_text())
+    assert {r["lr"] for r in plan["runs"]} == {tune["best_lr"]}
+    for r in plan["runs"]:
+        assert "model.parametrization=mup" in r["overrides"] and "model.mup.base_width=8" in r["overrides"]
+    prediction = json.loads((out / "verify" / "prediction.json").read_text())
+    run_dir = out / "verify" / prediction["run"]["dir"]
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["status"] == "completed"
+    # written before the run: the prediction file is older than everything in the run's directory
+    written = (out / "verify" / "prediction.json").stat().st_mtime_ns
+    assert all(written <= p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file())
+    assert prediction["C_verify"] == pytest.approx(1.5 * 6e10)
+    report = (out / "report.md").read_text()
+    assert "## Tune phase: the LR sweep" in report and "figures/tune.png" in report
+    assert "## Prediction: the pre-registered verification run" in report
+    assert "actual loss" in report.split("## Prediction")[1]
+    assert (out / "report.html").stat().st_size > 10_000
+
+
 def test_report_and_console_show_epochs_and_warn_of_repetition(study):
     tmp, proc = study
     assert proc.returncode == 0
@@ -94,7 +123,9 @@ def test_rerun_trains_nothing_and_refits(study):
     again = _study(tmp, tmp / "cache")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "launching 0" in again.stdout
+    assert again.stdout.count("launching 0") == 3  # the sweep, the grid and the verification run
     assert {p: p.stat().st_mtime_ns for p in runs} == before  # no run retrained
+    assert "prediction (kept from before)" in again.stdout
     assert (tmp / "study" / "fit.json").stat().st_mtime_ns > fit_before  # refitted
 
 
