@@ -34,15 +34,37 @@ def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SCALING_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
-def study_spec(name: str, study_dir: Path):
+# The studies as they were specified when their legacy ids were recorded (before the tune phase):
+# a hand-written LR rule, the standard parametrization, the earlier budgets.
+AS_RECORDED = {
+    "isoflop_tiny": ["study.sizes.span=4", "study.sizes.center_tokens_per_param=80",
+                     "study.budgets.flops=[6e10,2e11,6e11]", "study.tune.lrs=[]", "study.verify.compute_multiple=null",
+                     "study.rules.lr={coef:0.025,exponent:-1.3,ref_params:1.3e4,max:0.03}",
+                     'study.overrides=["data.seq_len=64","train.warmup_tokens=16384","train.eval_tokens=65536"]'],
+    "cnn_digits": ["study.tune.lrs=[]", "study.rules.lr={coef:3e-3,exponent:0.0}",
+                   'study.overrides=["train.warmup_tokens=1024","train.eval_tokens=512"]'],
+}  # fmt: skip
+
+
+def study_spec(name: str, study_dir: Path, overrides: tuple[str, ...] = ()):
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        dcfg = compose(config_name="study_app", overrides=[f"study={name}", f"study.dir={study_dir}"])
+        dcfg = compose(config_name="study_app", overrides=[f"study={name}", f"study.dir={study_dir}", *overrides])
     return to_dataclass(dcfg).study
 
 
+def plannable(spec):
+    """A study with a tune phase, at the middle LR of its grid (as its dry run shows it before the
+    sweep): make_plan plans a study's runs once the LR is set."""
+    from scaling.launch.tune import base_shape, tuned_spec
+
+    if not spec.tune.enabled:
+        return spec
+    return tuned_spec(spec, base_shape(spec, spec.dir), sorted(spec.tune.lrs)[len(spec.tune.lrs) // 2])
+
+
 def test_a_new_config_key_with_a_default_moves_no_run_id(tmp_path, monkeypatch):
-    spec = study_spec("isoflop_tiny", tmp_path / "s")
+    spec = plannable(study_spec("isoflop_tiny", tmp_path / "s"))
     before = [r.id for r in make_plan(spec).runs]
 
     for module in (schema, runid):
@@ -59,7 +81,7 @@ def test_a_new_config_key_with_a_default_moves_no_run_id(tmp_path, monkeypatch):
 def test_a_study_planned_under_rule_1_relaunches_into_its_own_run_directories(tmp_path, study):
     # The ids that the planner of rule 1 gave these studies (recorded with that version).
     legacy_ids = (LEGACY / f"{study}.ids").read_text().split()
-    spec = study_spec(study, tmp_path / "s")
+    spec = study_spec(study, tmp_path / "s", AS_RECORDED[study])
     spec.sizes.ladder_rule = 1  # the ladder those studies were planned with (before the depth rule)
     fresh = [r.id for r in make_plan(spec).runs]
     assert len(fresh) == len(legacy_ids) and not set(fresh) & set(legacy_ids)  # rule 2 names them anew
@@ -75,7 +97,7 @@ def test_a_relaunch_plans_with_the_ladder_rule_its_plan_was_made_with(tmp_path):
 
     from scaling.launch.plan import write_plan
 
-    spec = study_spec("isoflop_tiny", tmp_path / "s")
+    spec = study_spec("isoflop_tiny", tmp_path / "s", AS_RECORDED["isoflop_tiny"])
     assert make_plan(spec).ladder_rule == 2  # a new study: today's rule
     spec.sizes.ladder_rule = 1
     old = make_plan(spec)
@@ -97,7 +119,7 @@ def test_the_planner_and_the_trainer_hash_the_same_resolved_config(tmp_path):
     from scaling.train import plan_run
 
     for study in ("isoflop_tiny", "cnn_digits"):
-        plan = make_plan(study_spec(study, tmp_path / study))
+        plan = make_plan(plannable(study_spec(study, tmp_path / study)))
         for run in plan.runs[:3]:
             cfg = train_dataclass(compose_train(run.overrides))  # exactly what scaling-train composes
             trainer_plan = plan_run(cfg, prepare_dataset(cfg.data), World(rank=0, world_size=1, local_rank=0, local_world_size=1, launcher="single"))
