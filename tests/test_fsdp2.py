@@ -144,6 +144,19 @@ def _wait_for_step(metrics: Path, step: int, proc: subprocess.Popen, timeout: fl
     raise AssertionError(f"step {step} not reached")
 
 
+def _children(pid: int) -> list[int]:
+    """The live processes whose parent is `pid` (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("resume_nproc", [2, 1])
 def test_fsdp2_resume_after_sigkill_is_exact(data_cache, tmp_path, resume_nproc):
@@ -152,14 +165,18 @@ def test_fsdp2_resume_after_sigkill_is_exact(data_cache, tmp_path, resume_nproc)
     _ok(run_train(data_cache, straight, *budget, nproc=2))
 
     run = tmp_path / "killed"
-    # Its own session, so that the kill reaches torchrun's workers too (SIGKILL: nothing is saved).
     proc = subprocess.Popen(train_cmd(run, *budget, nproc=2), cwd=ROOT, env=env(data_cache),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         _wait_for_step(run / "metrics.jsonl", 14, proc)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        # torchrun starts each worker in a session of its own: kill the workers, then torchrun, as
+        # a lost node would (SIGKILL: nothing is saved).
+        workers = _children(proc.pid)
+        for pid in workers + [proc.pid]:
+            os.kill(pid, signal.SIGKILL)
         proc.wait()
+    assert len(workers) == 2
     assert read_result(run) is None
     saved = checkpoint_dirs(run)
     assert saved and len(saved) <= 2  # keep_checkpoints=2
