@@ -9,12 +9,14 @@ import os
 import signal
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 import scaling.config as schema
 from scaling.config import TrainAppConfig, TrainConfig
+from scaling.families.cnn import CNNConfig
 from scaling.families.gpt import GPTConfig
 from scaling.rundir import EXIT_CONFIG, checkpoint_dirs, read_metrics, read_result
 from scaling.runid import config_hash
@@ -69,27 +71,18 @@ def test_every_engine_the_config_names_is_built():
         assert issubclass(cls(), Engine) and cls().name == name
 
 
-def test_the_engine_key_moves_no_run_id(tmp_path_factory, monkeypatch):
-    from hydra import compose, initialize_config_dir
+def test_the_engine_key_moves_no_run_id():
+    # Hashes recorded before train.engine and train.final_checkpoint existed.
+    gpt = TrainAppConfig(model=GPTConfig(n_layers=2, d_model=32, n_heads=2, vocab_size=65, seq_len=64),
+                         train=TrainConfig(tokens=16384, zero_stage=2, checkpoint_every_tokens=4096))
+    cnn = TrainAppConfig(model=CNNConfig(), train=TrainConfig(tokens=512, precision="bf16"))
+    assert (config_hash(gpt), config_hash(cnn)) == ("4b0ace", "d871b3")
 
-    from scaling.launch.config import register_configs, to_dataclass
-    from scaling.launch.plan import CONF_DIR, make_plan
-
-    monkeypatch.setenv("SCALING_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        dcfg = compose(config_name="study_app", overrides=["study=isoflop_tiny", "study.dir=unused"])
-    # Ids that the planner gave the default study before train.engine and train.final_checkpoint existed.
-    recorded = {"gpt-N5.5K-D1.5M-C6.0e10-s0-b0c6be", "gpt-N69K-D1.2M-C6.0e11-s0-c310e2",
-                "gpt-N22K-D373K-C6.0e10-s0-34c66a"}  # fmt: skip
-    assert recorded <= {r.id for r in make_plan(to_dataclass(dcfg).study).runs}
-
-    base = TrainAppConfig(model=GPTConfig(), train=TrainConfig(tokens=4096))
-    explicit = TrainAppConfig(model=GPTConfig(), train=TrainConfig(tokens=4096, engine="deepspeed"))
-    fsdp2 = TrainAppConfig(model=GPTConfig(), train=TrainConfig(tokens=4096, engine="fsdp2"))
-    assert config_hash(explicit) == config_hash(base)
+    explicit = replace(gpt, train=replace(gpt.train, engine="deepspeed", final_checkpoint=False))
+    assert config_hash(explicit) == config_hash(gpt)
     # Another engine is another run: its checkpoints are in another layout, its sums round otherwise.
-    assert config_hash(fsdp2) != config_hash(base)
+    fsdp2 = replace(gpt, train=replace(gpt.train, engine="fsdp2", zero_stage=0))
+    assert config_hash(fsdp2) != config_hash(replace(gpt, train=replace(gpt.train, zero_stage=0)))
 
 
 # ---- one process, in the default tier ----------------------------------------------------------
