@@ -63,7 +63,7 @@ def test_engine_is_validated_naming_the_key():
     assert TrainConfig(tokens=1e4, engine="fsdp2").problems() == []
 
 
-def test_every_engine_the_config_names_is_built():
+def test_every_engine_the_config_names_has_a_class():
     from scaling.trainer.engine import ENGINES, Engine
 
     assert set(ENGINES) == set(schema.ENGINES)
