@@ -231,6 +231,9 @@ class StudySpec:
     budgets: BudgetsConfig = field(default_factory=BudgetsConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
     seeds: list[int] = field(default_factory=lambda: [0])
+    # The bootstrap's unit of resampling: "run" (each run), or "configuration" (the seeds of one
+    # configuration together, so that their shared deviations are not counted as independent data)
+    resample: str = "run"
     nproc: int = 1  # processes (GPUs) per run; more than one runs under torchrun or srun
     flops_convention: str = "6n"
     dir: str = "studies/${.name}"
@@ -264,6 +267,9 @@ class StudySpec:
             out.append(f"{prefix}.nproc={self.nproc} must be >= 1")
         if not self.seeds:
             out.append(f"{prefix}.seeds is empty; give at least one seed, e.g. study.seeds=[0]")
+        if self.resample not in ("run", "configuration"):
+            out.append(f"{prefix}.resample={self.resample!r}; use run (each run a unit) or configuration (the "
+                       f"seeds of one configuration together)")
         if len(set(self.seeds)) != len(self.seeds):
             out.append(f"{prefix}.seeds={self.seeds} repeats a seed; list each seed once")
         for o in self.overrides:

@@ -452,6 +452,9 @@ def make_plan(spec: StudySpec, study_dir: Optional[str] = None, throughput: Opti
                 tokens_per_param=d / s.n, seed=seed, batch=s.batch, batch_tokens=s.batch_tokens,
                 steps=d // s.batch_tokens, lr=s.lr, nproc=spec.nproc, shape=shape, overrides=overrides,
                 config_hash=digest, dir=run_dir,
+                # the bootstrap resamples the seeds of one configuration together (analysis.io.plan_units)
+                extra={"unit": run_id(spec.family, s.n, d, c_run, 0, "").rsplit("-s0-", 1)[0]}
+                if spec.resample == "configuration" else {},
             ))  # fmt: skip
     ids = [r.id for r in runs]
     dupes = sorted({i for i in ids if ids.count(i) > 1})

@@ -94,3 +94,17 @@ def test_extra_sizes_must_name_a_budget_of_the_study(tmp_path):
     spec = replace(_spec(tmp_path), sizes=SizesConfig(extra=[{"budget": 5e11, "targets": [1e5]}]))
     assert any("study.sizes.extra[0].budget=500000000000.0 is not one of study.budgets.flops" in p
                for p in spec.problems())  # fmt: skip
+
+
+def test_seeds_of_one_configuration_are_one_bootstrap_unit_when_the_spec_says_so(tmp_path):
+    from scaling.analysis.io import plan_units
+
+    spec = replace(_spec(tmp_path), seeds=[0, 1])
+    assert plan_units(make_plan(spec)) is None  # by default each run is its own unit
+    plan = make_plan(replace(spec, resample="configuration"))
+    units = plan_units(plan)
+    by_unit: dict[str, set] = {}
+    for r in plan.runs:
+        by_unit.setdefault(units[r.id], set()).add(r.seed)
+    assert len(by_unit) == len(plan.runs) // 2 and all(seeds == {0, 1} for seeds in by_unit.values())
+    assert "study.resample='x'" in " ".join(replace(spec, resample="x").problems())
