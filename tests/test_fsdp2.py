@@ -89,9 +89,11 @@ def test_the_engine_key_moves_no_run_id():
 def test_a_one_process_fsdp2_run_completes_exports_and_keeps_its_engine(data_cache, tmp_path, monkeypatch):
     monkeypatch.setenv("SCALING_CACHE", str(data_cache))
     run = tmp_path / "run"
-    _ok(run_train(data_cache, run, "train.tokens=4096", *FSDP2))
+    budget = ("train.tokens=4096", "train.checkpoint_every_tokens=2048")  # checkpoints at steps 2 and 4
+    _ok(run_train(data_cache, run, *budget, *FSDP2))
     result = read_result(run)
     assert result["status"] == "completed" and result["steps"] == 4 and len(_losses(run)) == 4
+    assert [p.name for p in checkpoint_dirs(run)] == ["step00000002", "step00000004"]
     final = checkpoint_dirs(run)[-1]
     meta = json.loads((final / "state.json").read_text())
     assert meta["engine"] == "fsdp2" and meta["train_state"]["step"] == 4
@@ -99,9 +101,21 @@ def test_a_one_process_fsdp2_run_completes_exports_and_keeps_its_engine(data_cac
     assert _exported_eval_loss(run, tmp_path / "st") == pytest.approx(result["eval_loss"], abs=1e-5)
 
     # The run directory belongs to its engine: DeepSpeed is refused, naming the key.
-    other = run_train(data_cache, run, "train.tokens=4096", "train.device=cpu")
+    other = run_train(data_cache, run, *budget, "train.device=cpu")
     assert other.returncode == EXIT_CONFIG
     assert "train.engine: 'fsdp2' -> 'deepspeed'" in other.stderr
+
+    # A torn final checkpoint (and no result): the run falls back to step 2 and trains the same steps again.
+    losses = _losses(run)
+    (run / "result.json").unlink()
+    model_file = final / "state" / "fsdp2_model_states.pt"
+    model_file.write_bytes(model_file.read_bytes()[:1000])
+    again = run_train(data_cache, run, *budget, *FSDP2)
+    _ok(again)
+    assert "fsdp2_model_states.pt is torn or corrupt" in again.stderr and "at step 2" in again.stderr
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert _losses(run) == pytest.approx(losses, abs=1e-6)
+    assert read_result(run)["eval_loss"] == pytest.approx(result["eval_loss"], abs=1e-6)
 
 
 # ---- two processes, and resume (slow tier) -----------------------------------------------------
