@@ -40,9 +40,11 @@ from numpy.typing import ArrayLike
 from scaling.analysis.constraints import FIXED, FREE, TIED, Constraints, Reparam, resolve
 from scaling.analysis.data import Data
 from scaling.analysis.diagnostics import (
+    NOISE_FLOOR_LOG,
     Diagnostic,
     fit_quality_diagnostics,
     interval_diagnostics,
+    noise_scale,
     require_distinct,
     require_points,
     span_diagnostics,
@@ -281,7 +283,7 @@ def _extended(starts, best_start, z, lower, upper):
 def fit_law(
     data: Data,
     law: str = "chinchilla",
-    delta: float = 1e-3,
+    delta: float | str = 1e-3,
     grid: np.ndarray | Mapping[str, ArrayLike] | None = None,
     *,
     x: str | None = None,
@@ -297,6 +299,9 @@ def fit_law(
     law: a name in :data:`scaling.analysis.laws.LAWS`: chinchilla, power_law, kaplan_n,
     kaplan_d, kaplan_nd, broken_power_law.
     delta: Huber threshold on log residuals (default 1e-3, as Hoffmann et al. and Epoch).
+    ``"auto"``: :data:`HUBER_K` times the data's noise scale, from a first fit at 1e-3 (see
+    :func:`auto_delta`); for dense, noisy data such as learning curves, where a threshold far
+    below the noise makes the fit a median regression that wastes a third of the data.
     grid: starts in the internal parameters (``LAWS[law].theta_names``), either an array of
     shape (starts, n_params) or a mapping name -> values whose product is taken. Defaults to
     the law's ``default_grid``, built from the data;
@@ -317,8 +322,12 @@ def fit_law(
             f"or Data.from_arrays)"
         )
     spec = get_law(law)
+    if isinstance(delta, str) and delta == "auto":
+        first = fit_law(data, law, 1e-3, grid, x=x, screen=screen, keep=keep, fix=fix, tie=tie,
+                        bounds=bounds, constraints=constraints)
+        delta = auto_delta(first, data)
     if not (isinstance(delta, (int, float)) and np.isfinite(delta) and delta > 0):
-        raise AnalysisError(f"delta={delta!r} must be a positive number (default 1e-3)")
+        raise AnalysisError(f"delta={delta!r} must be a positive number (default 1e-3) or 'auto'")
     rep = resolve(spec, _constraints(constraints, fix, tie, bounds))
     require_points(len(data), rep.n_free, law, rep.free,
                    None if rep.identity else rep.constraints.describe())
@@ -419,6 +428,20 @@ def fit_law(
         constraints=rep.constraints,
         free=rep.free,
     )
+
+
+# Huber's tuning constant: a threshold of 1.345 noise standard deviations keeps 95% of least
+# squares' efficiency under Gaussian noise and still bounds an outlier's pull (Huber 1964).
+HUBER_K = 1.345
+
+
+def auto_delta(fit: FitResult, data: Data) -> float:
+    """``HUBER_K`` times the noise scale of log loss: the robust spread of differences of
+    neighbouring residuals of ``fit`` along each input (a smooth misfit cancels there), the
+    largest over the inputs, floored at ``NOISE_FLOOR_LOG`` (0.1%)."""
+    _, raw, _ = _columns(data, get_law(fit.law), fit.x)
+    noise = max([noise_scale(fit.residuals, v) for v in raw.values()] + [NOISE_FLOOR_LOG])
+    return float(HUBER_K * noise)
 
 
 def _on_edge(starts: np.ndarray, point: np.ndarray) -> bool:

@@ -17,6 +17,12 @@ is what a user predicts from the first 60%. Families:
 Each law is compared with two baselines: a straight line in log-log, and a power law with an
 offset fitted by plain least squares on log(L - E) (E by a grid search below the lowest loss).
 Goal: the project's laws do at least as well as both baselines on every family.
+
+The laws are fitted with ``delta="auto"``: Huber's threshold at 1.345 times the curve's own
+noise scale (Huber's constant, 95% of least squares' efficiency under Gaussian noise). The
+fit's default, 1e-3, suits the final losses of runs (Hoffmann et al., Epoch); on a curve whose
+per-step noise is several times larger it turns the fit into a median regression, which
+extrapolates worse (``--delta 1e-3`` shows it). The rule is fixed in advance, not searched.
 """
 
 from __future__ import annotations
@@ -104,8 +110,10 @@ def main(argv=None) -> int:
     p.add_argument("--curves", type=int, default=12, help="synthetic curves per family")
     p.add_argument("--sigma", type=float, default=0.003, help="noise of log loss per point")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--delta", type=float, default=1e-3,
-                   help="Huber delta of the laws' fits (default 1e-3, the fit's own default)")
+    p.add_argument("--delta", default="auto",
+                   help="Huber delta of the laws' fits: 'auto' (default: 1.345 times the noise "
+                        "scale of a first fit) or a number (1e-3 is the fit's default for final "
+                        "losses of runs)")
     p.add_argument("--runs", help="a folder of runs trained at a constant learning rate")
     args = p.parse_args(argv)
     rng = np.random.default_rng(args.seed)
@@ -113,7 +121,8 @@ def main(argv=None) -> int:
               for f, t, y in _families(rng, args.curves)]
     if args.runs:
         curves += list(_run_curves(args.runs))
-    methods = {law: _law(law, args.delta) for law in LAWS}
+    delta = args.delta if args.delta == "auto" else float(args.delta)
+    methods = {law: _law(law, delta) for law in LAWS}
     methods.update(loglog_line=_loglog_line, offset_lstsq=_offset_lstsq)
     with np.errstate(all="ignore"):
         table = score(curves, methods)
@@ -125,10 +134,12 @@ def main(argv=None) -> int:
     for family, row in table.items():
         med = {m: float(np.nanmedian(v)) for m, v in row.items()}
         best_law = min(med[m] for m in LAWS)
-        ok = best_law <= min(med[b] for b in BASELINES) * 1.0001
+        best_base = min(med[b] for b in BASELINES)
+        ok = best_law <= best_base * 1.0001
         ok_all &= ok
         print(f"{family:<14}{len(row[names[0]]):>3}" + "".join(f"{med[m]:>18.5f}" for m in names)
-              + f"   {'met' if ok else 'NOT met'} (best law {best_law:.5f})")
+              + f"   {'met' if ok else 'NOT met'} (best law {best_law:.5f}, "
+              f"{best_law / best_base - 1:+.1%} against the best baseline)")
     print("goal (a law at least as good as both baselines on every family): "
           + ("met" if ok_all else "NOT met"))
     return 0
