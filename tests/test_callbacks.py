@@ -36,7 +36,8 @@ def test_a_callback_from_config_sees_every_hook_in_order(data_cache, tmp_path):
         ("eval", 4), ("step", 4, True), ("checkpoint", 4, "step00000004"),
         ("step", 5, True), ("step", 6, True),
         ("signal", "SIGTERM"), ("checkpoint", 6, "step00000006"), ("end", None),  # stopped for requeue
-        ("step", 7, True), ("eval", 8), ("step", 8, True), ("end", "completed"),  # resumed and finished
+        ("step", 7, True), ("eval", 8), ("step", 8, True), ("checkpoint", 8, "step00000008"),  # the final step
+        ("end", "completed"),  # resumed and finished
     ]  # fmt: skip
     assert read_result(run)["steps"] == 8
 
