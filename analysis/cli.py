@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout-by", choices=("C", "N", "D"), default=None,
                    help="size measure for --holdout-largest (default C; a one-variable law's "
                         "input when the data have no C)")
-    p.add_argument("--delta", type=float, default=1e-3, help="Huber delta on log loss (default 1e-3)")
+    p.add_argument("--delta", type=_delta_arg, default=1e-3,
+                   help="Huber delta on log loss (default 1e-3), or 'auto': 1.345 times the "
+                        "data's noise scale (dense noisy data such as learning curves)")
     p.add_argument("--x", choices=("N", "D", "C"), default=None,
                    help="input of a one-variable law (power_law, broken_power_law)")
     p.add_argument("--n-key", choices=("params", "params_nonembedding"), default="params",
@@ -96,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "constraints")
     p.add_argument("--no-plots", action="store_true", help="write fit.json only")
     return p
+
+
+def _delta_arg(text: str) -> float | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'auto'") from None
 
 
 def main(argv: list[str] | None = None) -> int:
