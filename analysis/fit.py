@@ -297,7 +297,8 @@ def fit_law(
     """Fit ``law`` to ``data`` by Huber(delta) on log loss, summed over runs, from a grid.
 
     law: a name in :data:`scaling.analysis.laws.LAWS`: chinchilla, power_law, kaplan_n,
-    kaplan_d, kaplan_nd, broken_power_law.
+    kaplan_d, kaplan_nd, broken_power_law, data_constrained (which needs
+    ``data.unique_tokens``).
     delta: Huber threshold on log residuals (default 1e-3, as Hoffmann et al. and Epoch).
     ``"auto"``: :data:`HUBER_K` times the data's noise scale, from a first fit at 1e-3 (see
     :func:`auto_delta`); for dense, noisy data such as learning curves, where a threshold far
@@ -305,7 +306,8 @@ def fit_law(
     grid: starts in the internal parameters (``LAWS[law].theta_names``), either an array of
     shape (starts, n_params) or a mapping name -> values whose product is taken. Defaults to
     the law's ``default_grid``, built from the data;
-    for chinchilla it is Epoch's 4,500-point grid over (a, b, e, alpha, beta). With fixed or
+    for chinchilla it has as many points as Epoch's grid, 4,500 over (a, b, e, alpha, beta),
+    placed at the data's scale (:func:`scaling.analysis.laws._chinchilla_grid`). With fixed or
     tied parameters their columns are dropped (a mapping needs only the free names).
     x: the input of a one-variable law, "N", "D" or "C" (default the law's ``default_x``: C
     for power_law and broken_power_law).

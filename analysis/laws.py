@@ -22,6 +22,10 @@ Beside each formula, in the same section of this file and gathered into the law'
   allocation;
 - for Chinchilla, whose 4,500-start grid makes speed matter, a fused Huber objective.
 
+A law in N and D may take further inputs (``extra_inputs``): the data-constrained law of
+Muennighoff et al. (2023) also takes U, each run's unique tokens, and fits Chinchilla's form in
+the effective data D'.
+
 The log form, its Jacobian and the fused objective are hand-written second copies of the
 formula (this package imports no autodiff). tests/test_analysis_laws.py checks each against
 the first, for every law in :data:`LAWS`: exp(log form) equals the formula, the Jacobian equals
