@@ -331,6 +331,9 @@ def render_report(a: StudyAnalysis, figures: list[str]) -> str:
     if a.known_floor is not None:
         parts += ["## The data's known floor", "", _floor_sentence(a.known_floor)
                   + " The fit never reads the floor; it comes from the data's manifest.", ""]
+    cost = _cost_section(a)
+    if cost:
+        parts += ["## Cost: planned against actual", "", cost, ""]
     parts += ["## Diagnostics", "", _diagnostics(a), ""]
     if figures:
         parts += ["## Figures", ""] + [f"![{name}](figures/{name}.png)" for name in figures] + [""]
@@ -384,6 +387,26 @@ def _prediction_section(v: dict) -> str:
     text.append(f"The prediction (`verify/prediction.json`) was made from {doc['data']['runs']} runs and is kept "
                 f"unchanged while they are; new runs make a new one and keep the old in `verify/history/`.")
     return "\n\n".join(text)
+
+
+def _cost_section(a: StudyAnalysis) -> str:
+    """The plan's estimate of the study's time against the runs' measured time, over the runs
+    that completed (process-seconds: wall time x processes)."""
+    if a.plan is None:
+        return ""
+    from scaling.contracts import RunStatus, result_if_readable
+
+    done = [(r, result_if_readable(r.dir)) for r in a.plan.runs]
+    done = [(r, res) for r, res in done if res is not None and res.status is RunStatus.COMPLETED and res.wall_time_s]
+    if not done or not all(r.est_time_s for r, _ in done):
+        return ""
+    planned = sum(r.est_time_s * (r.nproc or 1) for r, _ in done)
+    actual = sum(res.wall_time_s * (res.world_size or 1) for _, res in done)
+    flops = sum(r.C for r, _ in done)
+    return (f"{len(done)} completed runs, {flops:.3g} training FLOPs. The plan estimated {planned / 3600:.3g} "
+            f"process-hours ({planned:.0f} s, at {a.plan.throughput_flops:.3g} FLOP/s per process: "
+            f"{a.plan.throughput_source}); the runs took {actual / 3600:.3g} ({actual:.0f} s), "
+            f"{actual / planned:.2f}x the estimate.")
 
 
 def _pair(pair: tuple[float, float]) -> str:

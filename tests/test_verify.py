@@ -156,3 +156,20 @@ def test_a_study_too_small_to_fit_says_how_many_runs_it_needs(tmp_path):
     with pytest.raises(ConfigError, match=r"needs 6 or more completed runs \(the law's 5 parameters \+ 1"):
         vplan = plan_verify(spec, str(tmp_path / "small"), a, plan)
         predict_verify(spec, a, plan, vplan)
+
+
+def test_the_report_sets_the_planned_time_beside_the_measured(tmp_path):
+    from scaling.contracts import read_plan, read_result
+
+    plan = _write_study(tmp_path / "s")
+    plan.throughput_flops, plan.throughput_source = 1e9, "a stated rate"
+    for r in plan.runs:
+        r.est_time_s = 10.0
+        res = read_result(r.dir)
+        res.wall_time_s, res.world_size = 15.0, 1
+        write_result(r.dir, res)
+    write_plan(plan)
+    assert read_plan(tmp_path / "s").runs[0].est_time_s == 10.0
+    report = render_report(analyse_study(tmp_path / "s", n_boot=0), [])
+    section = report.split("## Cost: planned against actual")[1].split("##")[0]
+    assert f"{len(plan.runs)} completed runs" in section and "1.50x the estimate" in section
