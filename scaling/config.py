@@ -20,7 +20,7 @@ from scaling.data.config import DataConfig
 from scaling.errors import raise_if
 from scaling.families import DEFAULT, FAMILIES, cnn as _cnn, gpt as _gpt
 from scaling.families.base import FLOPS_CONVENTIONS
-SCHEDULES = ("cosine", "wsd", "constant")
+from scaling.schedule import DECAY_SHAPES, SCHEDULES
 PRECISIONS = ("fp32", "bf16")
 ENGINES = ("deepspeed", "fsdp2")  # train.engine; the classes are in scaling/trainer/engine.py
 WANDB_MODES = ("auto", "online", "offline", "disabled")
@@ -54,6 +54,12 @@ class TrainConfig:
     schedule: str = "cosine"
     warmup_tokens: float = 0.0
     decay_fraction: float = 0.2  # WSD: the final fraction of the budget spent decaying
+    decay_shape: str = "linear"  # WSD: the decay's shape, linear | cosine | 1-sqrt (scaling/schedule.py)
+    # A cooldown branch: the run id of the trunk it forks from. The branch starts from the trunk's
+    # checkpoint at its own decay start (a WSD schedule's stable phase is the trunk's constant LR)
+    # and decays to its own budget; see scaling/trainer/branch.py. The trunk's directory is
+    # run.parent_dir, else a sibling of run.dir named after it.
+    parent: Optional[str] = None
     weight_decay: float = 0.1  # on matrices only
     beta1: float = 0.9
     beta2: float = 0.95
@@ -122,6 +128,19 @@ class TrainConfig:
             out.append(f"{prefix}.micro_batch_size={mbs!r}; use a positive integer or auto")
         if not 0 <= self.decay_fraction <= 1:
             out.append(f"{prefix}.decay_fraction={self.decay_fraction} must lie in [0, 1]")
+        if self.decay_shape not in DECAY_SHAPES:
+            out.append(f"{prefix}.decay_shape={self.decay_shape!r}; use one of {DECAY_SHAPES}")
+        if self.parent is not None:
+            if self.schedule != "wsd":
+                out.append(
+                    f"{prefix}.parent={self.parent!r} makes this run a cooldown branch, but {prefix}.schedule="
+                    f"{self.schedule!r}; a branch decays from its trunk's constant LR: use {prefix}.schedule=wsd"
+                )
+            elif not 0 < self.decay_fraction < 1:
+                out.append(
+                    f"{prefix}.decay_fraction={self.decay_fraction}: a branch forks at (1 - decay_fraction) of its "
+                    f"budget, so it must lie in (0, 1), e.g. 0.2"
+                )
         if not 0 <= self.min_lr_ratio <= 1:
             out.append(f"{prefix}.min_lr_ratio={self.min_lr_ratio} must lie in [0, 1]")
         if self.lr <= 0:
@@ -162,9 +181,19 @@ class RunConfig:
     dir: str = "runs/default"  # the run directory: config, metrics, result and checkpoints
     id: Optional[str] = None  # defaults to the directory's name
     group: Optional[str] = None  # the study this run belongs to (the wandb group)
+    # A branch's trunk directory (train.parent); None: the sibling of run.dir named train.parent.
+    parent_dir: Optional[str] = None
+    # A trunk's fork points in tokens: checkpointed when reached and never rotated away by
+    # train.keep_checkpoints, so that each cooldown branch finds its start. Here, not under train,
+    # because it does not change what the run computes (run.* is out of the run id).
+    fork_tokens: list[float] = field(default_factory=list)
 
     def problems(self, prefix: str = "run") -> list[str]:
-        return [] if self.dir else [f"{prefix}.dir is empty; set run.dir=PATH"]
+        out = [] if self.dir else [f"{prefix}.dir is empty; set run.dir=PATH"]
+        bad = [t for t in self.fork_tokens if not (math.isfinite(t) and t > 0)]
+        if bad:
+            out.append(f"{prefix}.fork_tokens has {bad}; fork points are positive token counts")
+        return out
 
 
 @dataclass
@@ -190,6 +219,11 @@ def validate(cfg: TrainAppConfig) -> TrainAppConfig:
     problems += cfg.data.problems()
     problems += cfg.train.problems()
     problems += cfg.run.problems()
+    if cfg.run.fork_tokens and cfg.train.schedule not in ("constant", "wsd"):
+        problems.append(
+            f"run.fork_tokens={cfg.run.fork_tokens} pins cooldown fork points, but train.schedule="
+            f"{cfg.train.schedule!r} decays from the start; a trunk trains with train.schedule=constant (or wsd)"
+        )
     problems += cfg.logger.wandb.problems()
     raise_if(problems)
     return cfg

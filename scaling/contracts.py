@@ -249,6 +249,15 @@ class Result:
     unique_tokens: Optional[int] = None
     timing: Optional[dict] = None  # where the wall time went, in seconds (bench/study_overhead.py)
     budget_flops: Optional[float] = None  # the IsoFLOP budget, where a tool other than the trainer wrote it
+    # A cooldown branch (scaling/trainer/branch.py): the trunk it forked from and the fork step.
+    # Its `tokens` and `flops` are the model's whole training (the trunk up to the fork included:
+    # what a law sees); `branch_tokens` and `branch_flops` are what the branch itself trained, so
+    # that a study's compute adds up without counting the trunk twice.
+    parent: Optional[str] = None
+    fork_step: Optional[int] = None
+    fork_tokens: Optional[float] = None
+    branch_tokens: Optional[float] = None
+    branch_flops: Optional[float] = None
     error: Optional[str] = None  # failed: what went wrong and the fix
     step: Optional[int] = None  # failed: the step it failed at, where known
     rank: Optional[int] = None  # failed: the rank that wrote the error

@@ -61,6 +61,10 @@ class Checkpointer:
     def __init__(self, engine: Engine, run_dir: Path, identity: dict):
         self.engine, self.run_dir, self.identity = engine, run_dir, identity
         self.world, self.cfg, self.run_id = engine.world, engine.plan.cfg, engine.plan.run_id
+        # A branch's provenance (scaling/trainer/branch.py), recorded in every checkpoint it saves.
+        self.parent: dict | None = None
+        # A trunk's fork points (run.fork_tokens) in steps: saved when reached, never rotated away.
+        self.pinned_steps = frozenset(engine.plan.steps_for(t) for t in self.cfg.run.fork_tokens)
 
     def save(self, state: TrainState) -> Path:
         """Every rank writes into a hidden folder; rank 0 renames it into place when all are done."""
@@ -74,7 +78,7 @@ class Checkpointer:
             tmp.mkdir(parents=True)
         self.engine.barrier()
         meta = {
-            "run_id": self.run_id, "step": state.step, "parent": None, **self.identity,
+            "run_id": self.run_id, "step": state.step, "parent": self.parent, **self.identity,
             "train_state": asdict(state), "config": result_config(self.cfg),
         }  # fmt: skip
         checkpoint.save(self.engine, tmp, self.world.rank, self.world.is_main, meta)
@@ -84,7 +88,8 @@ class Checkpointer:
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            for old in checkpoint_dirs(self.run_dir)[: -self.cfg.train.keep_checkpoints]:
+            rotating = [p for p in checkpoint_dirs(self.run_dir) if _step_of(p) not in self.pinned_steps]
+            for old in rotating[: -self.cfg.train.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         self.engine.barrier()
         log.info("checkpoint saved: %s", final)
@@ -132,6 +137,7 @@ class Checkpointer:
                 log.info("resumed a run saved with %d processes on %d", state.world_size,
                          self.world.world_size)  # fmt: skip
                 state.world_size = self.world.world_size
+            self.parent = loaded.meta.get("parent")
             log.info("resumed from %s at step %d", path, state.step)
             return state
         if failures:
@@ -139,4 +145,12 @@ class Checkpointer:
                 "no checkpoint could be loaded:\n" + "\n".join(f"  - {f}" for f in failures)
                 + "\nmove the checkpoints folder aside to train from scratch"
             )
+        return None
+
+
+def _step_of(path: Path) -> int | None:
+    """The step of checkpoint folder `stepNNNNNNNN`."""
+    try:
+        return int(path.name[len("step"):])
+    except ValueError:
         return None

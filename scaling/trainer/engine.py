@@ -118,7 +118,7 @@ class Engine:
             optimizer,
             lambda step: lr_factor(
                 step, plan.steps, schedule=t.schedule, warmup_steps=plan.warmup_steps,
-                decay_fraction=t.decay_fraction, min_lr_ratio=t.min_lr_ratio,
+                decay_fraction=t.decay_fraction, min_lr_ratio=t.min_lr_ratio, decay_shape=t.decay_shape,
             ),
         )  # fmt: skip
         return optimizer, schedule
@@ -127,6 +127,17 @@ class Engine:
     def module(self) -> Any:
         """What the forward pass calls (the wrapped model)."""
         raise NotImplementedError
+
+    def restart_schedule(self, step: int) -> None:
+        """Set the LR schedule to `step` under this run's own schedule. A branch loads its trunk's
+        scheduler state, whose LR is the trunk's for that step; the branch's update at `step` is
+        already part of its decay."""
+        sched = self.scheduler
+        sched.last_epoch = step
+        lrs = [base * fn(step) for base, fn in zip(sched.base_lrs, sched.lr_lambdas)]
+        for group, lr in zip(sched.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        sched._last_lr = lrs
 
     @property
     def lr(self) -> float:

@@ -21,6 +21,7 @@ from scaling.errors import ScalingError
 from scaling.families import family_of
 from scaling.runid import config_hash, data_checksum
 from scaling.trainer.callbacks import Callback
+from scaling.trainer.branch import branch_of, fork
 from scaling.trainer.checkpointing import Checkpointer, TrainState
 from scaling.trainer.engine import build_engine
 from scaling.trainer.plan import RunPlan
@@ -48,6 +49,7 @@ class Trainer:
         self.engine = build_engine(plan, world)
         self.identity = {"config_hash": config_hash(self.cfg), "data_checksum": data_checksum(manifest)}
         self.checkpointer = Checkpointer(self.engine, self.run_dir, self.identity)
+        self.branch = branch_of(plan)  # a cooldown branch's fork (scaling/trainer/branch.py), or None
         self.state = TrainState(world_size=world.world_size)
         self.stop_requested = False
         self.stop_signal = ""  # the signal's name, set by the handler in train()
@@ -62,11 +64,15 @@ class Trainer:
         return self.engine.train_step(x, y)
 
     def resume(self) -> bool:
-        """Load the newest loadable checkpoint, if any; returns whether the run resumed."""
+        """Load the newest loadable checkpoint, if any; returns whether the run resumed. A branch
+        without checkpoints of its own forks from its trunk's instead, which is a start, not a
+        resume (raises BranchNotReady when the trunk's checkpoint is not there yet)."""
         state = self.checkpointer.resume()
         if state is not None:
             self.state = state
             self.saved_step = state.step  # on disk already: a stop or the end does not save it again
+        elif self.branch is not None:
+            self.state, self.checkpointer.parent = fork(self, self.branch)
         return state is not None
 
     def save_checkpoint(self) -> Path:
@@ -188,7 +194,19 @@ class Trainer:
             zero_stage=t.zero_stage,
             wall_time_s=round(self.state.wall_time_s, 3),
             group=self.cfg.run.group,
+            **self._branch_fields(),
         )
+
+    def _branch_fields(self) -> dict:
+        """A branch's provenance and its own share of the training, for result.json."""
+        if self.branch is None:
+            return {}
+        plan, fork_step = self.plan, self.branch.fork_step
+        own_tokens = (plan.steps - fork_step) * plan.tokens_per_step
+        return {
+            "parent": self.branch.parent, "fork_step": fork_step, "fork_tokens": self.branch.fork_tokens,
+            "branch_tokens": own_tokens, "branch_flops": own_tokens * plan.flops_per_sample,
+        }  # fmt: skip
 
     def _metrics_row(self, loss: float, lr: float, tokens: int, seconds: float, eval_loss: float | None) -> MetricsRow:
         plan, peak = self.plan, self.engine.peak_flops

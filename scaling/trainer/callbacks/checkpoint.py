@@ -1,5 +1,6 @@
-"""The checkpoint cadence: a checkpoint every `train.checkpoint_every_tokens`, on every rank (saving
-is collective). A checkpoint on a stop signal, and the final one, are the loop's, not the cadence's."""
+"""The checkpoint cadence: a checkpoint every `train.checkpoint_every_tokens`, and at each of a
+trunk's fork points (`run.fork_tokens`, the last one included), on every rank (saving is
+collective). A checkpoint on a stop signal, and the final one, are the loop's, not the cadence's."""
 
 from __future__ import annotations
 
@@ -20,5 +21,7 @@ class CheckpointCadence(Callback):
         step = trainer.state.step
         # Not on the last step: the final checkpoint is the loop's (train.final_checkpoint), taken
         # when the run has finished, or none when the user turned it off.
-        if self.every_steps is not None and step % self.every_steps == 0 and step < trainer.plan.steps:
+        due = self.every_steps is not None and step % self.every_steps == 0 and step < trainer.plan.steps
+        # A fork point is saved even at the last step: a branch needs it whatever final_checkpoint says.
+        if due or (step in trainer.checkpointer.pinned_steps and trainer.saved_step != step):
             trainer.save_checkpoint()
