@@ -28,6 +28,12 @@ class DataConfig:
     # the seed and the global batch size) but never on the world size or the worker count. None
     # means gcd(global batch size, 8). It must be a multiple of the world size.
     streams: Optional[int] = None
+    # Data-constrained runs (Muennighoff et al. 2023, "Scaling Data-Constrained Language Models"):
+    # train on the training split's first samples holding at most this many tokens (images for an
+    # image set), so a run longer than that repeats them in epochs. The split's samples were
+    # written in a shuffled order, so the prefix is a random subset of it. The evaluation split is
+    # untouched. None: no cap. It leaves the prepared shards as they are.
+    max_unique_tokens: Optional[int] = None
     # Preparation (built-in sets and `scaling-data`).
     max_source_mb: float = 4.0  # stdlib_text: cap on the source text read, in MB; raise it for more data
     val_fraction: float = 0.05  # share of documents (images) held out for validation
@@ -84,6 +90,11 @@ class DataConfig:
             out.append(f"{prefix}.num_workers={self.num_workers} must be >= 0")
         if self.streams is not None and self.streams <= 0:
             out.append(f"{prefix}.streams={self.streams} must be positive, or null for gcd(global batch, 8)")
+        if self.max_unique_tokens is not None and not self.max_unique_tokens > 0:
+            out.append(
+                f"{prefix}.max_unique_tokens={self.max_unique_tokens} must be a positive number of tokens (images), "
+                f"or null for no cap"
+            )
         if not (math.isfinite(self.max_source_mb) and self.max_source_mb > 0):
             out.append(f"{prefix}.max_source_mb={self.max_source_mb} must be a positive number of MB")
         if not 0 < self.val_fraction < 1:

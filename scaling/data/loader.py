@@ -17,6 +17,13 @@ drawn from (seed, e, s) and each shard's samples in an order drawn from (seed, e
 sample of the stream appears exactly once per stream epoch. Streams with more samples take longer
 per epoch; with equal shard counts and sizes all streams share one epoch.
 
+A training split capped by `data.max_unique_tokens` is its first K samples in shard order (the
+shards past them are never read). Its K samples are cut into L contiguous ranges, one per stream,
+of K // L samples (the first K mod L streams take one more), so every stream repeats its samples
+at the same rate and one epoch of the streams is one pass over the K unique samples: a run of D
+tokens sees D / (K * seq_len) epochs, the count the manifest's `epochs` gives. A cap that keeps
+fewer samples than one global batch is a ConfigError.
+
 Global batch b is the concatenation over s = 0..L-1 of samples [b*G/L, (b+1)*G/L) of stream s.
 Rank r owns streams [r*L/W, (r+1)*L/W) and so rows [r*G/W, (r+1)*G/W) of every global batch; it
 reads only those streams' shards. Its loader workers split its streams among themselves. The
@@ -187,13 +194,30 @@ def stream_parts(shard_samples: list[int], streams: int) -> list[list[tuple[int,
     return [[(s % n, len(range(s % n, streams, n)), s // n)] for s in range(streams)]
 
 
-class Stream:
-    """The endless, epoch-by-epoch shuffled sample sequence of one stream."""
+def prefix_parts(shard_samples: list[int], streams: int) -> list[list[tuple[int, int, int, int]]]:
+    """For a capped split: its samples (the counts per shard, in order) cut into `streams`
+    contiguous ranges of equal size (the first K mod L one larger). Each stream's parts are
+    (shard, 1, start, stop): it owns samples start..stop-1 of the shard."""
+    total = sum(shard_samples)
+    starts = np.cumsum([0, *shard_samples])
+    out = []
+    for s in range(streams):
+        lo, hi = s * total // streams, (s + 1) * total // streams  # this stream's range of the prefix
+        out.append([(i, 1, int(max(lo - a, 0)), int(min(hi - a, n)))
+                    for i, (a, n) in enumerate(zip(starts[:-1], shard_samples)) if a < hi and a + n > lo])
+    return out
 
-    def __init__(self, manifest: Manifest, split: str, s: int, parts: list[tuple[int, int, int]], seed: int):
-        self.manifest, self.split, self.s, self.parts, self.seed = manifest, split, s, parts, seed
-        shards = manifest.shards(split)
-        self.lengths = [len(range(p, shards[i].samples, c)) for i, c, p in parts]
+
+class Stream:
+    """The endless, epoch-by-epoch shuffled sample sequence of one stream. A part is (shard,
+    stride, offset) or (shard, stride, offset, stop): the stream owns samples offset,
+    offset+stride, ... below stop (default: the samples the manifest lets a run draw from it)."""
+
+    def __init__(self, manifest: Manifest, split: str, s: int, parts: list[tuple[int, ...]], seed: int):
+        self.manifest, self.split, self.s, self.seed = manifest, split, s, seed
+        counts = manifest.sample_counts(split)
+        self.parts = [(p[0], p[1], p[2], p[3] if len(p) > 3 else counts[p[0]]) for p in parts]
+        self.lengths = [len(range(p, stop, c)) for i, c, p, stop in self.parts]
         self.epoch_len = sum(self.lengths)
 
     def samples(self, offset: int) -> Iterator[dict[str, Any]]:
@@ -205,8 +229,8 @@ class Stream:
                 if skip >= self.lengths[k]:  # skipped whole, without reading it
                     skip -= self.lengths[k]
                     continue
-                i, c, p = self.parts[k]
-                mine = read_shard(self.manifest, self.split, i)[p::c]
+                i, c, p, stop = self.parts[k]
+                mine = read_shard(self.manifest, self.split, i)[p:stop:c]
                 perm = np.random.default_rng([self.seed, 7, epoch, self.s, i]).permutation(len(mine))
                 for j in perm[skip:]:
                     yield mine[j]
@@ -281,7 +305,14 @@ class TrainBatches:
         self.global_batch_size, self.streams, self.seed, self.step = global_batch_size, L, seed, start_step
         self.per_stream = global_batch_size // L
         shards = manifest.shards(split)
-        parts = stream_parts([s.samples for s in shards], L)
+        parts: list[list[tuple[int, ...]]]
+        if manifest.is_capped(split):  # data.max_unique_tokens: the first samples, in equal ranges
+            problems = manifest.batch_problems(global_batch_size)
+            if problems:
+                raise ConfigError(problems)
+            parts = list(prefix_parts(manifest.sample_counts(split), L))
+        else:
+            parts = list(stream_parts([s.samples for s in shards], L))
         all_streams = [Stream(manifest, split, s, parts[s], seed) for s in range(L)]
         empty = [st.s for st in all_streams if st.epoch_len == 0]
         if empty:

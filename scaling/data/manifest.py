@@ -46,6 +46,9 @@ class Manifest:
     image: Optional[dict[str, Any]] = None  # image: {"size", "channels", "classes", "mean", "std"}
     unique: dict[str, int] = field(default_factory=dict)  # distinct samples per split
     location: str = ""  # folder or URL prefix the manifest was read from (not stored)
+    # data.max_unique_tokens (not stored): the training split is its first samples holding at most
+    # this many tokens (images); see `capped`. None: every sample.
+    max_unique_tokens: Optional[int] = None
 
     # ---- sizes the model takes from the data ----
     @property
@@ -77,18 +80,73 @@ class Manifest:
     def num_samples(self, split: str) -> int:
         return sum(s.samples for s in self.shards(split))
 
+    def units_per_sample(self) -> int:
+        """Training units one sample holds: seq_len predicted tokens for text, one image for images."""
+        return int(self.seq_len) if self.kind == "text" else 1
+
+    def kept_samples(self, split: str) -> int:
+        """Samples a run draws from: the whole split, or for a capped training split
+        (`max_unique_tokens`) its first max_unique_tokens // units_per_sample samples."""
+        n = self.num_samples(split)
+        if split != "train" or self.max_unique_tokens is None:
+            return n
+        return min(n, int(self.max_unique_tokens) // self.units_per_sample())
+
+    def is_capped(self, split: str) -> bool:
+        """Whether the cap leaves samples of the split out (a cap at or above its size changes nothing)."""
+        return self.kept_samples(split) < self.num_samples(split)
+
+    def sample_counts(self, split: str) -> list[int]:
+        """Per shard, the samples a run draws from it: a prefix of the split in shard order, so
+        the shards past a cap are never read and the last one kept may be cut."""
+        left, out = self.kept_samples(split), []
+        for s in self.shards(split):
+            out.append(min(s.samples, left))
+            left -= out[-1]
+        return out
+
     def unique_samples(self, split: str) -> int:
-        """Distinct samples in the split. A study whose budget exceeds `tokens(split)` repeats data."""
-        return int(self.unique.get(split, self.num_samples(split)))
+        """Distinct samples a run draws from. A study whose budget exceeds them repeats data."""
+        return min(int(self.unique.get(split, self.num_samples(split))), self.kept_samples(split))
+
+    def unique_tokens(self, split: str = "train") -> int:
+        """Distinct training units (tokens or images) a run draws from: U_D of Muennighoff et al."""
+        return self.unique_samples(split) * self.units_per_sample()
 
     def tokens(self, split: str) -> int:
         """Training units in the split: predicted tokens (samples * seq_len) for text, images for images."""
-        n = self.num_samples(split)
-        return n * int(self.seq_len) if self.kind == "text" else n
+        return self.num_samples(split) * self.units_per_sample()
 
     def epochs(self, budget: float, split: str = "train") -> float:
-        """How many times a budget (tokens or images) passes over the split's unique data."""
-        return budget / max(1, self.unique_samples(split) * (int(self.seq_len) if self.kind == "text" else 1))
+        """How many times a budget (tokens or images) passes over the unique data a run draws from."""
+        return budget / max(1, self.unique_tokens(split))
+
+    def batch_problems(self, global_batch_size: int) -> list[str]:
+        """A capped training split must hold one global batch: a problem naming the key, or none."""
+        kept, per = self.kept_samples("train"), self.units_per_sample()
+        if not self.is_capped("train") or kept >= global_batch_size:
+            return []
+        unit = "tokens" if self.kind == "text" else "images"
+        return [
+            f"data.max_unique_tokens={self.max_unique_tokens} keeps {kept} training samples ({kept * per} {unit}), "
+            f"fewer than one global batch of train.global_batch_size={global_batch_size} samples; raise "
+            f"data.max_unique_tokens to at least {global_batch_size * per}, or lower train.global_batch_size"
+        ]
+
+    def capped(self, max_unique_tokens: Optional[int]) -> "Manifest":
+        """This manifest with its training split restricted to the first samples (in shard order)
+        holding at most `max_unique_tokens` tokens (images): the unique data of a data-constrained
+        run. The files and `to_json` are unchanged; None removes the cap."""
+        if max_unique_tokens is not None:
+            unit = "tokens" if self.kind == "text" else "images"
+            per = self.units_per_sample()
+            if not max_unique_tokens >= per:
+                raise ConfigError(
+                    f"data.max_unique_tokens={max_unique_tokens} holds no whole training sample of {per} {unit} "
+                    f"({self._file()}); raise it to at least one global batch of {unit}, or set it to null for no cap"
+                )
+            max_unique_tokens = int(max_unique_tokens)
+        return dataclasses.replace(self, max_unique_tokens=max_unique_tokens)
 
     def url(self, name: str) -> str:
         """Where a file beside the manifest lives: a local path, a URL, or a `pipe:` command."""
@@ -113,7 +171,7 @@ class Manifest:
                 split: {
                     "samples": self.num_samples(split),
                     "tokens": self.tokens(split),
-                    "unique_samples": self.unique_samples(split),
+                    "unique_samples": int(self.unique.get(split, self.num_samples(split))),  # of the files, not the cap
                     "shards": [dataclasses.asdict(s) for s in shards],
                 }
                 for split, shards in self.splits.items()
@@ -183,6 +241,10 @@ class Manifest:
                 f"{split}: {self.num_samples(split)} samples, {self.tokens(split)} "
                 f"{'tokens' if self.kind == 'text' else 'images'}, {len(self.splits[split])} shards"
             )
+        if self.is_capped("train"):
+            parts.append(f"train capped by data.max_unique_tokens={self.max_unique_tokens}: the first "
+                         f"{self.kept_samples('train')} samples, {self.unique_tokens('train')} unique "
+                         f"{'tokens' if self.kind == 'text' else 'images'}")
         if "loss_floor_nats" in self.source:
             rate = self.source.get("entropy_rate_nats_per_token")
             parts.append(f"loss floor: {self.source['loss_floor_nats']:.6g} nats"

@@ -30,10 +30,17 @@ def default_cache_dir() -> str:
 
 def prepare_dataset(cfg: DataConfig) -> Manifest:
     """The manifest of the configured data: read from `cfg.path`, or a built-in set prepared into
-    the cache on first use and reused afterwards. Raises DataError naming the file and the fix."""
+    the cache on first use and reused afterwards. Raises DataError naming the file and the fix.
+
+    `data.max_unique_tokens` caps the training split here (`Manifest.capped`), so the loader, the
+    planner's epochs and the trainer's recorded unique tokens all read the one capped manifest."""
     problems = cfg.problems()
     if problems:
         raise ConfigError(problems)
+    return _read_or_prepare(cfg).capped(cfg.max_unique_tokens)
+
+
+def _read_or_prepare(cfg: DataConfig) -> Manifest:
     if cfg.path is not None:
         return load_manifest(cfg.path)
     cache = cfg.cache_dir or default_cache_dir()
