@@ -105,6 +105,58 @@ def _with_plan_budgets(data: Data, plan: Plan | None) -> Data:
                             source=data.source, unit=data.unit)
 
 
+def _without_trunks(data: Data, plan: Plan | None) -> tuple[Data, list]:
+    """Drop the WSD trunks of a study with cooldown branches (plan.json role "trunk"): a trunk's
+    end point is at constant LR, well above the cooled-down losses of its branches, so it is no
+    point of any law. Its branches carry its unit (the bootstrap resamples a trunk with all of
+    its branches)."""
+    if not plan:
+        return data, []
+    trunks = {r.id for r in plan.runs if r.extra.get("role") == "trunk"}
+    keep = [i for i, rid in enumerate(data.run_id) if rid not in trunks]
+    if len(keep) == len(data.run_id) or not keep:
+        return data, []
+    return Data.from_arrays(data.N[keep], data.D[keep], data.loss[keep], data.C[keep],
+                            run_id=[data.run_id[i] for i in keep], budget=data.budget[keep], source=data.source,
+                            unit=None if data.unit is None else [data.unit[i] for i in keep]), sorted(trunks)
+
+
+def branch_curves(data: Data, plan: Plan | None) -> list | None:
+    """The approach-1 curves of a study with cooldown branches: one per trunk, through the end
+    points (C, D, final loss) of its branches, each a fully decayed run. None when the plan has no
+    branches (then the runs' own training curves are used). A trunk's constant-LR curve, and a
+    branch's partly decayed rows, never enter the envelope."""
+    from scaling.analysis.io import Curve
+
+    if not plan or not any(r.extra.get("role") == "branch" for r in plan.runs):
+        return None
+    parent = {r.id: r.extra["parent"] for r in plan.runs if r.extra.get("role") == "branch"}
+    points: dict[str, list] = {}
+    for i, rid in enumerate(data.run_id):
+        if rid in parent:
+            points.setdefault(parent[rid], []).append((float(data.C[i]), float(data.D[i]), float(data.loss[i]),
+                                                       float(data.N[i])))
+    curves = []
+    for trunk, pts in sorted(points.items()):
+        arr = np.array(sorted(pts))
+        curves.append(Curve(trunk, float(arr[0, 3]), arr[:, 0], arr[:, 1], arr[:, 2]))
+    return curves
+
+
+def branch_compute(plan: Plan | None, data: Data) -> str | None:
+    """How many points came from how much compute, in a study with cooldown branches."""
+    if not plan or not any(r.extra.get("role") == "branch" for r in plan.runs):
+        return None
+    done = set(data.run_id)
+    trunks = [r for r in plan.runs if r.extra.get("role") == "trunk"]
+    branches = [r for r in plan.runs if r.extra.get("role") == "branch" and r.id in done]
+    spent = sum(r.C or 0.0 for r in trunks) + sum(r.extra.get("branch_C", r.C or 0.0) for r in branches)
+    scratch = sum(r.C or 0.0 for r in branches)
+    return (f"{len(branches)} points from {len(trunks)} WSD trunks and their cooldown branches: "
+            f"{spent:.3g} FLOPs spent, against {scratch:.3g} FLOPs to train each point from scratch "
+            f"({scratch / spent if spent else float('nan'):.2f}x).")
+
+
 def analyse_study(
     study_dir: str | Path, *, n_boot: int = 1000, holdout: int = 1, tolerance: float = 0.25, seed: int = 0,
     isoflop_window: float | None = DEFAULT_WINDOW,
@@ -138,6 +190,7 @@ def analyse_study(
     n_key = "params_nonembedding" if plan and plan.n_count == "nonembedding" else "params"
     data, skipped = load_runs(study_dir, n_key=n_key, units=plan_units(plan))
     data, stale = _only_planned(data, plan)
+    data, _trunks = _without_trunks(data, plan)
     data = _with_plan_budgets(data, plan)
     out = StudyAnalysis(study=(plan.study if plan else None) or study_dir.name, study_dir=str(study_dir), plan=plan,
                         data=data, skipped=skipped + stale)
@@ -167,7 +220,9 @@ def analyse_study(
                 out.holdout = holdout_check(data, k=holdout, by="C", law="chinchilla", constraints=constraints)
         except AnalysisError as e:
             out.problems.append(f"extrapolation check: {e}")
-    curves = load_curves(study_dir, n_key=n_key, run_dirs=run_dirs)
+    curves = branch_curves(data, plan)
+    if curves is None:
+        curves = load_curves(study_dir, n_key=n_key, run_dirs=run_dirs)
     if len(curves) >= 2:
         try:
             out.envelope = training_envelope(curves, n_boot=n_boot, seed=seed)
@@ -384,6 +439,12 @@ def _prediction_section(v: dict) -> str:
                  f"{100 * r['relative_error']:+.2f}%", "yes" if r["inside"] else "**no**"]
                 for name, r in v["approaches"].items()]  # fmt: skip
         text.append(_table(["approach", "predicted", "95% prediction interval", "actual", "error", "inside"], rows))
+    n_opt = [f"{name} {_g(v['value'])} [{_g(v['interval'][0])}, {_g(v['interval'][1])}]"
+             for name, v in (("approach 3", doc.get("N_opt")), ("approach 2", doc.get("N_opt_isoflop")))
+             if v and v.get("interval")]  # fmt: skip
+    if n_opt:
+        text.append(f"N_opt at C = {_g(doc['C_verify'])} FLOPs, with 95% intervals: {'; '.join(n_opt)}. The run's "
+                    f"size is approach 3's, snapped to the ladder.")
     text.append(f"The prediction (`verify/prediction.json`) was made from {doc['data']['runs']} runs and is kept "
                 f"unchanged while they are; new runs make a new one and keep the old in `verify/history/`.")
     return "\n\n".join(text)
@@ -464,7 +525,8 @@ def _summary(a: StudyAnalysis) -> str:
     n = len(a.data.N)
     runs = (f"{n} completed runs; N from {_g(a.data.N.min())} to {_g(a.data.N.max())} parameters, "
             f"C from {_g(a.data.C.min())} to {_g(a.data.C.max())} FLOPs.")
-    return " ".join([runs, *headline(a)])
+    branches = branch_compute(a.plan, a.data)
+    return " ".join([runs, *([branches] if branches else []), *headline(a)])
 
 
 def _plan_table(plan: Plan | dict) -> str:

@@ -210,6 +210,44 @@ def _positive_counts(values: list[Any], key: str) -> list[str]:
 
 
 @dataclass
+class BranchesConfig:
+    """Cooldown branches (Hägele et al. 2024): per size (and seed) one trunk trains at constant LR
+    to the fork point of its last branch, checkpointing at every fork point, and each branch point
+    is a run of its own that forks from the trunk at (1 - decay_fraction) D and decays (WSD) to D.
+    Empty `at`: no branches, every point trains from scratch."""
+
+    at: list[float] = field(default_factory=list)  # branch points as token multipliers D / N
+    decay_fraction: float = 0.2  # the share of each branch's D spent decaying (10-20% matches cosine)
+    decay_shape: str = "linear"  # linear | cosine | 1-sqrt (scaling/schedule.py)
+    # The trunk's length as D / N; None: it ends at its last fork point. Longer keeps it going at
+    # constant LR (for branches added later); every fork point must lie within it.
+    trunk_tokens_per_param: Optional[float] = None
+
+    def problems(self, prefix: str = "study.branches") -> list[str]:
+        from scaling.schedule import DECAY_SHAPES
+
+        out = []
+        if not 0 < self.decay_fraction < 1:
+            out.append(f"{prefix}.decay_fraction={self.decay_fraction} must lie in (0, 1), e.g. 0.2: a branch forks at "
+                       f"(1 - decay_fraction) D")  # fmt: skip
+        if self.decay_shape not in DECAY_SHAPES:
+            out.append(f"{prefix}.decay_shape={self.decay_shape!r}; use one of {DECAY_SHAPES}")
+        for i, m in enumerate(self.at):
+            if not m > 0:
+                out.append(f"{prefix}.at[{i}]={m} must be a positive token multiplier")
+        trunk = self.trunk_tokens_per_param
+        if trunk is not None and self.at and 0 < self.decay_fraction < 1:
+            beyond = [m for m in self.at if (1 - self.decay_fraction) * m > trunk]
+            if beyond:
+                out.append(
+                    f"{prefix}.at has branch points {beyond} whose fork points ((1 - {self.decay_fraction}) x D/N) lie "
+                    f"beyond the trunk ({prefix}.trunk_tokens_per_param={trunk}); raise the trunk to >= "
+                    f"{max(beyond) * (1 - self.decay_fraction):g} or drop those points"
+                )
+        return out
+
+
+@dataclass
 class StudySpec:
     """A study: a family on a dataset, a set of sizes, budgets and seeds. `dir` holds the plan and
     one run directory per run."""
@@ -248,6 +286,7 @@ class StudySpec:
     extend: Optional[str] = None
     tune: TuneConfig = field(default_factory=TuneConfig)  # an LR sweep at the base shape that sets every run's LR (muP)
     verify: VerifyConfig = field(default_factory=VerifyConfig)  # a pre-registered prediction of a larger run
+    branches: BranchesConfig = field(default_factory=BranchesConfig)  # WSD trunks with cooldown branches
 
     def __post_init__(self) -> None:
         if self.model is None and self.family in FAMILIES:
@@ -303,7 +342,8 @@ class StudySpec:
                 out.append(f"{prefix}.sizes.per_budget={s.per_budget} must be >= 1")
             if s.span < 1:
                 out.append(f"{prefix}.sizes.span={s.span} must be >= 1 (largest / smallest N)")
-        if bool(b.tokens_per_param) == bool(b.flops):
+        out += self._branch_problems(prefix)
+        if bool(b.tokens_per_param or self.branches.at) == bool(b.flops):
             out.append(
                 f"{prefix}.budgets sets {'both' if b.flops else 'neither of'} tokens_per_param and flops; "
                 f"set exactly one: tokens_per_param=[20] (a size ladder) or flops=[1e15,3e15] (an IsoFLOP grid)"
@@ -342,6 +382,29 @@ class StudySpec:
         out += self.verify.problems(f"{prefix}.verify")
         if self.throughput_flops is not None and not self.throughput_flops > 0:
             out.append(f"{prefix}.throughput_flops={self.throughput_flops} must be positive, or null to measure")
+        return out
+
+    def _branch_problems(self, prefix: str) -> list[str]:
+        br = self.branches
+        if not br.at:
+            return []
+        out = br.problems(f"{prefix}.branches")
+        if self.budgets.flops:
+            out.append(f"{prefix}.branches.at with {prefix}.budgets.flops: branch points are token multipliers of a "
+                       f"size ladder; drop {prefix}.budgets.flops (IsoFLOP branch points are not supported yet)")  # fmt: skip
+        if self.budgets.tokens_per_param:
+            out.append(f"{prefix}.budgets.tokens_per_param={self.budgets.tokens_per_param} and {prefix}.branches.at: "
+                       f"with branches the ladder's multipliers are {prefix}.branches.at; drop the budgets'")  # fmt: skip
+        for o in self.overrides:
+            key, _, value = o.partition("=")
+            key = key.lstrip("+~")
+            if key == "train.schedule" and value != "constant":
+                out.append(f"{prefix}.overrides has {o!r}, but with {prefix}.branches each trunk trains at constant "
+                           f"LR and each branch decays with wsd (a cosine trunk has no stable phase to branch from); "
+                           f"drop it")  # fmt: skip
+            elif key in ("train.decay_fraction", "train.decay_shape", "train.parent"):
+                out.append(f"{prefix}.overrides has {o!r}, which {prefix}.branches sets; use "
+                           f"{prefix}.branches.decay_fraction or {prefix}.branches.decay_shape")  # fmt: skip
         return out
 
     @property

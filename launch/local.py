@@ -20,8 +20,12 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from scaling.contracts import METRICS_NAME, Result, RunSpec, RunStatus, result_if_readable, write_result
-from scaling.launch.state import last_metric, proc_start, update_launch, write_launch
+from scaling.launch.state import branch_ready, fork_checkpoint, last_metric, proc_start, update_launch, write_launch
 from scaling.rundir import EXIT_REQUEUE, exit_status
+
+# The code of a branch not started because its trunk's fork checkpoint is missing and nothing in
+# this launch will write it (no result is written: a relaunch starts it once the checkpoint exists).
+EXIT_BRANCH_WAITING = 3
 
 
 def cpu_count() -> int:
@@ -159,7 +163,11 @@ def run_local(
     stall_timeout_s: Optional[float] = None,
 ) -> dict[str, int]:
     """Train `runs` as local processes and block until all have ended. Returns run id -> exit
-    code (0 completed, 1 failed, 2 invalid config, 75 interrupted after a checkpoint).
+    code (0 completed, 1 failed, 2 invalid config, 3 a branch whose trunk's fork checkpoint is
+    missing, not started, 75 interrupted after a checkpoint).
+
+    Cooldown branches start as soon as their trunk's fork checkpoint exists (`branch_ready`);
+    runs start in plan order otherwise, so trunks, listed before their branches, go first.
 
     One-process runs go to warm workers (`warm`, scaling/worker.py), which have torch and
     DeepSpeed imported and train run after run. A run whose directory sees no write for `stall_timeout_s` seconds
@@ -192,7 +200,12 @@ def run_local(
     try:
         while pending or active:
             while pending and len(active) < slots and not stopping:
-                run = pending.pop(0)
+                # A cooldown branch waits for its trunk's fork checkpoint; it starts as soon as the
+                # checkpoint appears, while the trunk trains on.
+                run = next((r for r in pending if branch_ready(r)), None)
+                if run is None:
+                    break
+                pending.remove(run)
                 # A fixed share of the cores per process: more threads for the last runs would not
                 # pay (on small CPUs, tiny models can run several times slower on 2 threads than on 1).
                 threads = max(1, cores // (slots * run.nproc))
@@ -214,6 +227,16 @@ def run_local(
                 meter.started(active[-1])
                 _show_running(bar, active, codes, meter)
             if stopping and pending:
+                pending.clear()
+            if pending and not active and not any(branch_ready(r) for r in pending):
+                # Nothing running will write the checkpoints these branches wait for.
+                for r in pending:
+                    echo(f"run {r.id}: not started: its trunk {r.extra.get('parent')} has no checkpoint at the fork "
+                         f"step {r.extra.get('fork_step')} ({fork_checkpoint(r)}); relaunch once the trunk has "
+                         f"trained past it")  # fmt: skip
+                    codes[r.id] = EXIT_BRANCH_WAITING
+                    if bar is not None:
+                        bar.update(1)
                 pending.clear()
             time.sleep(0.1)
             for a in list(active):

@@ -413,49 +413,57 @@ def make_plan(spec: StudySpec, study_dir: Optional[str] = None, throughput: Opti
     # Run specs: compose each run's config from the base, validate it, hash it.
     from omegaconf import OmegaConf
 
+    def build(s: _Size, d: int, budget: Optional[float], seed: int, schedule: dict[str, Any],
+              run_overrides: list[str], extra: dict) -> RunSpec:
+        """One run's spec: its config composed from the base, validated and hashed."""
+        shape = _shape_fields(s.model, spec.family)
+        planned: dict[str, Any] = {f"model.{k}": v for k, v in shape.items()}
+        for k in get_family(spec.family).data_fields:
+            if getattr(spec, k, None) is not None:  # stated in the spec: let the trainer check it
+                planned[f"model.{k}"] = getattr(spec, k)
+        planned.update({
+            "train.tokens": d,
+            "train.flops": None,
+            "train.global_batch_size": s.batch,
+            "train.lr": s.lr,
+            "train.seed": seed,
+            "train.flops_convention": spec.flops_convention,
+            **schedule,
+        })  # fmt: skip
+        dcfg = base_dcfg.copy()
+        for k, v in planned.items():
+            OmegaConf.update(dcfg, k, v, merge=False)
+        cfg = to_dataclass(dcfg)
+        # The trainer hashes its config after the data manifest filled the model's sizes.
+        digest = config_hash(replace(cfg, model=replace(cfg.model, **sizes)))
+        c_run = d * s.flops_per_token
+        rid = run_id(spec.family, s.n, d, c_run, seed, digest)
+        legacy = run_id(spec.family, s.n, d, c_run, seed, legacy_config_hash(cfg))
+        if not schedule and not os.path.isdir(os.path.join(study_dir, "runs", rid)) and os.path.isdir(
+            os.path.join(study_dir, "runs", legacy)
+        ):
+            rid = legacy  # planned under rule 1: keep the directory (and its finished work)
+        run_dir = os.path.join(study_dir, "runs", rid)
+        overrides = [f"model={spec.model}", f"data={spec.data}", *spec.overrides]
+        overrides += [f"{k}={_fmt_value(v)}" for k, v in planned.items()]
+        overrides += [f"run.dir={run_dir}", f"run.id={rid}", f"run.group={spec.name}", *run_overrides]
+        if spec.resample == "configuration" and "unit" not in extra:
+            # the bootstrap resamples the seeds of one configuration together (analysis.io.plan_units)
+            extra = {**extra, "unit": run_id(spec.family, s.n, d, c_run, 0, "").rsplit("-s0-", 1)[0]}
+        return RunSpec(
+            id=rid, family=spec.family, N=s.n, params_total=s.counts.total,
+            params_nonembedding=s.counts.nonembedding, D=d, C=c_run, budget_flops=budget,
+            tokens_per_param=d / s.n, seed=seed, batch=s.batch, batch_tokens=s.batch_tokens,
+            steps=d // s.batch_tokens, lr=s.lr, nproc=spec.nproc, shape=shape, overrides=overrides,
+            config_hash=digest, dir=run_dir, extra=extra,
+        )  # fmt: skip
+
     runs: list[RunSpec] = []
     for s, d, budget in cells:
-        shape = _shape_fields(s.model, spec.family)
         for seed in spec.seeds:
-            planned: dict[str, Any] = {f"model.{k}": v for k, v in shape.items()}
-            for k in get_family(spec.family).data_fields:
-                if getattr(spec, k, None) is not None:  # stated in the spec: let the trainer check it
-                    planned[f"model.{k}"] = getattr(spec, k)
-            planned.update({
-                "train.tokens": d,
-                "train.flops": None,
-                "train.global_batch_size": s.batch,
-                "train.lr": s.lr,
-                "train.seed": seed,
-                "train.flops_convention": spec.flops_convention,
-            })  # fmt: skip
-            dcfg = base_dcfg.copy()
-            for k, v in planned.items():
-                OmegaConf.update(dcfg, k, v, merge=False)
-            cfg = to_dataclass(dcfg)
-            # The trainer hashes its config after the data manifest filled the model's sizes.
-            digest = config_hash(replace(cfg, model=replace(cfg.model, **sizes)))
-            c_run = d * s.flops_per_token
-            rid = run_id(spec.family, s.n, d, c_run, seed, digest)
-            legacy = run_id(spec.family, s.n, d, c_run, seed, legacy_config_hash(cfg))
-            if not os.path.isdir(os.path.join(study_dir, "runs", rid)) and os.path.isdir(
-                os.path.join(study_dir, "runs", legacy)
-            ):
-                rid = legacy  # planned under rule 1: keep the directory (and its finished work)
-            run_dir = os.path.join(study_dir, "runs", rid)
-            overrides = [f"model={spec.model}", f"data={spec.data}", *spec.overrides]
-            overrides += [f"{k}={_fmt_value(v)}" for k, v in planned.items()]
-            overrides += [f"run.dir={run_dir}", f"run.id={rid}", f"run.group={spec.name}"]
-            runs.append(RunSpec(
-                id=rid, family=spec.family, N=s.n, params_total=s.counts.total,
-                params_nonembedding=s.counts.nonembedding, D=d, C=c_run, budget_flops=budget,
-                tokens_per_param=d / s.n, seed=seed, batch=s.batch, batch_tokens=s.batch_tokens,
-                steps=d // s.batch_tokens, lr=s.lr, nproc=spec.nproc, shape=shape, overrides=overrides,
-                config_hash=digest, dir=run_dir,
-                # the bootstrap resamples the seeds of one configuration together (analysis.io.plan_units)
-                extra={"unit": run_id(spec.family, s.n, d, c_run, 0, "").rsplit("-s0-", 1)[0]}
-                if spec.resample == "configuration" else {},
-            ))  # fmt: skip
+            runs.append(build(s, d, budget, seed, {}, [], {}))
+    if spec.branches.at:
+        runs += _plan_branches(spec, shared, build)
     ids = [r.id for r in runs]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
@@ -476,6 +484,71 @@ def make_plan(spec: StudySpec, study_dir: Optional[str] = None, throughput: Opti
     if throughput is not None:
         set_estimates(plan, *throughput)
     return plan
+
+
+def _plan_branches(spec: StudySpec, sizes: list[_Size], build: Callable[..., RunSpec]) -> list[RunSpec]:
+    """Trunks and cooldown branches (study.branches): for each size and seed, one constant-LR trunk
+    to the fork point of its last branch (or to branches.trunk_tokens_per_param), checkpointed at
+    every fork point (run.fork_tokens), and one WSD run per branch point D = m N that forks from
+    it at its decay start (scaling.schedule.wsd_decay_start) and decays to D. All are whole steps:
+    a branch of S steps forks at step S - round(f S), the trunk's checkpoint of that step.
+    Each trunk with its branches is one bootstrap unit (the unit is the trunk's id)."""
+    from scaling.schedule import wsd_decay_start
+
+    br = spec.branches
+    problems: list[str] = []
+    out: list[RunSpec] = []
+    for s in sizes:
+        points = []  # (multiplier, steps, fork step)
+        for m in sorted(set(br.at)):
+            steps = max(1, round(m * s.n / s.batch_tokens))
+            fork_step = wsd_decay_start(steps, br.decay_fraction)
+            if steps < spec.budgets.min_steps or fork_step < 1:
+                problems.append(
+                    f"study.branches.at has {m}, which gives N={_si(s.n)} only {steps} steps of {s.batch} sequences "
+                    f"(fork at step {fork_step}; a branch needs >= study.budgets.min_steps={spec.budgets.min_steps} "
+                    f"steps and a fork after step 0); raise the multiplier or lower study.rules.batch_tokens"
+                )
+                continue
+            points.append((m, steps, fork_step))
+        if not points:
+            continue
+        forks = sorted({f for _, _, f in points})
+        trunk_steps = forks[-1]
+        if br.trunk_tokens_per_param is not None:
+            trunk_steps = max(1, round(br.trunk_tokens_per_param * s.n / s.batch_tokens))
+            if trunk_steps < forks[-1]:
+                problems.append(
+                    f"study.branches.trunk_tokens_per_param={br.trunk_tokens_per_param} gives N={_si(s.n)} a trunk of "
+                    f"{trunk_steps} steps, before its last fork point (step {forks[-1]}); raise it"
+                )
+                continue
+        fork_tokens = [f * s.batch_tokens for f in forks]
+        for seed in spec.seeds:
+            trunk = build(
+                s, trunk_steps * s.batch_tokens, None, seed, {"train.schedule": "constant"},
+                [f"run.fork_tokens=[{','.join(str(t) for t in fork_tokens)}]"], {},
+            )  # fmt: skip
+            unit = trunk.id if spec.resample == "run" else trunk.id.rsplit("-s", 1)[0]
+            trunk.extra = {"role": "trunk", "unit": unit, "fork_tokens": fork_tokens}
+            out.append(trunk)
+            for m, steps, fork_step in points:
+                schedule = {"train.schedule": "wsd", "train.decay_fraction": br.decay_fraction,
+                            "train.decay_shape": br.decay_shape, "train.parent": trunk.id}  # fmt: skip
+                branch = build(s, steps * s.batch_tokens, None, seed, schedule, [], {})
+                branch.extra = {
+                    "role": "branch", "unit": unit, "parent": trunk.id, "fork_step": fork_step,
+                    "fork_tokens": fork_step * s.batch_tokens,
+                    "branch_C": (steps - fork_step) * s.batch_tokens * s.flops_per_token,
+                }  # fmt: skip
+                out.append(branch)
+    raise_if(problems)
+    return out
+
+
+def spent_flops(run: RunSpec) -> float:
+    """The compute a run itself trains: a branch's own cooldown (its trunk's share is the trunk's)."""
+    return float(run.extra.get("branch_C", run.C or 0.0))
 
 
 def _repetition_notes(spec: StudySpec, runs: list[RunSpec], unique: int) -> list[str]:
@@ -505,7 +578,7 @@ STARTUP_S = 8.0  # a run's fixed cost: interpreter, imports, DeepSpeed init, dat
 def set_estimates(plan: Plan, flops_per_s: float, source: str) -> None:
     plan.throughput_flops, plan.throughput_source = flops_per_s, source
     for r in plan.runs:
-        r.est_time_s = STARTUP_S + r.C / (flops_per_s * r.nproc)
+        r.est_time_s = STARTUP_S + spent_flops(r) / (flops_per_s * r.nproc)
 
 
 def measured_throughput(study_dir: str) -> Optional[float]:
@@ -607,6 +680,8 @@ def format_plan(plan: Plan) -> str:
         for r in plan.runs
     ]  # fmt: skip
     total_time = sum(r.est_time_s or 0 for r in plan.runs)
+    if any(r.extra.get("role") for r in plan.runs):
+        return format_branch_plan(plan, headers, total_time)
     out = [
         f"study {plan.study}: {plan.kind}, {len(plan.runs)} runs of family {plan.family}, in {plan.dir}",
         f"N counts {plan.n_count} parameters; FLOPs use the {plan.flops_convention!r} convention",
@@ -616,6 +691,65 @@ def format_plan(plan: Plan) -> str:
         format_table(headers, rows),
         "",
         f"total compute: {plan.total_flops:.3g} FLOPs",
+    ]
+    if plan.throughput_flops:
+        out.append(
+            f"estimated time: {_duration(total_time)} run after run (sum of runs), at "
+            f"{plan.throughput_flops:.3g} FLOP/s per process ({plan.throughput_source})"
+        )
+    out += [f"note: {n}" for n in plan.notes]
+    return "\n".join(out)
+
+
+def _row(r: RunSpec) -> list[str]:
+    return [r.id, _si(r.N), _si(r.D), f"{r.C:.3g}", "-" if r.budget_flops is None else f"{r.budget_flops:.3g}",
+            f"{r.tokens_per_param:.3g}", _epochs(r.epochs), str(r.batch), f"{r.lr:.3g}", str(r.steps), str(r.nproc),
+            _duration(r.est_time_s)]  # fmt: skip
+
+
+def format_branch_plan(plan: Plan, headers: list[str], total_time: float) -> str:
+    """A study with cooldown branches: each trunk with its branches below it (a tree), and the
+    compute spent against training every branch point from scratch."""
+    by_parent: dict[str, list[RunSpec]] = {}
+    for r in plan.runs:
+        if r.extra.get("role") == "branch":
+            by_parent.setdefault(r.extra["parent"], []).append(r)
+    rows, spent, scratch = [], 0.0, 0.0
+    for r in plan.runs:
+        role = r.extra.get("role")
+        if role == "branch":
+            continue
+        spent += spent_flops(r)
+        if role != "trunk":
+            scratch += r.C or 0.0
+            rows.append(_row(r))
+            continue
+        forks = ", ".join(_si(t) for t in r.extra.get("fork_tokens", []))
+        rows.append([f"{r.id} (trunk, constant LR, forks at {forks})", *_row(r)[1:]])
+        children = sorted(by_parent.get(r.id, []), key=lambda b: b.D or 0)
+        for i, b in enumerate(children):
+            spent += spent_flops(b)
+            scratch += b.C or 0.0
+            branch = "└─" if i == len(children) - 1 else "├─"
+            cells = _row(b)
+            cells[3] = f"{b.C:.3g} ({spent_flops(b):.2g} own)"
+            rows.append([f"  {branch} {b.id} (fork at {_si(b.extra['fork_tokens'])})", *cells[1:]])
+    n_branch = sum(len(v) for v in by_parent.values())
+    n_trunk = sum(1 for r in plan.runs if r.extra.get("role") == "trunk")
+    out = [
+        f"study {plan.study}: {plan.kind} with cooldown branches, {n_trunk} trunks and {n_branch} branches "
+        f"({len(plan.runs)} runs) of family {plan.family}, in {plan.dir}",
+        f"N counts {plan.n_count} parameters; FLOPs use the {plan.flops_convention!r} convention",
+        f"lr = {plan.rules['lr']}",
+        f"batch = {plan.rules['batch_tokens']}",
+        "each branch decays (WSD) from its trunk's constant LR to lr x train.min_lr_ratio, as a cosine run would; "
+        "C is the compute of the whole point (the trunk up to the fork included), 'own' the branch's cooldown",
+        "",
+        format_table(headers, rows),
+        "",
+        f"total compute: {spent:.3g} FLOPs spent for {n_branch} branch points, against {scratch:.3g} FLOPs "
+        f"to train every point from scratch ({scratch / spent if spent else float('nan'):.2f}x; "
+        f"{1 - spent / scratch if scratch else 0:.0%} saved)",
     ]
     if plan.throughput_flops:
         out.append(

@@ -25,12 +25,15 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING, Iterable, Optional
 
 from scaling.contracts import (
     METRICS_NAME, RESULT_NAME, ContractError, MetricsRow, RunStatus, last_loss_row, result_if_readable,
 )  # fmt: skip
 from scaling.rundir import checkpoint_dirs, read_json, write_atomic
+
+if TYPE_CHECKING:
+    from scaling.contracts import RunSpec
 
 LAUNCH_NAME = "launch.json"
 # The states a launcher shows, in the order it counts them.
@@ -52,6 +55,23 @@ class RunState:
     job_id: Optional[str] = None
     error: Optional[str] = None
     tokens: Optional[float] = None  # tokens trained so far (from metrics.jsonl) or in total
+
+
+def fork_checkpoint(run: "RunSpec") -> Optional[Path]:
+    """A cooldown branch's start: its trunk's checkpoint at the fork step (a sibling run directory,
+    as the planner lays them out); None for a run that is not a branch."""
+    parent, step = run.extra.get("parent"), run.extra.get("fork_step")
+    if parent is None or step is None or not run.dir:
+        return None
+    return Path(run.dir).parent / parent / "checkpoints" / f"step{int(step):08d}"
+
+
+def branch_ready(run: "RunSpec") -> bool:
+    """Whether a run can start now: not a branch; or its trunk's fork checkpoint is complete (a
+    save is renamed into place with its state.json, so the file marks a whole checkpoint); or it
+    has checkpoints of its own (a resume needs no trunk)."""
+    ckpt = fork_checkpoint(run)
+    return ckpt is None or (ckpt / "state.json").exists() or bool(checkpoint_dirs(run.dir))
 
 
 def last_metric(path: Path) -> Optional[MetricsRow]:

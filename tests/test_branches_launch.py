@@ -1,0 +1,96 @@
+"""Trunks and branches through the local launcher, with the real trainer: branches start once
+their fork checkpoint exists, a relaunch trains nothing twice, and a trunk killed mid-run resumes
+to the same branch losses as an uninterrupted study."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from scaling.launch.config import BranchesConfig, BudgetsConfig, LauncherConfig, SizesConfig, StudySpec
+from scaling.launch.local import EXIT_BRANCH_WAITING, cpu_count, run_local, train_command
+from scaling.launch.plan import make_plan
+from scaling.launch.study import launch_study
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _env(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("SCALING_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+def spec(study_dir: Path) -> StudySpec:
+    return StudySpec(
+        name="wsd", data="synthetic", sizes=SizesConfig(targets=[5e3]), budgets=BudgetsConfig(),
+        branches=BranchesConfig(at=[20, 40], decay_fraction=0.2),
+        overrides=["logger.wandb.mode=disabled", "train.eval_tokens=2048"], dir=str(study_dir), throughput_flops=1e9,
+    )  # fmt: skip
+
+
+def _launches(run_dir: str) -> int:
+    return (Path(run_dir) / "launch.log").read_text().count("\n=== ")
+
+
+def _eval(run_dir: str) -> float:
+    return json.loads((Path(run_dir) / "result.json").read_text())["eval_loss"]
+
+
+def test_a_branch_without_its_trunk_is_not_started(tmp_path):
+    plan = make_plan(spec(tmp_path / "s"))
+    branch = next(r for r in plan.runs if r.extra.get("role") == "branch")
+    lines: list[str] = []
+    codes = run_local([branch], parallel=1, echo=lines.append, progress=False, warm=False)
+    assert codes == {branch.id: EXIT_BRANCH_WAITING}
+    assert any("no checkpoint at the fork step" in line for line in lines)
+    assert not (Path(branch.dir) / "result.json").exists()  # a relaunch starts it once the trunk is there
+
+
+@pytest.mark.slow
+def test_killed_trunk_resumes_and_branches_match_an_uninterrupted_study(tmp_path):
+    whole = launch_study(spec(tmp_path / "whole"), LauncherConfig(name="local", parallel=2), echo=lambda s: None)
+    assert whole.complete, whole.states
+    ids = [r.id for r in whole.plan.runs]
+    branches = [r for r in whole.plan.runs if r.extra.get("role") == "branch"]
+    trunk = next(r for r in whole.plan.runs if r.extra.get("role") == "trunk")
+    for b in branches:
+        assert json.loads((Path(b.dir) / "result.json").read_text())["fork_step"] == b.extra["fork_step"]
+
+    # The same study, its trunk killed (SIGKILL, no checkpoint on the way out) after its first fork point.
+    s2 = spec(tmp_path / "killed")
+    plan2 = make_plan(s2)
+    assert [r.id for r in plan2.runs] == ids
+    t2 = next(r for r in plan2.runs if r.extra.get("role") == "trunk")
+    Path(t2.dir).mkdir(parents=True)
+    first_fork = Path(t2.dir) / "checkpoints" / f"step{min(b.extra['fork_step'] for b in branches):08d}"
+    # One thread, as the launcher gives each of its 2 parallel runs on 2 cores: the thread count
+    # changes the order of float sums, so the losses only match on the same count.
+    threads = max(1, cpu_count() // 2)
+    proc = subprocess.Popen(train_command(t2, extra=[f"train.num_threads={threads}"]), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.time() + 240
+    while not (first_fork / "state.json").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (first_fork / "state.json").exists() and not (Path(t2.dir) / "result.json").exists()
+
+    again = launch_study(s2, LauncherConfig(name="local", parallel=2), echo=lambda s: None)
+    assert again.complete, again.states
+    for b in branches:
+        b2 = Path(tmp_path / "killed" / "runs" / b.id)
+        assert _eval(str(b2)) == pytest.approx(_eval(b.dir), abs=1e-6)
+        assert _launches(str(b2)) == 1
+    assert _eval(t2.dir) == pytest.approx(_eval(trunk.dir), abs=1e-6)
+
+    # A relaunch of a finished study trains nothing.
+    third = launch_study(s2, LauncherConfig(name="local"), echo=lambda s: None)
+    assert third.launched == [] and sorted(third.skipped_completed) == sorted(ids)
