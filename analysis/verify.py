@@ -80,11 +80,20 @@ def make_prediction(analysis: Any, run: Any, compute_multiple: float, largest_bu
         "C_verify": c_verify,
         "N_opt": {"value": float(opt["N_opt"][0]), "approach": "parametric",
                   "interval": [float(n_iv[0][0]), float(n_iv[1][0])] if n_iv is not None else None},
+        "N_opt_isoflop": _isoflop_n_opt(iso, c_verify),
         "run": {"id": run.id, "N": int(run.N), "D": int(run.D), "C": float(run.C), "dir": f"runs/{run.id}"},
         "predictions": {k: p.to_json() for k, p in preds.items()},
     }  # fmt: skip
     doc["checksum"] = _checksum(doc)
     return doc
+
+
+def _isoflop_n_opt(iso: Any, c: float) -> dict | None:
+    """Approach 2's N_opt at compute c, extrapolated along N_opt ~ C^a, with its bootstrap band."""
+    if iso is None or not math.isfinite(iso.a):
+        return None
+    lo, hi = iso.band([c], "N")
+    return {"value": float(iso.N_opt(c)), "approach": "isoflop", "interval": [float(lo[0]), float(hi[0])]}
 
 
 def read_prediction(study_dir: str | Path) -> tuple[dict | None, str]:

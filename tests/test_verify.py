@@ -78,6 +78,9 @@ def test_the_prediction_is_written_before_the_run_and_equals_the_law_there(study
     assert "isoflop" in doc["predictions"]  # four budgets: approach 2 predicts too
     lo, hi = doc["N_opt"]["interval"]
     assert lo <= doc["N_opt"]["value"] <= hi
+    lo, hi = doc["N_opt_isoflop"]["interval"]
+    assert lo <= doc["N_opt_isoflop"]["value"] <= hi
+    assert doc["N_opt_isoflop"]["value"] == pytest.approx(float(a.iso.N_opt(3 * 2e12)))
     # N snapped to the ladder stays near the law's optimum (the ladder's rungs are a few % apart)
     assert run.N == pytest.approx(doc["N_opt"]["value"], rel=0.35)
 
