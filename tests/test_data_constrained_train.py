@@ -77,7 +77,7 @@ def test_the_cap_keeps_a_prefix_and_leaves_validation_and_the_files_alone(uniq):
 def test_prepare_dataset_applies_the_cap_and_a_cap_below_one_sample_names_the_key(tmp_path):
     cfg = DataConfig(name="synthetic", seq_len=64, synthetic_tokens=32768, cache_dir=str(tmp_path))
     full = prepare_dataset(cfg)
-    capped = prepare_dataset(DataConfig(**{**cfg.__dict__, "max_unique_tokens": 4096}))
+    capped = prepare_dataset(DataConfig(**{**cfg.__dict__, "max_unique_tokens": 4.096e3}))  # as budgets are written
     assert capped.unique_tokens("train") == 4096 and capped.epochs(16384) == 4.0
     assert full.unique_tokens("train") > 4096 and capped.location == full.location  # the same prepared shards
     with pytest.raises(ConfigError, match=r"data.max_unique_tokens=10 holds no whole training sample of 64 tokens"):

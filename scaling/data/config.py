@@ -32,8 +32,9 @@ class DataConfig:
     # train on the training split's first samples holding at most this many tokens (images for an
     # image set), so a run longer than that repeats them in epochs. The split's samples were
     # written in a shuffled order, so the prefix is a random subset of it. The evaluation split is
-    # untouched. None: no cap. It leaves the prepared shards as they are.
-    max_unique_tokens: Optional[int] = None
+    # untouched. None: no cap. It leaves the prepared shards as they are. A float, as budgets are
+    # (2e6 reads as 2,000,000); whole samples are kept.
+    max_unique_tokens: Optional[float] = None
     # Preparation (built-in sets and `scaling-data`).
     max_source_mb: float = 4.0  # stdlib_text: cap on the source text read, in MB; raise it for more data
     val_fraction: float = 0.05  # share of documents (images) held out for validation
@@ -90,7 +91,7 @@ class DataConfig:
             out.append(f"{prefix}.num_workers={self.num_workers} must be >= 0")
         if self.streams is not None and self.streams <= 0:
             out.append(f"{prefix}.streams={self.streams} must be positive, or null for gcd(global batch, 8)")
-        if self.max_unique_tokens is not None and not self.max_unique_tokens > 0:
+        if self.max_unique_tokens is not None and not (math.isfinite(self.max_unique_tokens) and self.max_unique_tokens > 0):
             out.append(
                 f"{prefix}.max_unique_tokens={self.max_unique_tokens} must be a positive number of tokens (images), "
                 f"or null for no cap"

@@ -48,7 +48,7 @@ class Manifest:
     location: str = ""  # folder or URL prefix the manifest was read from (not stored)
     # data.max_unique_tokens (not stored): the training split is its first samples holding at most
     # this many tokens (images); see `capped`. None: every sample.
-    max_unique_tokens: Optional[int] = None
+    max_unique_tokens: Optional[float] = None
 
     # ---- sizes the model takes from the data ----
     @property
@@ -128,12 +128,12 @@ class Manifest:
             return []
         unit = "tokens" if self.kind == "text" else "images"
         return [
-            f"data.max_unique_tokens={self.max_unique_tokens} keeps {kept} training samples ({kept * per} {unit}), "
+            f"data.max_unique_tokens={self.max_unique_tokens:g} keeps {kept} training samples ({kept * per} {unit}), "
             f"fewer than one global batch of train.global_batch_size={global_batch_size} samples; raise "
             f"data.max_unique_tokens to at least {global_batch_size * per}, or lower train.global_batch_size"
         ]
 
-    def capped(self, max_unique_tokens: Optional[int]) -> "Manifest":
+    def capped(self, max_unique_tokens: Optional[float]) -> "Manifest":
         """This manifest with its training split restricted to the first samples (in shard order)
         holding at most `max_unique_tokens` tokens (images): the unique data of a data-constrained
         run. The files and `to_json` are unchanged; None removes the cap."""
@@ -142,10 +142,9 @@ class Manifest:
             per = self.units_per_sample()
             if not max_unique_tokens >= per:
                 raise ConfigError(
-                    f"data.max_unique_tokens={max_unique_tokens} holds no whole training sample of {per} {unit} "
+                    f"data.max_unique_tokens={max_unique_tokens:g} holds no whole training sample of {per} {unit} "
                     f"({self._file()}); raise it to at least one global batch of {unit}, or set it to null for no cap"
                 )
-            max_unique_tokens = int(max_unique_tokens)
         return dataclasses.replace(self, max_unique_tokens=max_unique_tokens)
 
     def url(self, name: str) -> str:
@@ -242,7 +241,7 @@ class Manifest:
                 f"{'tokens' if self.kind == 'text' else 'images'}, {len(self.splits[split])} shards"
             )
         if self.is_capped("train"):
-            parts.append(f"train capped by data.max_unique_tokens={self.max_unique_tokens}: the first "
+            parts.append(f"train capped by data.max_unique_tokens={self.max_unique_tokens:g}: the first "
                          f"{self.kept_samples('train')} samples, {self.unique_tokens('train')} unique "
                          f"{'tokens' if self.kind == 'text' else 'images'}")
         if "loss_floor_nats" in self.source:
