@@ -37,7 +37,7 @@ from typing import Any, Callable, Optional
 
 from scaling.launch.config import ClusterConfig, LauncherConfig
 from scaling.launch.plan import Plan, RunSpec
-from scaling.launch.state import write_launch
+from scaling.launch.state import fork_checkpoint, wait_for_fork, write_launch
 from scaling.errors import ConfigError
 from scaling.rundir import EXIT_REQUEUE
 
@@ -184,7 +184,9 @@ class SlurmJob:
 
     def train_job(self, run: RunSpec) -> "TrainJob":
         """The callable submitit pickles and runs in every task of this job."""
-        return TrainJob(run.id, run.dir, list(self.overrides), self.max_requeues)
+        fork = fork_checkpoint(run)
+        return TrainJob(run.id, run.dir, list(self.overrides), self.max_requeues,
+                        fork_checkpoint=None if fork is None else str(fork))
 
     def sbatch_flags(self) -> dict[str, Any]:
         """The printed script's #SBATCH flags, in sbatch's names (True: a flag without a value)."""
@@ -231,15 +233,22 @@ class TrainJob:
     It has a `checkpoint` method, so submitit's own SIGUSR2 handler (active whenever the trainer's
     is not) also requeues the same call instead of giving up."""
 
-    def __init__(self, run_id: str, run_dir: str, overrides: list[str], max_requeues: int):
+    def __init__(self, run_id: str, run_dir: str, overrides: list[str], max_requeues: int,
+                 fork_checkpoint: Optional[str] = None):
         self.run_id = run_id
         self.run_dir = run_dir
         self.overrides = list(overrides)
         self.max_requeues = max_requeues
+        # A cooldown branch's start, its trunk's checkpoint: a branch job submitted with its trunk
+        # polls for it (afterok would wait for the whole trunk), then trains.
+        self.fork_checkpoint = fork_checkpoint
 
     def __call__(self) -> int:
         from scaling.train import run_overrides  # only inside the job: it imports torch
 
+        why = wait_for_fork(self.run_dir, getattr(self, "fork_checkpoint", None))
+        if why is not None:
+            raise RuntimeError(f"run {self.run_id} (a cooldown branch) cannot start: {why}")
         code = run_overrides(self.overrides)
         if code == EXIT_REQUEUE:
             return self._requeue()

@@ -74,6 +74,27 @@ def branch_ready(run: "RunSpec") -> bool:
     return ckpt is None or (ckpt / "state.json").exists() or bool(checkpoint_dirs(run.dir))
 
 
+def wait_for_fork(run_dir: str, checkpoint: Optional[str], poll_s: float = 30.0,
+                  timeout_s: Optional[float] = None) -> Optional[str]:
+    """Block until a branch's fork checkpoint is complete (a Slurm job of a branch submitted while
+    its trunk trains polls for it). Returns None when the branch can start, else why it cannot:
+    its trunk ended without reaching the fork (completed or failed), or `timeout_s` passed."""
+    if checkpoint is None or checkpoint_dirs(run_dir):
+        return None
+    ckpt = Path(checkpoint)
+    trunk = ckpt.parent.parent
+    deadline = None if timeout_s is None else time.time() + timeout_s
+    while not (ckpt / "state.json").exists():
+        result = result_if_readable(trunk)
+        if result is not None and not (ckpt / "state.json").exists():
+            return (f"the trunk {trunk.name} ended ({result.status.value}) without a checkpoint at {ckpt.name}; "
+                    f"rerun the trunk with the branch's fork point in its run.fork_tokens")
+        if deadline is not None and time.time() > deadline:
+            return f"no checkpoint {ckpt} after {timeout_s:.0f} s; relaunch the study once the trunk has passed it"
+        time.sleep(poll_s)
+    return None
+
+
 def last_metric(path: Path) -> Optional[MetricsRow]:
     """The last complete row of metrics.jsonl that has a loss, reading only the file's tail."""
     try:

@@ -94,3 +94,26 @@ def test_killed_trunk_resumes_and_branches_match_an_uninterrupted_study(tmp_path
     # A relaunch of a finished study trains nothing.
     third = launch_study(s2, LauncherConfig(name="local"), echo=lambda s: None)
     assert third.launched == [] and sorted(third.skipped_completed) == sorted(ids)
+
+
+def test_a_slurm_branch_job_polls_for_its_fork_checkpoint(tmp_path):
+    import threading
+
+    from scaling.contracts import Result, RunStatus, write_result
+    from scaling.launch.state import wait_for_fork
+
+    trunk, branch = tmp_path / "runs" / "trunk", tmp_path / "runs" / "branch"
+    ckpt = trunk / "checkpoints" / "step00000008"
+    branch.mkdir(parents=True)
+    assert wait_for_fork(str(branch), None) is None  # not a branch
+    later = threading.Timer(0.3, lambda: (ckpt.mkdir(parents=True), (ckpt / "state.json").write_text("{}")))
+    later.start()
+    assert wait_for_fork(str(branch), str(ckpt), poll_s=0.05, timeout_s=30) is None
+    later.join()
+    # The trunk ended without the checkpoint: the job fails at once, saying why.
+    missing = trunk / "checkpoints" / "step00000009"
+    write_result(trunk, Result(status=RunStatus.FAILED, error="boom"))
+    why = wait_for_fork(str(branch), str(missing), poll_s=0.05, timeout_s=30)
+    assert why is not None and "ended (failed) without a checkpoint at step00000009" in why
+    assert "after 0 s" in wait_for_fork(str(tmp_path / "b2"), str(tmp_path / "t2" / "checkpoints" / "step1"),
+                                        poll_s=0.01, timeout_s=0.0)
