@@ -33,18 +33,20 @@ def _rows(run: Path) -> dict[int, dict]:
 
 
 @pytest.mark.slow
-def test_branch_continues_the_trunk_and_equals_an_independent_wsd_run(data_cache, tmp_path):
+@pytest.mark.parametrize("engine", [[], ["train.zero_stage=2"], ["train.engine=fsdp2"]], ids=["zero0", "zero2", "fsdp2"])
+def test_branch_continues_the_trunk_and_equals_an_independent_wsd_run(data_cache, tmp_path, engine):
+    trunk_args, a_args, b_args = [*TRUNK, *engine], [*BRANCH_A, *engine], [*BRANCH_B, *engine]
     trunk, a, b, solo = tmp_path / "trunk", tmp_path / "a", tmp_path / "b", tmp_path / "solo"
-    early = run_train(data_cache, a, *BRANCH_A)  # before the trunk: fails clearly, trains nothing
+    early = run_train(data_cache, a, *a_args)  # before the trunk: fails clearly, trains nothing
     assert early.returncode == 1 and "fork step 12" in early.stderr and "not in" in early.stderr
     assert not (a / "metrics.jsonl").exists()
-    _ok(run_train(data_cache, trunk, *TRUNK))
+    _ok(run_train(data_cache, trunk, *trunk_args))
     # The fork points are pinned: keep_checkpoints=1 counts the others (2, 4, 6, 10), and kept the newest.
     assert [p.name for p in checkpoint_dirs(trunk)] == ["step00000008", "step00000010", "step00000012"]
-    _ok(run_train(data_cache, a, *BRANCH_A))
-    _ok(run_train(data_cache, b, *BRANCH_B))
+    _ok(run_train(data_cache, a, *a_args))
+    _ok(run_train(data_cache, b, *b_args))
     _ok(run_train(data_cache, solo, "train.schedule=wsd", "train.decay_fraction=0.25", "train.tokens=16384",
-                  "train.eval_every_tokens=4096"))  # fmt: skip
+                  "train.eval_every_tokens=4096", *engine))  # fmt: skip
 
     t_rows, a_rows, s_rows = _rows(trunk), _rows(a), _rows(solo)
     # The branch's own rows start after the fork: the trunk's rows are never recorded twice.
@@ -69,7 +71,7 @@ def test_branch_continues_the_trunk_and_equals_an_independent_wsd_run(data_cache
     assert state["parent"]["run_id"] == "trunk" and state["parent"]["step"] == 12
     assert read_json(checkpoint_dirs(trunk)[-1] / "state.json")["parent"] is None
     # Rerunning a completed branch trains nothing.
-    again = run_train(data_cache, a, *BRANCH_A)
+    again = run_train(data_cache, a, *a_args)
     _ok(again)
     assert "already completed" in again.stderr
 
