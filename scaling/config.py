@@ -85,7 +85,7 @@ class TrainConfig:
     # schedule, about 12 bytes a parameter in fp32 (the default study's models: under 0.1 s and 1 MB).
     # false skips it; exporting then needs --step N.
     final_checkpoint: bool = True
-    keep_checkpoints: int = 2  # the newest, the final one included
+    keep_checkpoints: int = 2  # the newest, the final one included; a trunk keeps its run.fork_tokens besides
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     num_threads: Optional[int] = None  # CPU threads per process; None: cores / local processes
