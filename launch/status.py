@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from scaling.contracts import PLAN_NAME, ContractError, RunSpec, RunStatus, read_plan
-from scaling.launch.state import ACTIVE, STATES, RunState, read_states
+from scaling.launch.state import ACTIVE, STATES, RunState, branch_ready, read_states
 
 
 def _plan_runs(study_dir: Path) -> list[RunSpec]:
@@ -58,10 +58,18 @@ def format_status(runs: list[RunSpec], states: dict[str, RunState]) -> str:
         progress = ""
         if st.state in (RunStatus.RUNNING, RunStatus.PARTIAL) and st.tokens and r.D:
             progress = f" ({min(1.0, st.tokens / r.D):.0%})"
+        if st.state == RunStatus.PLANNED and not branch_ready(r):
+            progress = " (waits for its fork checkpoint)"
         c = "-" if r.C is None else f"{r.C:.3g}"
         rows.append([r.id, st.state + progress, _si(r.N), _si(r.D), c, loss, st.job_id or "-"])
     counts = {s: sum(1 for st in states.values() if st.state == s) for s in STATES}
-    lines = [format_table(["id", "state", "N", "D", "C", "loss", "job"], rows), ""]
+    headers = ["id", "state", "N", "D", "C", "loss", "job"]
+    if any(r.extra.get("role") for r in runs):  # a study with cooldown branches: which is which
+        headers.append("role")
+        for row, r in zip(rows, runs):
+            role = r.extra.get("role", "-")
+            row.append(f"branch of {r.extra['parent']} at step {r.extra.get('fork_step')}" if role == "branch" else role)
+    lines = [format_table(headers, rows), ""]
     lines.append(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no runs")
     for r in runs:
         st = states[r.id]

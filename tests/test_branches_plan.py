@@ -110,3 +110,15 @@ def test_the_example_study_composes_and_plans(tmp_path):
     assert cfg.study.branches.at and cfg.study.branches.decay_shape == "1-sqrt"
     plan = make_plan(cfg.study)
     assert sum(r.extra.get("role") == "trunk" for r in plan.runs) == 4
+
+
+def test_status_shows_roles_and_branches_waiting_for_their_fork(tmp_path):
+    from scaling.launch.status import format_status, study_states
+    from scaling.launch.plan import write_plan
+
+    plan = make_plan(spec(tmp_path, seeds=[0]))
+    write_plan(plan)
+    text = format_status(*study_states(plan.dir))
+    trunk = next(r for r in plan.runs if r.extra["role"] == "trunk")
+    assert f"branch of {trunk.id} at step" in text
+    assert text.count("waits for its fork checkpoint") == 6  # 2 sizes x 3 branch points, nothing trained
