@@ -222,6 +222,9 @@ class BranchesConfig:
     # The trunk's length as D / N; None: it ends at its last fork point. Longer keeps it going at
     # constant LR (for branches added later); every fork point must lie within it.
     trunk_tokens_per_param: Optional[float] = None
+    # Branch points at an IsoFLOP grid's cells instead (study.budgets.flops): one trunk per size,
+    # a branch per budget that size is planned at. Saves most with a size list (study.sizes).
+    isoflop: bool = False
 
     def problems(self, prefix: str = "study.branches") -> list[str]:
         from scaling.schedule import DECAY_SHAPES
@@ -386,10 +389,16 @@ class StudySpec:
 
     def _branch_problems(self, prefix: str) -> list[str]:
         br = self.branches
-        if not br.at:
+        if not br.at and not br.isoflop:
             return []
         out = br.problems(f"{prefix}.branches")
-        if self.budgets.flops:
+        if br.isoflop:
+            if br.at:
+                out.append(f"{prefix}.branches.isoflop=true and {prefix}.branches.at={br.at}: branch at the IsoFLOP "
+                           f"budgets or at token multipliers, not both")  # fmt: skip
+            elif not self.budgets.flops:
+                out.append(f"{prefix}.branches.isoflop=true needs an IsoFLOP grid: set {prefix}.budgets.flops")
+        elif self.budgets.flops:
             out.append(f"{prefix}.branches.at with {prefix}.budgets.flops: branch points are token multipliers of a "
                        f"size ladder; drop {prefix}.budgets.flops (IsoFLOP branch points are not supported yet)")  # fmt: skip
         if self.budgets.tokens_per_param:

@@ -458,12 +458,22 @@ def make_plan(spec: StudySpec, study_dir: Optional[str] = None, throughput: Opti
             config_hash=digest, dir=run_dir, extra=extra,
         )  # fmt: skip
 
+    # With study.branches, the points become cooldown branches of one trunk per size (and seed).
+    points: list[tuple[_Size, list[tuple[str, int, Optional[float]]]]] = []
+    if spec.branches.isoflop:  # the grid's cells: one branch per (size, budget)
+        by_size: dict[int, tuple[_Size, list]] = {}
+        for s, d, budget in cells:
+            by_size.setdefault(id(s), (s, []))[1].append((f"budget C={budget:.3g}", d // s.batch_tokens, budget))
+        points, cells = list(by_size.values()), []
+    elif spec.branches.at:
+        points = [(s, [(f"study.branches.at has {m}, which", max(1, round(m * s.n / s.batch_tokens)), None)
+                       for m in sorted(set(spec.branches.at))]) for s in shared]  # fmt: skip
     runs: list[RunSpec] = []
     for s, d, budget in cells:
         for seed in spec.seeds:
             runs.append(build(s, d, budget, seed, {}, [], {}))
-    if spec.branches.at:
-        runs += _plan_branches(spec, shared, build)
+    if points:
+        runs += _plan_branches(spec, points, build)
     ids = [r.id for r in runs]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
@@ -486,31 +496,32 @@ def make_plan(spec: StudySpec, study_dir: Optional[str] = None, throughput: Opti
     return plan
 
 
-def _plan_branches(spec: StudySpec, sizes: list[_Size], build: Callable[..., RunSpec]) -> list[RunSpec]:
+def _plan_branches(spec: StudySpec, sizes: list[tuple[_Size, list[tuple[str, int, Optional[float]]]]],
+                   build: Callable[..., RunSpec]) -> list[RunSpec]:
     """Trunks and cooldown branches (study.branches): for each size and seed, one constant-LR trunk
     to the fork point of its last branch (or to branches.trunk_tokens_per_param), checkpointed at
-    every fork point (run.fork_tokens), and one WSD run per branch point D = m N that forks from
-    it at its decay start (scaling.schedule.wsd_decay_start) and decays to D. All are whole steps:
-    a branch of S steps forks at step S - round(f S), the trunk's checkpoint of that step.
+    every fork point (run.fork_tokens), and one WSD run per branch point (`sizes`: each size's
+    points as (what set it, steps, IsoFLOP budget or None)) that forks from it at its decay start
+    (scaling.schedule.wsd_decay_start) and decays to its D. All are whole steps: a branch of S
+    steps forks at step S - round(f S), the trunk's checkpoint of that step.
     Each trunk with its branches is one bootstrap unit (the unit is the trunk's id)."""
     from scaling.schedule import wsd_decay_start
 
     br = spec.branches
     problems: list[str] = []
     out: list[RunSpec] = []
-    for s in sizes:
-        points = []  # (multiplier, steps, fork step)
-        for m in sorted(set(br.at)):
-            steps = max(1, round(m * s.n / s.batch_tokens))
+    for s, wanted in sizes:
+        points = []  # (budget, steps, fork step)
+        for what, steps, budget in wanted:
             fork_step = wsd_decay_start(steps, br.decay_fraction)
             if steps < spec.budgets.min_steps or fork_step < 1:
                 problems.append(
-                    f"study.branches.at has {m}, which gives N={_si(s.n)} only {steps} steps of {s.batch} sequences "
+                    f"{what} gives N={_si(s.n)} only {steps} steps of {s.batch} sequences "
                     f"(fork at step {fork_step}; a branch needs >= study.budgets.min_steps={spec.budgets.min_steps} "
                     f"steps and a fork after step 0); raise the multiplier or lower study.rules.batch_tokens"
                 )
                 continue
-            points.append((m, steps, fork_step))
+            points.append((budget, steps, fork_step))
         if not points:
             continue
         forks = sorted({f for _, _, f in points})
@@ -532,10 +543,10 @@ def _plan_branches(spec: StudySpec, sizes: list[_Size], build: Callable[..., Run
             unit = trunk.id if spec.resample == "run" else trunk.id.rsplit("-s", 1)[0]
             trunk.extra = {"role": "trunk", "unit": unit, "fork_tokens": fork_tokens}
             out.append(trunk)
-            for m, steps, fork_step in points:
+            for budget, steps, fork_step in points:
                 schedule = {"train.schedule": "wsd", "train.decay_fraction": br.decay_fraction,
                             "train.decay_shape": br.decay_shape, "train.parent": trunk.id}  # fmt: skip
-                branch = build(s, steps * s.batch_tokens, None, seed, schedule, [], {})
+                branch = build(s, steps * s.batch_tokens, budget, seed, schedule, [], {})
                 branch.extra = {
                     "role": "branch", "unit": unit, "parent": trunk.id, "fork_step": fork_step,
                     "fork_tokens": fork_step * s.batch_tokens,

@@ -122,3 +122,28 @@ def test_status_shows_roles_and_branches_waiting_for_their_fork(tmp_path):
     trunk = next(r for r in plan.runs if r.extra["role"] == "trunk")
     assert f"branch of {trunk.id} at step" in text
     assert text.count("waits for its fork checkpoint") == 6  # 2 sizes x 3 branch points, nothing trained
+
+
+def test_isoflop_branch_points_are_the_grids_cells(tmp_path):
+    grid = dict(sizes=SizesConfig(targets=[5e3, 2e4, 5e4]), budgets=BudgetsConfig(flops=[3e10, 1e11]), seeds=[0])
+    plain = make_plan(spec(tmp_path / "a", branches=BranchesConfig(), **grid))
+    plan = make_plan(spec(tmp_path / "b", branches=BranchesConfig(isoflop=True), **grid))
+    branches = [r for r in plan.runs if r.extra.get("role") == "branch"]
+    trunks = [r for r in plan.runs if r.extra.get("role") == "trunk"]
+    # The same points (N, D, budget) as the plain grid, each now a branch of its size's trunk.
+    assert sorted((r.N, r.D, r.budget_flops) for r in branches) == sorted((r.N, r.D, r.budget_flops) for r in plain.runs)
+    assert len(trunks) == len({r.N for r in branches})
+    assert all(r.budget_flops is None for r in trunks)
+    assert "trunks and" in format_plan(plan)
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(branches=BranchesConfig(isoflop=True)), r"branches.isoflop=true needs an IsoFLOP grid"),
+        (dict(branches=BranchesConfig(isoflop=True, at=[20]), budgets=BudgetsConfig(flops=[1e11])), r"not both"),
+    ],
+)
+def test_bad_isoflop_branch_specs(tmp_path, kw, message):
+    with pytest.raises(ConfigError, match=message):
+        make_plan(spec(tmp_path, **kw))
