@@ -258,6 +258,11 @@ def make_plan(spec: StudySpec, study_dir: Optional[str] = None, throughput: Opti
     """Expand a validated spec into run specs. Raises one ConfigError listing every problem
     (an empty size list, a budget too small for the smallest model, a bad override, ...)."""
     raise_if(spec.problems())
+    if spec.tune.enabled and not any(o.startswith("model.mup.base_width=") for o in spec.overrides):
+        raise ConfigError(
+            "study.tune: this study's LR comes from its tune phase, which runs first; launch it with scaling-study, "
+            "or plan it with make_plan(scaling.launch.tune.planned_spec(spec))"
+        )
     study_dir = os.path.abspath(study_dir or spec.dir)
     rule = ladder_rule(spec, study_dir)
     problems = []

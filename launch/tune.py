@@ -72,18 +72,24 @@ def _check_parametrization(spec: StudySpec) -> None:
 
 
 def base_shape(spec: StudySpec, study_dir: str) -> dict[str, Any]:
-    """The sweep's shape: study.tune.shape, or the smallest model of the study's plan. Raises
-    ConfigError when the shape is wider or deeper than the study's smallest model."""
+    """The sweep's shape: study.tune.shape, or the study's smallest model with the study's smallest
+    width and depth. Raises ConfigError when the shape is wider or deeper than any of its models."""
     from scaling.launch.plan import make_plan
 
     family = get_family(spec.family)
     untuned = replace(spec, tune=TuneConfig(), verify=VerifyConfig(), overrides=[*spec.overrides, *_PLACEHOLDER])
     runs = make_plan(untuned, study_dir).runs
-    smallest = min(runs, key=lambda r: (r.N, r.D))
-    shape = dict(spec.tune.shape) if spec.tune.shape else dict(smallest.shape)
     if family.width_field is None:
         raise ConfigError(f"study.tune: family {spec.family!r} declares no width for muP, so an LR tuned at one "
                           f"shape does not carry over; drop study.tune")  # fmt: skip
+    smallest = min(runs, key=lambda r: (r.N, r.D))
+    shape = dict(spec.tune.shape)
+    if not shape:
+        # The smallest model, narrowed and made shallower where another run is narrower or
+        # shallower still (a ladder's smallest model need not be its shallowest).
+        shape = dict(smallest.shape)
+        for fld in (family.width_field, family.depth_field):
+            shape[fld] = min(int(r.shape[fld]) for r in runs if r.shape.get(fld) is not None)
     problems = []
     for fld in (family.width_field, family.depth_field):
         if fld not in shape:
@@ -195,6 +201,18 @@ def tuned_spec(spec: StudySpec, shape: dict[str, Any], lr: float) -> StudySpec:
     """The study with every run at `lr` under muP relative to `shape`."""
     return replace(spec, overrides=[*spec.overrides, *mup_overrides(spec, shape)],
                    rules=replace(spec.rules, lr=PowerLaw(coef=lr, exponent=0.0)))  # fmt: skip
+
+
+def planned_spec(spec: StudySpec, study_dir: Optional[str] = None) -> StudySpec:
+    """The study as its runs are planned: without a tune phase, `spec`; with one, every run at the
+    sweep's best LR under muP relative to the sweep's shape, or at the grid's middle LR while the
+    sweep has not finished (as a dry run shows it). `make_plan` of the result plans the study's runs."""
+    if not spec.tune.enabled:
+        return spec
+    tune = plan_tune(spec, study_dir or spec.dir)
+    result = tune_result(tune)
+    lr = result.best_lr if result is not None else sorted(spec.tune.lrs)[len(spec.tune.lrs) // 2]
+    return tuned_spec(spec, tune.runs[0].shape, lr)
 
 
 def lr_rule_text(shape: dict[str, Any], lr: float) -> str:

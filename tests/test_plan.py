@@ -17,6 +17,7 @@ from scaling.launch.config import (
     BudgetsConfig, ClusterConfig, LadderConfig, LauncherConfig, PowerLaw, RulesConfig, SizesConfig, StudyAppConfig,
     StudySpec, register_configs, to_dataclass, validate,
 )  # fmt: skip
+from scaling.launch.tune import planned_spec
 from scaling.launch.plan import CONF_DIR, format_plan, make_plan, read_plan, write_plan
 from scaling.counting import count_params, flops_per_sample
 from scaling.config import GPTConfig
@@ -175,7 +176,7 @@ def test_every_study_yaml_composes_and_plans(study, tmp_path):
         dcfg = compose(config_name="study_app", overrides=[f"study={study}", f"study.dir={tmp_path}/s"])
     cfg = to_dataclass(dcfg)
     assert cfg.study.name == study
-    plan = make_plan(cfg.study)
+    plan = make_plan(planned_spec(cfg.study))
     assert plan.runs
     # Every run states its epochs, and the plan warns exactly when one exceeds the study's limit.
     assert all(r.epochs is not None and r.epochs > 0 for r in plan.runs)
@@ -205,7 +206,7 @@ def test_default_study_is_an_isoflop_grid(tmp_path):
         cfg = to_dataclass(compose(config_name="study_app"))
     assert cfg.study.name == "isoflop_tiny" and cfg.study.kind == "isoflop"
     assert cfg.study.data == "stdlib_text" and cfg.launcher.name == "local"
-    plan = make_plan(cfg.study, str(tmp_path))
+    plan = make_plan(planned_spec(cfg.study, str(tmp_path)), str(tmp_path))
     budgets = {r.budget_flops for r in plan.runs}
     assert len(budgets) >= 3
     assert all(sum(r.budget_flops == c for r in plan.runs) >= 4 for c in budgets)

@@ -54,13 +54,11 @@ def study_spec(name: str, study_dir: Path, overrides: tuple[str, ...] = ()):
 
 
 def plannable(spec):
-    """A study with a tune phase, at the middle LR of its grid (as its dry run shows it before the
-    sweep): make_plan plans a study's runs once the LR is set."""
-    from scaling.launch.tune import base_shape, tuned_spec
+    """A study with a tune phase at the middle LR of its grid (as its dry run shows it before the
+    sweep has run)."""
+    from scaling.launch.tune import planned_spec
 
-    if not spec.tune.enabled:
-        return spec
-    return tuned_spec(spec, base_shape(spec, spec.dir), sorted(spec.tune.lrs)[len(spec.tune.lrs) // 2])
+    return planned_spec(spec)
 
 
 def test_a_new_config_key_with_a_default_moves_no_run_id(tmp_path, monkeypatch):

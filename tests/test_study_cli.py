@@ -38,10 +38,10 @@ def _study(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
         (["study.overrides=[data.path=/x]"], ["cannot parse the override", "'study.overrides=[\"data.path=DIR\"]'"]),
         # Sizes given, so only the launch would read the data: the planner reads its manifest first.
         (["study.data=shards", 'study.overrides=["data.path=/nonexistent/shards"]', "study.seq_len=64",
-          "study.vocab_size=257"], ["study.data='shards' (data.path='/nonexistent/shards'): cannot read its manifest",
+          "study.vocab_size=257", "study.tune.lrs=[]"], ["study.data='shards' (data.path='/nonexistent/shards'): cannot read its manifest",
                                     "no such folder"]),
         (["study.budgets.flops=[1e3]"], ["study.budgets.flops[0]=1e+03 is too small for any model",
-                                         "the smallest budget that plans is 1.5e+10 FLOPs"]),
+                                         "the smallest budget that plans is 2.5e+10 FLOPs"]),
     ],
     ids=["misspelled key", "wrong type", "unknown choice", "unparsable override", "nonexistent data path",
          "budget too small"],
@@ -65,7 +65,7 @@ def test_a_failed_run_exits_1(env, tmp_path, monkeypatch):
     from scaling.launch.plan import CONF_DIR, make_plan
 
     args = ["study.data=synthetic", "study.sizes.targets=[5e3,2e4]", "study.budgets.flops=[1e10]",
-            f"study.dir={tmp_path / 'study'}", "study.throughput_flops=1e9"]  # fmt: skip
+            f"study.dir={tmp_path / 'study'}", "study.throughput_flops=1e9", "study.tune.lrs=[]", "study.overrides=[]"]  # fmt: skip
     register_configs()
     monkeypatch.setenv("SCALING_CACHE", env["SCALING_CACHE"])  # the same data, so the same run ids
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
