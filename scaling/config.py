@@ -22,7 +22,7 @@ from scaling.families import DEFAULT, FAMILIES, cnn as _cnn, gpt as _gpt
 from scaling.families.base import FLOPS_CONVENTIONS
 from scaling.schedule import DECAY_SHAPES, SCHEDULES
 PRECISIONS = ("fp32", "bf16")
-ENGINES = ("deepspeed", "fsdp2")  # train.engine; the classes are in scaling/trainer/engine.py
+ENGINES = ("deepspeed", "fsdp")  # train.engine; the classes are in scaling/trainer/engine.py
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 
@@ -64,7 +64,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
-    # The data-parallel engine: deepspeed (ZeRO stages, train.zero_stage) or fsdp2 (PyTorch's
+    # The data-parallel engine: deepspeed (ZeRO stages, train.zero_stage) or fsdp (PyTorch's
     # fully_shard: parameters, gradients and optimizer state sharded, as ZeRO-3). In the run id
     # when not the default: a run directory's checkpoints are in its engine's layout.
     engine: str = "deepspeed"
@@ -115,9 +115,9 @@ class TrainConfig:
             out.append(f"{prefix}.zero_stage={self.zero_stage}; use 0, 1, 2 or 3")
         if self.engine not in ENGINES:
             out.append(f"{prefix}.engine={self.engine!r}; use one of {ENGINES}")
-        elif self.engine == "fsdp2" and self.zero_stage != 0:
+        elif self.engine == "fsdp" and self.zero_stage != 0:
             out.append(
-                f"{prefix}.zero_stage={self.zero_stage} is a DeepSpeed setting, but {prefix}.engine=fsdp2 always "
+                f"{prefix}.zero_stage={self.zero_stage} is a DeepSpeed setting, but {prefix}.engine=fsdp always "
                 f"shards parameters, gradients and optimizer state (as ZeRO-3); leave {prefix}.zero_stage at 0, "
                 f"or use {prefix}.engine=deepspeed"
             )

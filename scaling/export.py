@@ -31,7 +31,7 @@ Synthetic data are token ids with no text: no tokenizer is exported (scaling_exp
 
 Weights. A checkpoint is read only through `scaling.checkpoint.torch_load` (weights_only): no
 file is unpickled. The weights are the fp32 master weights: an FSDP2 run's whole fp32 state dict
-(`train.engine=fsdp2`, gathered from its shards when saved); the module's own in an fp32 run at
+(`train.engine=fsdp`, gathered from its shards when saved); the module's own in an fp32 run at
 ZeRO 0-2; gathered from every rank's partition of the optimizer's fp32 groups at ZeRO 1-3 when the
 module does not hold them (ZeRO-3, or bf16 training), following the layout DeepSpeed's
 `zero_to_fp32` reads (which itself unpickles, so it is not called); and, for bf16 at ZeRO 0, the
@@ -168,7 +168,7 @@ def read_model_state(folder: Path, skeleton: Any) -> tuple[dict[str, Any], str]:
     from scaling.checkpoint import ENGINE_TAG, FSDP2_MODEL, CheckpointError, read_fsdp2_module, torch_load
 
     state_dir = folder / ENGINE_TAG
-    if (state_dir / FSDP2_MODEL).exists():  # train.engine=fsdp2: the whole state, gathered when saved
+    if (state_dir / FSDP2_MODEL).exists():  # train.engine=fsdp: the whole state, gathered when saved
         module = _fp32(read_fsdp2_module(folder))
         for alias, _ in skeleton.named_parameters(remove_duplicate=False):  # tied weights
             if alias not in module and _shared_with(skeleton, alias) in module:

@@ -33,7 +33,7 @@ def _rows(run: Path) -> dict[int, dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", [[], ["train.zero_stage=2"], ["train.engine=fsdp2"]], ids=["zero0", "zero2", "fsdp2"])
+@pytest.mark.parametrize("engine", [[], ["train.zero_stage=2"], ["train.engine=fsdp"]], ids=["zero0", "zero2", "fsdp2"])
 def test_branch_continues_the_trunk_and_equals_an_independent_wsd_run(data_cache, tmp_path, engine):
     trunk_args, a_args, b_args = [*TRUNK, *engine], [*BRANCH_A, *engine], [*BRANCH_B, *engine]
     trunk, a, b, solo = tmp_path / "trunk", tmp_path / "a", tmp_path / "b", tmp_path / "solo"

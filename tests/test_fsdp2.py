@@ -1,4 +1,4 @@
-"""train.engine=fsdp2: PyTorch's FSDP2 (fully_shard) through the same loop, checkpoints, metrics and
+"""train.engine=fsdp: PyTorch's FSDP2 (fully_shard) through the same loop, checkpoints, metrics and
 result as DeepSpeed, on CPU with gloo: two processes match one, a killed run resumes exactly, its
 final weights export, and the new key moves no run id."""
 
@@ -22,7 +22,7 @@ from scaling.rundir import EXIT_CONFIG, checkpoint_dirs, read_metrics, read_resu
 from scaling.runid import config_hash
 from trainer_utils import ROOT, data_cache, env, run_train, train_cmd  # noqa: F401 - fixture
 
-FSDP2 = ("train.engine=fsdp2", "train.device=cpu")
+FSDP2 = ("train.engine=fsdp", "train.device=cpu")
 
 
 def _ok(proc: subprocess.CompletedProcess) -> None:
@@ -58,9 +58,9 @@ def _exported_eval_loss(run: Path, out: Path) -> float:
 # ---- config and run id -------------------------------------------------------------------------
 def test_engine_is_validated_naming_the_key():
     assert any("train.engine='megatron'" in p for p in TrainConfig(tokens=1e4, engine="megatron").problems())
-    problems = TrainConfig(tokens=1e4, engine="fsdp2", zero_stage=2).problems()
-    assert any("train.zero_stage=2 is a DeepSpeed setting" in p and "train.engine=fsdp2" in p for p in problems)
-    assert TrainConfig(tokens=1e4, engine="fsdp2").problems() == []
+    problems = TrainConfig(tokens=1e4, engine="fsdp", zero_stage=2).problems()
+    assert any("train.zero_stage=2 is a DeepSpeed setting" in p and "train.engine=fsdp" in p for p in problems)
+    assert TrainConfig(tokens=1e4, engine="fsdp").problems() == []
 
 
 def test_every_engine_the_config_names_has_a_class():
@@ -81,7 +81,7 @@ def test_the_engine_key_moves_no_run_id():
     explicit = replace(gpt, train=replace(gpt.train, engine="deepspeed", final_checkpoint=False))
     assert config_hash(explicit) == config_hash(gpt)
     # Another engine is another run: its checkpoints are in another layout, its sums round otherwise.
-    fsdp2 = replace(gpt, train=replace(gpt.train, engine="fsdp2", zero_stage=0))
+    fsdp2 = replace(gpt, train=replace(gpt.train, engine="fsdp", zero_stage=0))
     assert config_hash(fsdp2) != config_hash(replace(gpt, train=replace(gpt.train, zero_stage=0)))
 
 
@@ -96,14 +96,14 @@ def test_a_one_process_fsdp2_run_completes_exports_and_keeps_its_engine(data_cac
     assert [p.name for p in checkpoint_dirs(run)] == ["step00000002", "step00000004"]
     final = checkpoint_dirs(run)[-1]
     meta = json.loads((final / "state.json").read_text())
-    assert meta["engine"] == "fsdp2" and meta["train_state"]["step"] == 4
+    assert meta["engine"] == "fsdp" and meta["train_state"]["step"] == 4
     assert sorted(p.name for p in (final / "state").iterdir()) == ["fsdp2_model_states.pt", "fsdp2_optim_states.pt"]
     assert _exported_eval_loss(run, tmp_path / "st") == pytest.approx(result["eval_loss"], abs=1e-5)
 
     # The run directory belongs to its engine: DeepSpeed is refused, naming the key.
     other = run_train(data_cache, run, *budget, "train.device=cpu")
     assert other.returncode == EXIT_CONFIG
-    assert "train.engine: 'fsdp2' -> 'deepspeed'" in other.stderr
+    assert "train.engine: 'fsdp' -> 'deepspeed'" in other.stderr
 
     # A torn final checkpoint (and no result): the run falls back to step 2 and trains the same steps again.
     losses = _losses(run)

@@ -267,7 +267,7 @@ def _fsdp2() -> type:
 
 
 # train.engine -> the engine's class (FSDP2's module is imported only when picked).
-ENGINES: dict[str, Callable[[], type]] = {"deepspeed": lambda: DeepSpeedEngine, "fsdp2": _fsdp2}
+ENGINES: dict[str, Callable[[], type]] = {"deepspeed": lambda: DeepSpeedEngine, "fsdp": _fsdp2}
 
 
 def build_engine(plan: RunPlan, world: World) -> Engine:

@@ -1,4 +1,4 @@
-"""The model under PyTorch's FSDP2 (`train.engine=fsdp2`): `fully_shard` on each repeated block and
+"""The model under PyTorch's FSDP2 (`train.engine=fsdp`): `fully_shard` on each repeated block and
 on the whole model, so that parameters, gradients and AdamW's moments are cut across the processes
 (as DeepSpeed's ZeRO-3), and a block's parameters are gathered only while it computes.
 
@@ -31,7 +31,7 @@ def repeated_blocks(model: Any) -> list[Any]:
 class FSDP2Engine(Engine):
     """The run's model sharded by `fully_shard`, its AdamW optimizer over the shards, and the LR schedule."""
 
-    name = "fsdp2"
+    name = "fsdp"
 
     def __init__(self, plan: RunPlan, world: World):
         import torch
