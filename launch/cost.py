@@ -139,16 +139,19 @@ def plan_cost(plan: Plan, cfg: CostConfig, cpu_flops_per_s: Optional[float] = No
         cpu_flops_per_s, cpu_source = plan.throughput_flops, cpu_source or plan.throughput_source
     if cpu_flops_per_s is not None and not cpu_flops_per_s > 0:
         raise ConfigError(f"CPU rate {cpu_flops_per_s} FLOP/s must be positive")
+    from scaling.launch.plan import spent_flops  # here: launch.plan imports this module's config
+
     runs, uncounted = [], []
     for r in plan.runs:
         if r.C is None:
             uncounted.append(r.id)
             continue
-        hours = gpu_hours(r.C, peak, cfg.mfu)
+        flops = spent_flops(r)  # a cooldown branch pays for its own steps; its trunk's are the trunk's
+        hours = gpu_hours(flops, peak, cfg.mfu)
         nproc = r.nproc or 1
         runs.append(RunCost(
-            id=r.id, flops=float(r.C), nproc=nproc, gpu_hours=hours, gpu_wall_hours=hours / nproc,
-            cpu_hours=None if cpu_flops_per_s is None else r.C / cpu_flops_per_s / SECONDS_PER_HOUR,
+            id=r.id, flops=flops, nproc=nproc, gpu_hours=hours, gpu_wall_hours=hours / nproc,
+            cpu_hours=None if cpu_flops_per_s is None else flops / cpu_flops_per_s / SECONDS_PER_HOUR,
             money=None if cfg.price_per_gpu_hour is None else hours * cfg.price_per_gpu_hour,
         ))  # fmt: skip
     return PlanCost(

@@ -151,3 +151,10 @@ def test_cost_of_a_real_plan(tmp_path, monkeypatch, tmp_path_factory):
     assert all(r.gpu_wall_hours == pytest.approx(r.gpu_hours / 2) for r in cost.runs)
     assert cost.cpu_hours == pytest.approx(plan.total_flops / 1e9 / 3600)
     assert "(study.throughput_flops)" in format_cost(cost)
+
+
+def test_a_cooldown_branch_costs_its_own_steps_not_its_trunks():
+    trunk = RunSpec(id="trunk", N=1, D=1, C=8e18, nproc=1)
+    branch = RunSpec(id="branch", N=1, D=1, C=5e18, nproc=1, extra={"branch_C": 1e18})
+    cost = plan_cost(Plan(runs=[trunk, branch]), CostConfig(accelerator="A100", mfu=0.5))
+    assert [r.flops for r in cost.runs] == [8e18, 1e18]
