@@ -102,17 +102,27 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--poll-s", type=float, default=10.0, help="seconds between polls with --wait")
     p.add_argument("--json", action="store_true", help="print one JSON object per run instead of a table")
     args = p.parse_args(argv)
-    if args.wait:
-        follow(args.study_dir, args.poll_s)
-    runs, states = study_states(args.study_dir)
-    if args.json:
-        for r in runs:
-            st = states[r.id]
-            print(json.dumps({"id": r.id, "state": st.state, "N": r.N, "D": r.D, "C": r.C,
-                              "loss": st.loss, "job_id": st.job_id, "error": st.error}))  # fmt: skip
-    else:
-        print(format_status(runs, states))
+    study = Path(args.study_dir)
+    # A study's phases, each with its own plan.json: the tune sweep, the study's runs, the
+    # verification run. Only those that exist are shown; with none, _plan_runs says why.
+    phases = [(name, study / sub) for name, sub in PHASES if (study / sub / PLAN_NAME).exists()] or [("study", study)]
+    for name, folder in phases:
+        if args.wait:
+            follow(folder, args.poll_s)
+        runs, states = study_states(folder)
+        if args.json:
+            for r in runs:
+                st = states[r.id]
+                print(json.dumps({"id": r.id, "phase": name, "state": st.state, "N": r.N, "D": r.D, "C": r.C,
+                                  "loss": st.loss, "job_id": st.job_id, "error": st.error}))  # fmt: skip
+        else:
+            if len(phases) > 1:
+                print(f"{name}:")
+            print(format_status(runs, states) + ("\n" if len(phases) > 1 else ""))
     sys.exit(0)
+
+
+PHASES = (("tune phase", "tune"), ("study", ""), ("verification run", "verify"))
 
 
 if __name__ == "__main__":

@@ -176,3 +176,17 @@ def test_the_report_sets_the_planned_time_beside_the_measured(tmp_path):
     report = render_report(analyse_study(tmp_path / "s", n_boot=0), [])
     section = report.split("## Cost: planned against actual")[1].split("##")[0]
     assert f"{len(plan.runs)} completed runs" in section and "1.50x the estimate" in section
+
+
+def test_status_shows_each_phase_of_a_study(study, capsys):
+    from scaling.launch.status import main as status
+
+    folder, plan, a = study
+    vplan = plan_verify(_spec(folder), str(folder), a, plan)
+    write_plan(vplan)
+    with pytest.raises(SystemExit) as e:
+        status([str(folder)])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    assert out.index("study:") < out.index("verification run:") and "tune phase:" not in out
+    assert f"{len(plan.runs)} completed" in out and vplan.runs[0].id in out and "1 planned" in out
