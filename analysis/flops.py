@@ -147,29 +147,32 @@ def allocate(
             v = loss(N, Cb / flops(N), **params)
         return np.where(np.isfinite(v), v, np.inf)
 
-    grid = np.linspace(-width, width, SCAN_POINTS)
-    values = np.stack([objective(x0 + g) for g in grid])  # (SCAN_POINTS, *shape)
-    best = np.argmin(values, axis=0)
-    step = grid[1] - grid[0]
-    lo = x0 + grid[best] - step
-    hi = x0 + grid[best] + step
-    # Golden section on [lo, hi], all problems in step.
-    a = hi - GOLDEN * (hi - lo)
-    b = lo + GOLDEN * (hi - lo)
-    fa, fb = objective(a), objective(b)
-    for _ in range(REFINE_ITERS):
-        left = fa < fb
-        hi = np.where(left, b, hi)
-        lo = np.where(left, lo, a)
-        new = np.where(left, hi - GOLDEN * (hi - lo), lo + GOLDEN * (hi - lo))
-        fnew = objective(new)
-        a, b, fa, fb = (np.where(left, new, b), np.where(left, a, new),
-                        np.where(left, fnew, fb), np.where(left, fa, fnew))
-    x = 0.5 * (lo + hi)
-    edge = (best == 0) | (best == SCAN_POINTS - 1) | ~np.isfinite(values.min(axis=0))
-    x = np.where(edge, np.nan, x)
-    N_opt = np.exp(x)
-    D_opt = Cb / flops(N_opt)
+    # A draw whose start is not finite (an overflowing closed form) ends as NaN, marked below,
+    # without a RuntimeWarning on the console of every study.
+    with np.errstate(invalid="ignore", over="ignore"):
+        grid = np.linspace(-width, width, SCAN_POINTS)
+        values = np.stack([objective(x0 + g) for g in grid])  # (SCAN_POINTS, *shape)
+        best = np.argmin(values, axis=0)
+        step = grid[1] - grid[0]
+        lo = x0 + grid[best] - step
+        hi = x0 + grid[best] + step
+        # Golden section on [lo, hi], all problems in step.
+        a = hi - GOLDEN * (hi - lo)
+        b = lo + GOLDEN * (hi - lo)
+        fa, fb = objective(a), objective(b)
+        for _ in range(REFINE_ITERS):
+            left = fa < fb
+            hi = np.where(left, b, hi)
+            lo = np.where(left, lo, a)
+            new = np.where(left, hi - GOLDEN * (hi - lo), lo + GOLDEN * (hi - lo))
+            fnew = objective(new)
+            a, b, fa, fb = (np.where(left, new, b), np.where(left, a, new),
+                            np.where(left, fnew, fb), np.where(left, fa, fnew))
+        x = 0.5 * (lo + hi)
+        edge = (best == 0) | (best == SCAN_POINTS - 1) | ~np.isfinite(values.min(axis=0))
+        x = np.where(edge, np.nan, x)
+        N_opt = np.exp(x)
+        D_opt = Cb / flops(N_opt)
     with np.errstate(all="ignore"):
         L = loss(N_opt, D_opt, **params)
     return N_opt, D_opt, L

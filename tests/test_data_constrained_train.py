@@ -215,7 +215,7 @@ def test_the_data_constrained_study_plans_repetition_from_about_one_to_sixteen_e
         dcfg = compose(config_name="study_app", overrides=["study=data_constrained_tiny", f"study.dir={tmp_path}/s",
                                                            "study.dry_run=true"])
     spec = to_dataclass(dcfg).study
-    assert spec.dry_run and spec.budgets.max_epochs is None and not spec.tune.enabled and not spec.verify.enabled
+    assert spec.dry_run and spec.budgets.max_epochs is None and spec.tune.enabled and not spec.verify.enabled
     lines: list[str] = []
     plan = launch_study(replace(spec, dry_run=True), LauncherConfig(), echo=lines.append).plan
     assert not (tmp_path / "s").exists()  # a dry run writes nothing

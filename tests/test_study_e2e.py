@@ -123,7 +123,8 @@ def test_rerun_trains_nothing_and_refits(study):
     again = _study(tmp, tmp / "cache")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "launching 0" in again.stdout
-    assert again.stdout.count("launching 0") == 3  # the sweep, the grid and the verification run
+    assert again.stdout.count("launching 0") == 2  # the grid and the verification run
+    assert "tune phase: best LR" in again.stdout  # the finished sweep is read, not relaunched
     assert {p: p.stat().st_mtime_ns for p in runs} == before  # no run retrained
     assert "prediction (kept from before)" in again.stdout
     assert (tmp / "study" / "fit.json").stat().st_mtime_ns > fit_before  # refitted
