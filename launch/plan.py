@@ -690,31 +690,38 @@ def _epochs(e: Optional[float]) -> str:
 
 def format_plan(plan: Plan) -> str:
     headers = ["id", "N", "D", "C", "budget", "D/N", "epochs", "batch", "lr", "steps", "procs", "est. time"]
-    rows = [
-        [r.id, _si(r.N), _si(r.D), f"{r.C:.3g}", "-" if r.budget_flops is None else f"{r.budget_flops:.3g}",
-         f"{r.tokens_per_param:.3g}", _epochs(r.epochs), str(r.batch), f"{r.lr:.3g}", str(r.steps), str(r.nproc), _duration(r.est_time_s)]
-        for r in plan.runs
-    ]  # fmt: skip
     total_time = sum(r.est_time_s or 0 for r in plan.runs)
     if any(r.extra.get("role") for r in plan.runs):
         return format_branch_plan(plan, headers, total_time)
     out = [
-        f"study {plan.study}: {plan.kind}, {len(plan.runs)} runs of family {plan.family}, in {plan.dir}",
-        f"N counts {plan.n_count} parameters; FLOPs use the {plan.flops_convention!r} convention",
-        f"lr = {plan.rules['lr']}",
-        f"batch = {plan.rules['batch_tokens']}",
+        *_plan_head(plan, f"study {plan.study}: {plan.kind}, {len(plan.runs)} runs of family {plan.family}, in {plan.dir}"),
         "",
-        format_table(headers, rows),
+        format_table(headers, [_row(r) for r in plan.runs]),
         "",
         f"total compute: {plan.total_flops:.3g} FLOPs",
     ]
+    return "\n".join(out + _plan_tail(plan, total_time))
+
+
+def _plan_head(plan: Plan, title: str) -> list[str]:
+    """The lines above a plan's table: what it is, what N and C count, its rules."""
+    return [
+        title,
+        f"N counts {plan.n_count} parameters; FLOPs use the {plan.flops_convention!r} convention",
+        f"lr = {plan.rules['lr']}",
+        f"batch = {plan.rules['batch_tokens']}",
+    ]
+
+
+def _plan_tail(plan: Plan, total_time: float) -> list[str]:
+    """The lines below a plan's total: the time estimate and the planner's notes."""
+    out = []
     if plan.throughput_flops:
         out.append(
             f"estimated time: {_duration(total_time)} run after run (sum of runs), at "
             f"{plan.throughput_flops:.3g} FLOP/s per process ({plan.throughput_source})"
         )
-    out += [f"note: {n}" for n in plan.notes]
-    return "\n".join(out)
+    return out + [f"note: {n}" for n in plan.notes]
 
 
 def _row(r: RunSpec) -> list[str]:
@@ -753,11 +760,8 @@ def format_branch_plan(plan: Plan, headers: list[str], total_time: float) -> str
     n_branch = sum(len(v) for v in by_parent.values())
     n_trunk = sum(1 for r in plan.runs if r.extra.get("role") == "trunk")
     out = [
-        f"study {plan.study}: {plan.kind} with cooldown branches, {n_trunk} trunks and {n_branch} branches "
-        f"({len(plan.runs)} runs) of family {plan.family}, in {plan.dir}",
-        f"N counts {plan.n_count} parameters; FLOPs use the {plan.flops_convention!r} convention",
-        f"lr = {plan.rules['lr']}",
-        f"batch = {plan.rules['batch_tokens']}",
+        *_plan_head(plan, f"study {plan.study}: {plan.kind} with cooldown branches, {n_trunk} trunks and "
+                          f"{n_branch} branches ({len(plan.runs)} runs) of family {plan.family}, in {plan.dir}"),
         "each branch decays (WSD) from its trunk's constant LR to lr x train.min_lr_ratio, as a cosine run would; "
         "C is the compute of the whole point (the trunk up to the fork included), 'own' the branch's cooldown",
         "",
@@ -767,10 +771,4 @@ def format_branch_plan(plan: Plan, headers: list[str], total_time: float) -> str
         f"to train every point from scratch ({scratch / spent if spent else float('nan'):.2f}x; "
         f"{1 - spent / scratch if scratch else 0:.0%} saved)",
     ]
-    if plan.throughput_flops:
-        out.append(
-            f"estimated time: {_duration(total_time)} run after run (sum of runs), at "
-            f"{plan.throughput_flops:.3g} FLOP/s per process ({plan.throughput_source})"
-        )
-    out += [f"note: {n}" for n in plan.notes]
-    return "\n".join(out)
+    return "\n".join(out + _plan_tail(plan, total_time))
