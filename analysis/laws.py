@@ -625,8 +625,7 @@ def data_constrained(
     R_D_star [dimensionless]. Defaults: Hoffmann et al.'s fit and Muennighoff et al.'s
     R*_D = 15.39. With one epoch (U >= D) it is Chinchilla's law.
     """
-    N = np.asarray(N, dtype=float)
-    return E + A * N ** (-alpha) + B * effective_data(D, U, R_D_star) ** (-beta)
+    return chinchilla(N, effective_data(D, U, R_D_star), E, A, B, alpha, beta)
 
 
 def epoch_value(epochs: ArrayLike, R_D_star: ArrayLike) -> np.ndarray:
