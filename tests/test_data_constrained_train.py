@@ -4,29 +4,16 @@ counts, the trainer's result.json and the planner's epochs all agree with the ca
 
 from __future__ import annotations
 
-import os
 import signal
 
 import numpy as np
 import pytest
 from scaling.data import DataConfig, prepare_dataset, train_batches
-from scaling.data.build import write_text
 from scaling.data.loader import prefix_parts, read_shard
 from scaling.errors import ConfigError
 from scaling.rundir import EXIT_REQUEUE, read_metrics, read_result
-from trainer_utils import data_cache, run_train  # noqa: F401 - fixture
-
-SEQ = 3  # samples hold 4 tokens, 3 of them predicted
-
-
-def unique_dataset(folder, n_train=128, shard_samples=16):
-    """n_train training rows with all-distinct tokens, so the first token of a row names it."""
-    os.makedirs(folder, exist_ok=True)
-    length = n_train * (SEQ + 1) - 1
-    docs = [np.arange(length), np.arange(length, 2 * length)]
-    tokenizer = {"type": "synthetic", "vocab_size": 2 * length + 1, "eod_id": 2 * length, "file": None}
-    return write_text(str(folder), docs, name="unique", tokenizer=tokenizer, seq_len=SEQ, val_fraction=0.01,
-                      shard_samples=shard_samples, seed=0, source={"type": "test"})
+from trainer_utils import data_cache, run_train, wait_for_step  # noqa: F401 - fixture
+from data_utils import SEQ, uniq  # noqa: F401 - uniq is a fixture
 
 
 def rows_in_order(m, split="train") -> list[int]:
@@ -47,11 +34,6 @@ def global_rows(m, steps, world_size=1, num_workers=0, start_step=0, G=8, stream
     for it in its:
         it.close()
     return out
-
-
-@pytest.fixture(scope="module")
-def uniq(tmp_path_factory):
-    return unique_dataset(tmp_path_factory.mktemp("uniq"))
 
 
 # ---- the manifest ----
@@ -180,13 +162,13 @@ def test_the_trainer_records_the_capped_epochs_and_unique_tokens(data_cache, tmp
 
 @pytest.mark.slow
 def test_a_stopped_capped_run_resumes_onto_the_uninterrupted_curve(data_cache, tmp_path):
-    from test_hardening import _start, _wait_for_step
+    from test_hardening import _start
 
     straight, run = tmp_path / "straight", tmp_path / "run"
     overrides = (*CAPPED, "train.tokens=24576")  # 24 steps, 6 epochs
     assert run_train(data_cache, straight, *overrides).returncode == 0
     proc = _start(data_cache, run, *overrides)
-    _wait_for_step(run, 9, proc)
+    wait_for_step(run, 9, proc)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == EXIT_REQUEUE
     assert run_train(data_cache, run, *overrides).returncode == 0

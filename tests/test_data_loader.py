@@ -13,22 +13,9 @@ import pytest
 import torch
 
 from scaling.data import DataConfig, eval_batches, load_manifest, prepare_dataset, train_batches
-from scaling.data.build import write_text
 from scaling.data.loader import Stream, stream_parts
 from scaling.errors import ConfigError, DataError
-
-SEQ = 3  # samples hold 4 tokens
-
-
-def unique_dataset(folder, n_train=128, shard_samples=16):
-    """Two documents of n_train windows each with all-distinct tokens, so the first token of a row
-    names it. One document goes to validation, the other gives n_train training rows."""
-    os.makedirs(folder, exist_ok=True)
-    length = n_train * (SEQ + 1) - 1
-    docs = [np.arange(length), np.arange(length, 2 * length)]
-    tokenizer = {"type": "synthetic", "vocab_size": 2 * length + 1, "eod_id": 2 * length, "file": None}
-    return write_text(str(folder), docs, name="unique", tokenizer=tokenizer, seq_len=SEQ, val_fraction=0.01,
-                      shard_samples=shard_samples, seed=0, source={"type": "test"})
+from data_utils import SEQ, unique_dataset, uniq  # noqa: F401 - uniq is a fixture
 
 
 def split_rows(m, split) -> set[int]:
@@ -56,11 +43,6 @@ def global_batches(m, steps, world_size, num_workers=0, start_step=0, G=8, strea
     for it in its:
         it.close()
     return out
-
-
-@pytest.fixture(scope="module")
-def uniq(tmp_path_factory):
-    return unique_dataset(tmp_path_factory.mktemp("uniq"))
 
 
 def test_each_sample_once_per_epoch_with_2_ranks_2_workers(uniq):

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from scaling.families.cnn import CNNConfig
 from scaling.families.gpt import GPTConfig
 from scaling.rundir import EXIT_CONFIG, checkpoint_dirs, read_metrics, read_result
 from scaling.runid import config_hash
-from trainer_utils import ROOT, data_cache, env, run_train, train_cmd  # noqa: F401 - fixture
+from trainer_utils import ROOT, data_cache, env, run_train, train_cmd, wait_for_step  # noqa: F401 - fixture
 
 FSDP2 = ("train.engine=fsdp", "train.device=cpu")
 
@@ -140,17 +139,6 @@ def test_two_process_fsdp2_matches_one_process_and_deepspeed(data_cache, tmp_pat
     assert _exported_eval_loss(two, tmp_path / "st") == pytest.approx(read_result(two)["eval_loss"], abs=1e-5)
 
 
-def _wait_for_step(metrics: Path, step: int, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        rows = read_metrics(metrics)
-        if rows and rows[-1]["step"] >= step:
-            return
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "trainer exited"
-        time.sleep(0.05)
-    raise AssertionError(f"step {step} not reached")
-
-
 def _children(pid: int) -> list[int]:
     """The live processes whose parent is `pid` (Linux /proc)."""
     out = []
@@ -175,7 +163,7 @@ def test_fsdp2_resume_after_sigkill_is_exact(data_cache, tmp_path, resume_nproc)
     proc = subprocess.Popen(train_cmd(run, *budget, nproc=2), cwd=ROOT, env=env(data_cache),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        _wait_for_step(run / "metrics.jsonl", 14, proc)
+        wait_for_step(run, 14, proc, timeout=300)
     finally:
         # torchrun starts each worker in a session of its own: kill the workers, then torchrun, as
         # a lost node would (SIGKILL: nothing is saved).

@@ -16,7 +16,7 @@ import pytest
 from scaling.rundir import (
     EXIT_CONFIG, EXIT_FAILED, EXIT_REQUEUE, STOP_NAME, checkpoint_dirs, exit_status, read_metrics, read_result,
 )  # fmt: skip
-from trainer_utils import ROOT, data_cache, env, run_train, train_cmd  # noqa: F401 - fixture
+from trainer_utils import ROOT, data_cache, env, run_train, train_cmd, wait_for_step  # noqa: F401 - fixture
 
 CKPT = ("train.checkpoint_every_tokens=4096", "train.keep_checkpoints=3")  # every 4 steps
 
@@ -29,17 +29,6 @@ def _start(cache: Path, run: Path, *overrides: str, nproc: int = 1, **kw) -> sub
     return subprocess.Popen(train_cmd(run, *overrides, nproc=nproc), cwd=ROOT, env=kw.get("env") or env(cache),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=kw.get("session", False))  # fmt: skip
-
-
-def _wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        rows = read_metrics(run / "metrics.jsonl")
-        if rows and rows[-1]["step"] >= step:
-            return
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "trainer exited"
-        time.sleep(0.02)
-    raise AssertionError(f"step {step} not reached")
 
 
 def _same_curve(a: Path, b: Path, steps: int) -> None:
@@ -99,7 +88,7 @@ def test_two_trainers_never_share_a_run_directory(data_cache, tmp_path):
     budget = "train.tokens=2e6"  # far more than the test waits for: the first is stopped below
     first = _start(data_cache, run, budget)
     try:
-        _wait_for_step(run, 2, first)
+        wait_for_step(run, 2, first)
         second = run_train(data_cache, run, budget)
         assert second.returncode == EXIT_CONFIG, second.stderr[-2000:]
         assert "in use by another trainer" in second.stderr and f"pid {first.pid}" in second.stderr
@@ -122,7 +111,7 @@ def test_a_resume_or_rerun_with_another_config_or_data_is_refused(data_cache, tm
     run = tmp_path / "run"
     base = ("train.tokens=16384", f"data.path={data}", *CKPT)
     proc = _start(data_cache, run, *base)
-    _wait_for_step(run, 6, proc)
+    wait_for_step(run, 6, proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == EXIT_REQUEUE
     recorded = (run / "config.yaml").read_text()
@@ -152,7 +141,7 @@ def test_a_resume_or_rerun_with_another_config_or_data_is_refused(data_cache, tm
 def test_ctrl_c_checkpoints_and_a_rerun_matches_an_uninterrupted_run(data_cache, tmp_path, straight):
     run = tmp_path / "run"
     proc = _start(data_cache, run, "train.tokens=24576")
-    _wait_for_step(run, 9, proc)
+    wait_for_step(run, 9, proc)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == EXIT_REQUEUE, proc.stderr.read()
     assert "KeyboardInterrupt" not in proc.stderr.read()
@@ -165,7 +154,7 @@ def test_ctrl_c_checkpoints_and_a_rerun_matches_an_uninterrupted_run(data_cache,
 def test_a_truncated_latest_checkpoint_falls_back_to_the_one_before(data_cache, tmp_path, straight):
     run = tmp_path / "run"
     proc = _start(data_cache, run, "train.tokens=24576", *CKPT)
-    _wait_for_step(run, 14, proc)
+    wait_for_step(run, 14, proc)
     proc.kill()
     proc.wait()
     latest = checkpoint_dirs(run)[-1]
@@ -251,7 +240,7 @@ def test_under_torchrun_a_clean_stop_is_a_requeue_for_the_launcher(data_cache, t
     run = tmp_path / "run"
     started = time.time()
     proc = _start(data_cache, run, "train.tokens=65536", nproc=2, session=True)
-    _wait_for_step(run, 3, proc, timeout=180)
+    wait_for_step(run, 3, proc, timeout=180)
     os.killpg(proc.pid, signal.SIGTERM)
     code = proc.wait(timeout=120)
     assert checkpoint_dirs(run) and read_result(run) is None
@@ -335,7 +324,7 @@ def test_a_second_ctrl_c_stops_at_once(data_cache, tmp_path):
     run = tmp_path / "run"
     # A model large enough that a step (and a checkpoint) outlasts the gap between the two signals.
     proc = _start(data_cache, run, "train.tokens=2e6", "model.d_model=256", "model.n_layers=4", "model.n_heads=4")
-    _wait_for_step(run, 1, proc)
+    wait_for_step(run, 1, proc)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.2)  # the first is handled (a step of this model takes seconds): the run will checkpoint
     proc.send_signal(signal.SIGINT)
@@ -376,7 +365,7 @@ def test_a_checkpoint_of_the_first_version_is_refused_unless_trusted_and_then_re
 ):
     run = tmp_path / "run"
     proc = _start(data_cache, run, "train.tokens=24576", *CKPT)
-    _wait_for_step(run, 14, proc)
+    wait_for_step(run, 14, proc)
     proc.kill()
     proc.wait()
     for ckpt in checkpoint_dirs(run):

@@ -6,14 +6,13 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from scaling.rundir import EXIT_CONFIG, EXIT_FAILED, EXIT_REQUEUE, checkpoint_dirs, read_metrics, read_result
 from scaling.schedule import lr_factor
-from trainer_utils import ROOT, data_cache, env, run_train, train_cmd  # noqa: F401 - fixture
+from trainer_utils import ROOT, data_cache, env, run_train, train_cmd, wait_for_step  # noqa: F401 - fixture
 
 BUDGET = "train.tokens=16384"  # 16 steps of 1024 tokens
 
@@ -73,17 +72,6 @@ def test_zero_stages_across_two_processes_match_one_process(data_cache, tmp_path
         assert _losses(run) == pytest.approx(reference, abs=1e-4), f"ZeRO-{stage} on 2 processes"
 
 
-def _wait_for_step(metrics: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        rows = read_metrics(metrics)
-        if rows and rows[-1]["step"] >= step:
-            return
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "trainer exited"
-        time.sleep(0.05)
-    raise AssertionError(f"step {step} not reached")
-
-
 def test_resume_after_sigkill_is_exact(data_cache, tmp_path):
     budget = ("train.tokens=24576", "train.checkpoint_every_tokens=4096", "train.schedule=wsd")
     straight = tmp_path / "straight"
@@ -93,7 +81,7 @@ def test_resume_after_sigkill_is_exact(data_cache, tmp_path):
     proc = subprocess.Popen(train_cmd(run, *budget), cwd=ROOT, env=env(data_cache),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for_step(run / "metrics.jsonl", 14, proc)
+        wait_for_step(run, 14, proc)
     finally:
         proc.kill()
         proc.wait()
@@ -122,7 +110,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_for_requeue(data_cache, tmp_path):
     budget = ("train.tokens=65536",)
     proc = subprocess.Popen(train_cmd(run, *budget), cwd=ROOT, env=env(data_cache),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _wait_for_step(run / "metrics.jsonl", 3, proc)
+    wait_for_step(run, 3, proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == EXIT_REQUEUE
     assert checkpoint_dirs(run) and read_result(run) is None

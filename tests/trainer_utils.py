@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,18 @@ def run_train(cache: Path, run_dir: Path, *overrides: str, nproc: int = 1, timeo
 @pytest.fixture(scope="session")
 def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("data-cache")
+
+
+def wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Block until the trainer `proc` training into `run` has logged `step` (its metrics.jsonl);
+    fail with the trainer's stderr if it exits first, or after `timeout` seconds."""
+    from scaling.rundir import read_metrics
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        rows = read_metrics(run / "metrics.jsonl")
+        if rows and rows[-1]["step"] >= step:
+            return
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "trainer exited"
+        time.sleep(0.02)
+    raise AssertionError(f"step {step} not reached")
