@@ -236,21 +236,12 @@ def analyse_study(
     floor = data_loss_floor(run_dirs)
     if floor is not None and out.fit is not None:
         out.known_floor = known_floor(floor, out.fit, out.boot)
-    out.tune = read_tune(study_dir)
+    from scaling.analysis.tune import read_tune
     from scaling.analysis.verify import verification
 
+    out.tune = read_tune(study_dir)
     out.verification = verification(study_dir)
     return out
-
-
-def read_tune(study_dir: str | Path) -> dict | None:
-    """The tune phase's record (STUDY/tune/tune.json, written by the launcher), or None."""
-    import json
-
-    try:
-        return json.loads((Path(study_dir) / "tune" / "tune.json").read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def known_floor(floor: float, fit: Any, boot: Any = None) -> dict:

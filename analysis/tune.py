@@ -24,12 +24,17 @@ the minimum nor enter the parabola. Pure numpy; the launcher and the report both
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from scaling.analysis.errors import AnalysisError
+
+TUNE_DIR = "tune"  # STUDY/tune/: the sweep's runs and plan.json
+TUNE_NAME = "tune.json"  # the sweep's record: its losses, the rule's curve and the chosen LR
 
 
 
@@ -113,3 +118,20 @@ def best_lr(lrs: list[float], losses: list[list[float]], key: str = "lrs") -> Tu
         note = "the grid's best LR (a neighbour diverged, so no parabola)"
     return TuneResult(lrs=lrs, losses=losses, mean=mean, best_index=i, window=window, coef=coef,
                       best_lr=float(f"{best:.4g}"), predicted_loss=predicted, note=note)  # fmt: skip
+
+
+def write_tune(study_dir: str | Path, result: TuneResult, base_shape: dict, runs: dict[str, float]) -> Path:
+    """STUDY/tune/tune.json (atomically): the sweep's base shape, its runs (id -> LR) and `result`."""
+    from scaling.analysis.io import write_json_atomic
+
+    path = Path(study_dir) / TUNE_DIR / TUNE_NAME
+    write_json_atomic(path, {"base_shape": base_shape, "runs": runs, **result.to_json()})
+    return path
+
+
+def read_tune(study_dir: str | Path) -> dict | None:
+    """The tune phase's record (STUDY/tune/tune.json), or None where there is none."""
+    try:
+        return json.loads((Path(study_dir) / TUNE_DIR / TUNE_NAME).read_text())
+    except (OSError, ValueError):
+        return None

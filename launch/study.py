@@ -113,7 +113,7 @@ def launch_study(
     outcome = LaunchOutcome(plan=None)  # type: ignore[arg-type] - set below
     main_spec = spec
     if spec.tune.enabled:
-        from scaling.launch.tune import lr_rule_text, plan_tune, tune_result, tuned_spec, write_tune
+        from scaling.launch.tune import lr_rule_text, plan_tune, study_lr, tune_result, tuned_spec, write_tune
 
         tune = plan_tune(spec, study_dir)
         set_estimates(tune, *throughput)
@@ -135,10 +135,7 @@ def launch_study(
                 write_tune(study_dir, tune, result, shape)
             echo(f"tune phase: best LR {result.best_lr:.4g} ({result.note}) from {len(tune.runs)} runs at the base "
                  f"shape {shape}; every run of the study gets it, scaled per layer by muP")  # fmt: skip
-            main_spec = tuned_spec(spec, shape, result.best_lr)
-        else:  # a dry run before the sweep has run: show the study at the grid's middle LR
-            lrs = sorted(spec.tune.lrs)
-            main_spec = tuned_spec(spec, shape, lrs[len(lrs) // 2])
+        main_spec = tuned_spec(spec, shape, study_lr(spec, result))
     plan = make_plan(main_spec, study_dir, throughput=throughput)
     outcome.spec = main_spec
     if spec.tune.enabled:

@@ -17,20 +17,18 @@ Torch-free, like all of launch/.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
+from scaling.analysis.tune import TUNE_DIR
 from scaling.contracts import Plan, RunStatus, result_if_readable
 from scaling.errors import ConfigError
 from scaling.families import get as get_family
 from scaling.launch.config import BudgetsConfig, PowerLaw, RulesConfig, SizesConfig, StudySpec, TuneConfig, VerifyConfig
 
-TUNE_DIR = "tune"
-TUNE_NAME = "tune.json"
 _MUP_KEYS = ("model.mup.base_width", "model.mup.base_depth", "model.mup.base_head_dim")
 # Stand-ins for the base shape while the shapes are planned (a shape does not depend on it).
 _PLACEHOLDER = ["model.mup.base_width=1", "model.mup.base_depth=1"]
@@ -181,20 +179,10 @@ def tune_result(tune: Plan) -> Any:
 
 
 def write_tune(study_dir: str, tune: Plan, result: Any, shape: dict[str, Any]) -> Path:
-    """STUDY/tune/tune.json: the sweep, the rule's curve and the chosen LR (atomically)."""
-    from scaling.analysis.io import write_json_atomic
+    """STUDY/tune/tune.json: the sweep, the rule's curve and the chosen LR (scaling.analysis.tune)."""
+    from scaling.analysis.tune import write_tune as write_record
 
-    path = Path(tune_dir(study_dir)) / TUNE_NAME
-    doc = {"base_shape": shape, "runs": {r.id: r.lr for r in tune.runs}, **result.to_json()}
-    write_json_atomic(path, doc)
-    return path
-
-
-def read_tune(study_dir: str) -> Optional[dict]:
-    try:
-        return json.loads((Path(tune_dir(study_dir)) / TUNE_NAME).read_text())
-    except (OSError, ValueError):
-        return None
+    return write_record(study_dir, result, shape, {r.id: r.lr for r in tune.runs})
 
 
 def tuned_spec(spec: StudySpec, shape: dict[str, Any], lr: float) -> StudySpec:
@@ -210,9 +198,13 @@ def planned_spec(spec: StudySpec, study_dir: Optional[str] = None) -> StudySpec:
     if not spec.tune.enabled:
         return spec
     tune = plan_tune(spec, study_dir or spec.dir)
-    result = tune_result(tune)
-    lr = result.best_lr if result is not None else sorted(spec.tune.lrs)[len(spec.tune.lrs) // 2]
-    return tuned_spec(spec, tune.runs[0].shape, lr)
+    return tuned_spec(spec, tune.runs[0].shape, study_lr(spec, tune_result(tune)))
+
+
+def study_lr(spec: StudySpec, result: Any) -> float:
+    """The LR the study's runs get: the sweep's best (`result`), or the grid's middle LR while the
+    sweep has not finished (a dry run's provisional plan)."""
+    return result.best_lr if result is not None else sorted(spec.tune.lrs)[len(spec.tune.lrs) // 2]
 
 
 def lr_rule_text(shape: dict[str, Any], lr: float) -> str:
