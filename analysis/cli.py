@@ -184,6 +184,8 @@ def _run(args: argparse.Namespace) -> int:
 
     fit = fit_law(data, law=args.law, delta=args.delta, x=args.x, constraints=constraints)
     boot = bootstrap(data, fit, n_resamples=args.bootstrap, seed=args.seed) if args.bootstrap else None
+    if boot is not None:
+        boot = report.widen_unidentified(data, fit, boot)
     comparison = (compare_or_why(data, fit)
                   if constraints.equalities and not args.no_compare else None)
     by = args.holdout_by or ("C" if "C" not in data.absent else fit.x)
@@ -202,7 +204,7 @@ def _run(args: argparse.Namespace) -> int:
     if data.c_derived:
         doc["C_derived_from_6ND"] = True  # the source had no C column
     if "R_D_star" in fit.params:
-        doc["epoch_value"] = _epoch_value(data, fit, boot)
+        doc.update(report.repetition_to_json(data, fit, boot))
     written = [] if args.no_plots else _fit_figures(out, data, fit, boot, holdout, flops)
     io.write_json_atomic(out / "fit.json", doc)
     print(report.format_fit(fit, boot))
@@ -219,7 +221,7 @@ def _run(args: argparse.Namespace) -> int:
         for d in approaches["diagnostics"]:
             print(f"  - {d['code']}: {d['message']}")
     if "epoch_value" in doc:
-        print(_format_epoch_value(doc["epoch_value"]))
+        print(report.format_repetition(doc, fit.law))
     if holdout is not None:
         what = (f"every run of the {holdout.k} largest budget(s)" if holdout.by == "budget"
                 else f"{holdout.k} largest by {holdout.by}")
@@ -257,54 +259,6 @@ def _approaches(args, data, fit, boot, flops, run_dirs) -> dict:
     if skipped:
         out["skipped"] = skipped
     return out
-
-
-EPOCHS_SHOWN = (1, 2, 4, 8, 16, 32, 64)
-
-
-def _epoch_value(data, fit, boot) -> dict:
-    """The data-constrained law's answer to 'one more epoch, or more unique data?': for a run
-    at k epochs, what epoch k + 1 is worth as a fraction of the same tokens of new unique data
-    (:func:`scaling.analysis.laws.epoch_value`), with a bootstrap interval where there is one;
-    and whether R*_D lies within the repetitions the runs made (beyond them, it is
-    extrapolated)."""
-    import numpy as np
-
-    from scaling.analysis.laws import epoch_value
-
-    ks = np.array(EPOCHS_SHOWN, dtype=float)
-    out = {"epochs": list(EPOCHS_SHOWN),
-           "next_epoch_value": epoch_value(ks, fit.params["R_D_star"]).tolist(),
-           "R_D_star": fit.params["R_D_star"],
-           "half_value_epochs": fit.derived["half_value_epochs"],
-           "max_effective_epochs": fit.derived["max_effective_epochs"]}
-    if boot is not None:
-        draws = epoch_value(ks[None, :], np.asarray(boot.samples["R_D_star"])[:, None])
-        lo, hi = 100 * (1 - boot.level) / 2, 100 * (1 + boot.level) / 2
-        out["next_epoch_value_interval"] = [np.nanpercentile(draws, lo, axis=0).tolist(),
-                                            np.nanpercentile(draws, hi, axis=0).tolist()]
-    epochs = data.D / np.minimum(data.column("U"), data.D)
-    out["data_max_epochs"] = float(epochs.max())
-    # The law bends away from 'repeats are as good as new data' only after about R*_D
-    # repetitions; runs that all stop well short of that constrain R*_D weakly.
-    out["R_D_star_within_data"] = bool(epochs.max() - 1 >= fit.params["R_D_star"])
-    return out
-
-
-def _format_epoch_value(ev: dict) -> str:
-    lines = [f"R*_D = {ev['R_D_star']:.3g}: a repeated token is worth half a new one after "
-             f"{ev['half_value_epochs']:.3g} epochs; no number of epochs over U unique tokens "
-             f"is worth more than {ev['max_effective_epochs']:.3g} U of new data",
-             "value of one more epoch, as a fraction of the same tokens of new unique data:"]
-    band = ev.get("next_epoch_value_interval")
-    for i, (k, v) in enumerate(zip(ev["epochs"], ev["next_epoch_value"])):
-        extra = f"  [{band[0][i]:.3f}, {band[1][i]:.3f}]" if band else ""
-        lines.append(f"  epoch {k} -> {k + 1}: {v:.3f}{extra}")
-    if not ev["R_D_star_within_data"]:
-        lines.append(f"note: the runs repeat their data at most {ev['data_max_epochs']:.3g} "
-                     f"epochs, fewer than 1 + R*_D; R*_D is extrapolated beyond them and only "
-                     f"weakly constrained (train some runs for more epochs to pin it down)")
-    return "\n".join(lines)
 
 
 def _window_arg(text: str) -> float | None:

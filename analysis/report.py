@@ -7,14 +7,19 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from types import MappingProxyType
+from typing import Mapping
 
 import numpy as np
 
+from scaling.analysis.data import Data
 from scaling.analysis.extrapolate import HoldoutResult
-from scaling.analysis.fit import BootstrapResult, FitResult, compute_optimal
+from scaling.analysis.fit import BootstrapResult, FitResult, compute_optimal, get_law
 from scaling.analysis.flops import FlopsPerToken
 from scaling.analysis.diagnostics import Diagnostic
 from scaling.analysis.isoflop import EnvelopeResult, IsoFLOPResult
+from scaling.analysis.laws import data_optimal_params, epoch_value
 from scaling.analysis.nested import NestedComparison
 
 SCHEMA_VERSION = 1
@@ -249,3 +254,217 @@ def format_isoflop(iso: IsoFLOPResult) -> str:
     lines.append("diagnostics: " + ("none" if not iso.diagnostics else ""))
     lines += [f"  - {d.code}: {d.message}" for d in iso.diagnostics]
     return "\n".join(lines)
+
+
+# --- Repeated data: what the data-constrained laws say ----------------------------------------
+
+EPOCHS_SHOWN = (1, 2, 4, 8, 16, 32, 64)
+# A bootstrap interval whose end lies within 1% of the optimiser's bound reaches that bound: its
+# resamples ran into the bound, so the data set no limit on that side.
+AT_BOUND_REL = 0.01
+PINNED, BELOW, ABOVE, UNIDENTIFIED, FIXED, NO_INTERVAL = (
+    "pinned down", "bounded below", "bounded above", "not identified", "fixed", "no interval")
+# What each saturating parameter of the data-constrained laws measures, for messages: its name,
+# what a run must do to inform it, and what pins it down.
+SATURATION = {
+    "R_D_star": ("R*_D", "repeats its data (epochs > 1)", "runs of well over 1 + R*_D epochs"),
+    "R_N_star": ("R*_N", "has more parameters than N_opt(U_D), the compute-optimal size for its "
+                         "unique tokens under the fitted law",
+                 "sizes well over (1 + R*_N) N_opt(U_D)"),
+}
+
+
+def size_ratio(data: Data, params: Mapping[str, float]) -> np.ndarray:
+    """N / N_opt(U_D) per run: how many times the compute-optimal size for its unique tokens
+    ``U_D = min(U, D)`` each run's model is, under the law's A, B, alpha and beta
+    (:func:`scaling.analysis.laws.data_optimal_params`). Above 1 it has excess parameters."""
+    U_D = np.minimum(data.column("U"), data.D)
+    return data.N / data_optimal_params(U_D, *(params[k] for k in ("A", "B", "alpha", "beta")))
+
+
+def past_cap(data: Data, fit: FitResult) -> dict[str, np.ndarray]:
+    """How far each run is past the point where a saturating term of the fitted law bends:
+    ``R_D = epochs - 1`` for R*_D, and ``R_N = N / N_opt(U_D) - 1`` (0 within it) for R*_N,
+    under the fitted A, B, alpha, beta (:func:`scaling.analysis.laws.data_optimal_params`).
+    Only the terms the fit has; a term no run is past leaves the loss independent of its R*."""
+    out: dict[str, np.ndarray] = {}
+    if "R_D_star" in fit.params:
+        out["R_D_star"] = data.D / np.minimum(data.column("U"), data.D) - 1.0
+    if "R_N_star" in fit.params:
+        out["R_N_star"] = np.maximum(size_ratio(data, fit.params) - 1.0, 0.0)
+    return out
+
+
+def saturation_status(name: str, fit: FitResult, boot: BootstrapResult | None,
+                      repeats: np.ndarray) -> tuple[str, list[float] | None]:
+    """Whether the runs pin down R*_D or R*_N (``name``), and its interval.
+
+    ``not identified`` when no run is past the term's cap (``repeats``, from :func:`past_cap`,
+    all 0: the loss does not depend on it), or when the bootstrap interval reaches both of the
+    optimiser's bounds; the interval is then the bounds. ``bounded below`` (above) when it
+    reaches only the upper (lower) bound: the runs give a lower (upper) limit and no value.
+    ``pinned down`` when it lies inside them. ``fixed`` for a fixed parameter, and ``no
+    interval`` without a bootstrap unless the estimate itself sits at a bound.
+    """
+    lo_b, hi_b = get_law(fit.law).bounds[name]
+    if name in fit.constraints.fix:
+        return FIXED, None
+    if not (np.max(repeats) > 0):
+        return UNIDENTIFIED, [lo_b, hi_b]
+    has = boot is not None and name in boot.interval
+    interval = [float(v) for v in boot.interval[name]] if has else None
+    lo, hi = interval or (fit.params[name], fit.params[name])
+    low, high = lo <= lo_b * (1 + AT_BOUND_REL), hi >= hi_b / (1 + AT_BOUND_REL)
+    if low and high:
+        return UNIDENTIFIED, [lo_b, hi_b]
+    if high:
+        return BELOW, interval
+    if low:
+        return ABOVE, interval
+    return (PINNED if interval else NO_INTERVAL), interval
+
+
+def widen_unidentified(data: Data, fit: FitResult, boot: BootstrapResult) -> BootstrapResult:
+    """``boot`` with the interval of every R* that no run informs (:func:`past_cap` all 0)
+    set to the optimiser's bounds, and the intervals of the quantities derived from it to
+    their values there, with a ``not_identified`` diagnostic. The bootstrap would leave such a
+    parameter where the fit left it, the start it began from, and its interval would be that
+    one number: a made-up estimate. Its stderr becomes NaN (null in fit.json)."""
+    law = get_law(fit.law)
+    unused = [k for k, r in past_cap(data, fit).items()
+              if k in boot.interval and not (np.max(r) > 0)]
+    if not unused:
+        return boot
+    interval, stderr, diags = dict(boot.interval), dict(boot.stderr), list(boot.diagnostics)
+    for name in unused:
+        ends = [law.derived({**fit.params, name: np.float64(b)}) | {name: b}
+                for b in law.bounds[name]]
+        for k in ends[0]:
+            if k in interval and ends[0][k] != ends[1][k]:
+                interval[k] = tuple(sorted((float(ends[0][k]), float(ends[1][k]))))
+                stderr[k] = float("nan")
+        label, past, _ = SATURATION[name]
+        diags.append(Diagnostic(
+            "not_identified",
+            f"{name}: no run {past}, so the loss does not depend on {label}; its value "
+            f"{fit.params[name]:.4g} is where its start left it, not an estimate, and its "
+            f"interval is the optimiser's bounds [{law.bounds[name][0]:.3g}, "
+            f"{law.bounds[name][1]:.3g}]"))
+    return replace(boot, interval=MappingProxyType(interval), stderr=MappingProxyType(stderr),
+                   diagnostics=tuple(diags))
+
+
+def repetition_to_json(data: Data, fit: FitResult, boot: BootstrapResult | None = None) -> dict:
+    """What a data-constrained fit says about repetition, as fit.json's keys.
+
+    ``epoch_value``: for a run at k epochs, what epoch k + 1 is worth as a fraction of the same
+    tokens of new unique data (:func:`scaling.analysis.laws.epoch_value`), with a bootstrap
+    interval where there is one; R*_D with its interval and :func:`saturation_status`
+    (``R_D_star_status``); and whether R*_D lies within the repetitions the runs made (beyond
+    them it is extrapolated). ``excess_params``: the largest N / N_opt(U_D) (:func:`size_ratio`)
+    and the runs past 1, whose excess parameters the law with R*_N discounts; for that law also
+    R*_N as R*_D.
+    """
+    p, law = fit.params, get_law(fit.law)
+    reps = past_cap(data, fit)
+    ks = np.array(EPOCHS_SHOWN, dtype=float)
+    status, interval = saturation_status("R_D_star", fit, boot, reps["R_D_star"])
+    ev = {"epochs": list(EPOCHS_SHOWN),
+          "next_epoch_value": epoch_value(ks, p["R_D_star"]).tolist(),
+          "R_D_star": p["R_D_star"], "R_D_star_interval": interval, "R_D_star_status": status,
+          "half_value_epochs": fit.derived["half_value_epochs"],
+          "max_effective_epochs": fit.derived["max_effective_epochs"]}
+    if status == UNIDENTIFIED:  # any R*_D fits: the value of an epoch ranges over all of them
+        ends = epoch_value(ks[None, :], np.array(law.bounds["R_D_star"])[:, None])
+        ev["next_epoch_value_interval"] = [ends.min(axis=0).tolist(), ends.max(axis=0).tolist()]
+    elif boot is not None and "R_D_star" in boot.samples:
+        draws = epoch_value(ks[None, :], np.asarray(boot.samples["R_D_star"])[:, None])
+        lo, hi = 100 * (1 - boot.level) / 2, 100 * (1 + boot.level) / 2
+        ev["next_epoch_value_interval"] = [np.nanpercentile(draws, lo, axis=0).tolist(),
+                                           np.nanpercentile(draws, hi, axis=0).tolist()]
+    ev["data_max_epochs"] = float(reps["R_D_star"].max() + 1.0)
+    # The law bends away from 'repeats are as good as new data' only after about R*_D
+    # repetitions; runs that all stop well short of that constrain R*_D weakly.
+    ev["R_D_star_within_data"] = bool(reps["R_D_star"].max() >= p["R_D_star"])
+    ratio = size_ratio(data, p)
+    xp = {"data_max_size_ratio": float(ratio.max()), "runs_past_N_opt": int(np.sum(ratio > 1))}
+    if "R_N_star" in p:
+        status, interval = saturation_status("R_N_star", fit, boot, reps["R_N_star"])
+        xp |= {"R_N_star": p["R_N_star"], "R_N_star_interval": interval, "R_N_star_status": status,
+               "half_value_size_ratio": fit.derived["half_value_size_ratio"],
+               "max_effective_size_ratio": fit.derived["max_effective_size_ratio"],
+               "R_N_star_within_data": bool(ratio.max() - 1 >= p["R_N_star"])}
+    return {"epoch_value": ev, "excess_params": xp}
+
+
+def saturation_sentence(name: str, value: float, interval: list[float] | None, status: str,
+                        law: str) -> str:
+    """R*_D or R*_N (``name``) and what the runs say about it, in a sentence."""
+    label, past, need = SATURATION[name]
+    lo_b, hi_b = get_law(law).bounds[name]
+    head = f"{label} = {value:.3g}"
+    if interval:
+        head += f" [{interval[0]:.3g}, {interval[1]:.3g}]"
+    reaches = "the interval reaches" if interval else "the estimate sits at"
+    if status == PINNED:
+        return (f"{head}: pinned down (the interval lies inside the optimiser's bounds, "
+                f"{lo_b:.3g} to {hi_b:.3g}).")
+    if status == BELOW:
+        limit = f" ({label} >= {interval[0]:.3g})" if interval else ""
+        return (f"{head} is only bounded below{limit}: {reaches} the optimiser's upper bound "
+                f"({hi_b:.3g}), so the runs set no upper limit; pinning it down needs {need}.")
+    if status == ABOVE:
+        limit = f" ({label} <= {interval[1]:.3g})" if interval else ""
+        return (f"{head} is only bounded above{limit}: {reaches} the optimiser's lower bound "
+                f"({lo_b:.3g}).")
+    if status == UNIDENTIFIED:
+        return (f"{label} is not identified: any value from {lo_b:.3g} to {hi_b:.3g} fits the "
+                f"runs (no run {past}, or the bootstrap interval reaches both bounds); the "
+                f"fitted {value:.3g} is not an estimate. Pinning it down needs {need}.")
+    if status == FIXED:
+        return f"{label} is fixed at {value:.3g}."
+    return f"{head} (no interval: bootstrap to see whether the runs pin it down)."
+
+
+def format_repetition(doc: dict, law: str) -> str:
+    """fit.json's ``epoch_value`` (and ``excess_params``) for the console."""
+    ev = doc["epoch_value"]
+    lines = [saturation_sentence("R_D_star", ev["R_D_star"], ev["R_D_star_interval"],
+                                 ev["R_D_star_status"], law),
+             f"A repeated token is worth half a new one after {ev['half_value_epochs']:.3g} "
+             f"epochs; no number of epochs over U unique tokens is worth more than "
+             f"{ev['max_effective_epochs']:.3g} U of new data.",
+             "value of one more epoch, as a fraction of the same tokens of new unique data:"]
+    band = ev.get("next_epoch_value_interval")
+    for i, (k, v) in enumerate(zip(ev["epochs"], ev["next_epoch_value"])):
+        extra = f"  [{band[0][i]:.3f}, {band[1][i]:.3f}]" if band else ""
+        lines.append(f"  epoch {k} -> {k + 1}: {v:.3f}{extra}")
+    if not ev["R_D_star_within_data"] and ev["R_D_star_status"] != UNIDENTIFIED:
+        lines.append(f"note: the runs repeat their data at most {ev['data_max_epochs']:.3g} "
+                     f"epochs, fewer than 1 + R*_D; R*_D is extrapolated beyond them and only "
+                     f"weakly constrained (train some runs for more epochs to pin it down)")
+    lines += excess_sentences(doc.get("excess_params"), law)
+    return "\n".join(lines)
+
+
+def excess_sentences(xp: dict | None, law: str) -> list[str]:
+    """fit.json's ``excess_params`` in sentences: the runs past N_opt(U_D) and, for the law with
+    R*_N, what it says about them."""
+    if not xp:  # written before the excess parameters were reported
+        return []
+    past = (f"{xp['runs_past_N_opt']} run(s) have more parameters than N_opt(U_D), the "
+            f"compute-optimal size for their unique tokens under this fit, up to "
+            f"{xp['data_max_size_ratio']:.3g} times it" if xp["runs_past_N_opt"] else
+            f"No run has more parameters than N_opt(U_D), the compute-optimal size for its unique "
+            f"tokens under this fit (the largest is {xp['data_max_size_ratio']:.3g} times it)")
+    if "R_N_star" not in xp:
+        return [past + ("; Muennighoff et al.'s R*_N term (law data_constrained_nd) discounts "
+                        "such parameters, this law counts them in full." if xp["runs_past_N_opt"]
+                        else ".")]
+    lines = [past + ".", saturation_sentence("R_N_star", xp["R_N_star"], xp["R_N_star_interval"],
+                                             xp["R_N_star_status"], law)]
+    if xp["R_N_star_status"] not in (UNIDENTIFIED, FIXED):
+        lines.append(f"An excess parameter is worth half of one within N_opt(U_D) at "
+                     f"{xp['half_value_size_ratio']:.3g} times N_opt(U_D), and no size is worth "
+                     f"more than {xp['max_effective_size_ratio']:.3g} N_opt(U_D).")
+    return lines
