@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from scaling.contracts import METRICS_NAME, Result, RunSpec, RunStatus, result_if_readable, write_result
-from scaling.launch.state import branch_ready, fork_checkpoint, last_metric, proc_start, update_launch, write_launch
+from scaling.launch.state import (
+    branch_ready, fork_checkpoint, last_metric, proc_start, release_fork, update_launch, write_launch,
+)  # fmt: skip
 from scaling.rundir import EXIT_REQUEUE, exit_status
 
 # The code of a branch not started because its trunk's fork checkpoint is missing and nothing in
@@ -167,7 +169,9 @@ def run_local(
     missing, not started, 75 interrupted after a checkpoint).
 
     Cooldown branches start as soon as their trunk's fork checkpoint exists (`branch_ready`);
-    runs start in plan order otherwise, so trunks, listed before their branches, go first.
+    runs start in plan order otherwise, so trunks, listed before their branches, go first. Once a
+    branch has completed, its trunk's checkpoints are rotated (`release_fork`), so that a fork
+    point no branch needs any more is not kept forever.
 
     One-process runs go to warm workers (`warm`, scaling/worker.py), which have torch and
     DeepSpeed imported and train run after run. A run whose directory sees no write for `stall_timeout_s` seconds
@@ -253,6 +257,8 @@ def run_local(
                 code = exit_status(a.run.dir, code, a.started)
                 codes[a.run.id] = code
                 update_launch(a.run.dir, exit_code=code, ended=time.time())
+                if code == 0:  # a completed branch may leave its trunk's fork point to rotation
+                    release_fork(fork_checkpoint(a.run))
                 meter.finished(a)
                 if code not in (0, EXIT_REQUEUE):
                     _report_failure(a.run, code, echo)

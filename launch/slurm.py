@@ -18,6 +18,15 @@ requeued job runs the same pickled call with the same overrides, so it resumes i
 directory, from that checkpoint, in the same wandb run. When the requeues are used up the job fails and the run is `partial`: a relaunch of
 the study resumes it.
 
+Cooldown branches
+-----------------
+A branch's job is submitted with its trunk's and polls for the trunk's checkpoint at its fork step
+(every `FORK_POLL_S`) before it trains, so it starts as soon as the trunk has passed the fork
+(`afterok` would wait for the whole trunk). A trunk killed meanwhile leaves it polling until a
+relaunch has resumed the trunk; a trunk that ends without that checkpoint fails the job, saying
+why. Once the branch has completed, the job rotates its trunk's checkpoints (`release_fork`): a
+fork point that no branch needs any more goes as any other checkpoint does.
+
 Importing this module does not import torch or DeepSpeed: the trainer is imported inside the job.
 """
 
@@ -37,7 +46,7 @@ from typing import Any, Callable, Optional
 
 from scaling.launch.config import ClusterConfig, LauncherConfig
 from scaling.launch.plan import Plan, RunSpec
-from scaling.launch.state import fork_checkpoint, wait_for_fork, write_launch
+from scaling.launch.state import fork_checkpoint, release_fork, wait_for_fork, write_launch
 from scaling.errors import ConfigError
 from scaling.rundir import EXIT_REQUEUE
 
@@ -86,6 +95,8 @@ def check_cluster(plan: Plan, cluster: ClusterConfig) -> None:
 
 # Exported before srun in both the submitted and the printed script (submitit also runs `python -u`).
 ENV = (("PYTHONUNBUFFERED", "1"),)
+# How often a cooldown branch's job looks for its trunk's fork checkpoint (a stat of one file).
+FORK_POLL_S = 30.0
 # `scontrol requeue` can fail for a moment (slurmctld busy or restarting): this many tries, waiting
 # 1 s, 2 s, 4 s... between them (in TrainJob and in the printed script alike).
 REQUEUE_TRIES = 3
@@ -186,7 +197,7 @@ class SlurmJob:
         """The callable submitit pickles and runs in every task of this job."""
         fork = fork_checkpoint(run)
         return TrainJob(run.id, run.dir, list(self.overrides), self.max_requeues,
-                        fork_checkpoint=None if fork is None else str(fork))
+                        fork_checkpoint=None if fork is None else str(fork), fork_poll_s=FORK_POLL_S)
 
     def sbatch_flags(self) -> dict[str, Any]:
         """The printed script's #SBATCH flags, in sbatch's names (True: a flag without a value)."""
@@ -234,19 +245,24 @@ class TrainJob:
     is not) also requeues the same call instead of giving up."""
 
     def __init__(self, run_id: str, run_dir: str, overrides: list[str], max_requeues: int,
-                 fork_checkpoint: Optional[str] = None):
+                 fork_checkpoint: Optional[str] = None, fork_poll_s: float = FORK_POLL_S):
         self.run_id = run_id
         self.run_dir = run_dir
         self.overrides = list(overrides)
         self.max_requeues = max_requeues
         # A cooldown branch's start, its trunk's checkpoint: a branch job submitted with its trunk
-        # polls for it (afterok would wait for the whole trunk), then trains.
+        # polls for it (afterok would wait for the whole trunk), then trains. Once it has
+        # completed, it rotates the trunk's checkpoints, in which that fork point may now go.
         self.fork_checkpoint = fork_checkpoint
+        self.fork_poll_s = fork_poll_s
 
     def __call__(self) -> int:
         from scaling.train import run_overrides  # only inside the job: it imports torch
 
-        why = wait_for_fork(self.run_dir, getattr(self, "fork_checkpoint", None))
+        # getattr: a job pickled by an earlier version, requeued, lacks the newer attributes.
+        fork = getattr(self, "fork_checkpoint", None)
+        why = wait_for_fork(self.run_dir, fork, poll_s=getattr(self, "fork_poll_s", FORK_POLL_S),
+                            echo=lambda s: print(f"run {self.run_id}: {s}", flush=True))  # fmt: skip
         if why is not None:
             raise RuntimeError(f"run {self.run_id} (a cooldown branch) cannot start: {why}")
         code = run_overrides(self.overrides)
@@ -254,6 +270,9 @@ class TrainJob:
             return self._requeue()
         if code != 0:
             raise RuntimeError(f"run {self.run_id} exited with code {code}; see {self.run_dir}/result.json and train.log")
+        if int(os.environ.get("SLURM_PROCID", "0")) == 0:
+            for path in release_fork(fork):
+                print(f"run {self.run_id}: its trunk's checkpoints rotated: removed {path}", flush=True)
         return code
 
     def _requeue(self) -> int:

@@ -25,7 +25,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
 from scaling.contracts import (
     METRICS_NAME, RESULT_NAME, ContractError, MetricsRow, RunStatus, last_loss_row, result_if_readable,
@@ -75,15 +75,19 @@ def branch_ready(run: "RunSpec") -> bool:
 
 
 def wait_for_fork(run_dir: str, checkpoint: Optional[str], poll_s: float = 30.0,
-                  timeout_s: Optional[float] = None) -> Optional[str]:
+                  timeout_s: Optional[float] = None, echo: Callable[[str], None] = lambda s: None) -> Optional[str]:
     """Block until a branch's fork checkpoint is complete (a Slurm job of a branch submitted while
-    its trunk trains polls for it). Returns None when the branch can start, else why it cannot:
-    its trunk ended without reaching the fork (completed or failed), or `timeout_s` passed."""
+    its trunk trains polls for it), saying once through `echo` that it waits. Returns None when the
+    branch can start, else why it cannot: its trunk ended without reaching the fork (completed or
+    failed), or `timeout_s` passed."""
     if checkpoint is None or checkpoint_dirs(run_dir):
         return None
     ckpt = Path(checkpoint)
     trunk = ckpt.parent.parent
     deadline = None if timeout_s is None else time.time() + timeout_s
+    if (ckpt / "state.json").exists():
+        return None
+    echo(f"waiting for the trunk's checkpoint {ckpt} (looking every {poll_s:g} s)")
     while not (ckpt / "state.json").exists():
         result = result_if_readable(trunk)
         if result is not None and not (ckpt / "state.json").exists():
@@ -93,6 +97,18 @@ def wait_for_fork(run_dir: str, checkpoint: Optional[str], poll_s: float = 30.0,
             return f"no checkpoint {ckpt} after {timeout_s:.0f} s; relaunch the study once the trunk has passed it"
         time.sleep(poll_s)
     return None
+
+
+def release_fork(checkpoint: Optional[str | Path]) -> list[Path]:
+    """After a branch has completed: rotate its trunk's checkpoints by the trunk's own
+    `train.keep_checkpoints`, in which the branch's fork point `checkpoint` counts as an ordinary
+    checkpoint once no branch needs it (scaling/trainer/branch.py `needed_forks`). Returns the
+    checkpoints deleted; none for a run that is not a branch (`checkpoint` None)."""
+    if checkpoint is None:
+        return []
+    from scaling.trainer.checkpointing import release_forks
+
+    return release_forks(Path(checkpoint).parent.parent)
 
 
 def last_metric(path: Path) -> Optional[MetricsRow]:

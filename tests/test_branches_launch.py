@@ -28,11 +28,13 @@ def _env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
 
 
-def spec(study_dir: Path) -> StudySpec:
+def spec(study_dir: Path, at: tuple[float, ...] = (20, 40), extra: tuple[str, ...] = ()) -> StudySpec:
+    """One tiny trunk (5e3 parameters, 448 tokens a step) with a branch at each of `at` tokens per parameter."""
     return StudySpec(
         name="wsd", data="synthetic", sizes=SizesConfig(targets=[5e3]), budgets=BudgetsConfig(),
-        branches=BranchesConfig(at=[20, 40], decay_fraction=0.2),
-        overrides=["logger.wandb.mode=disabled", "train.eval_tokens=2048"], dir=str(study_dir), throughput_flops=1e9,
+        branches=BranchesConfig(at=list(at), decay_fraction=0.2),
+        overrides=["logger.wandb.mode=disabled", "train.eval_tokens=2048", *extra], dir=str(study_dir),
+        throughput_flops=1e9,
     )  # fmt: skip
 
 
@@ -117,3 +119,35 @@ def test_a_slurm_branch_job_polls_for_its_fork_checkpoint(tmp_path):
     assert why is not None and "ended (failed) without a checkpoint at step00000009" in why
     assert "after 0 s" in wait_for_fork(str(tmp_path / "b2"), str(tmp_path / "t2" / "checkpoints" / "step1"),
                                         poll_s=0.01, timeout_s=0.0)
+
+
+def test_a_fork_point_is_rotated_once_every_branch_from_it_has_completed(tmp_path):
+    from scaling.contracts import Result, RunStatus, write_plan, write_result
+    from scaling.launch.state import fork_checkpoint, release_fork
+    from scaling.rundir import checkpoint_dirs, write_json_atomic
+    from scaling.trainer.checkpointing import FORKS_KEY
+
+    plan = make_plan(spec(tmp_path / "s"))
+    write_plan(plan)
+    trunk = next(r for r in plan.runs if r.extra.get("role") == "trunk")
+    early, late = sorted((r for r in plan.runs if r.extra.get("role") == "branch"), key=lambda r: r.extra["fork_step"])
+    forks = [early.extra["fork_step"], late.extra["fork_step"]]
+    # The trunk's checkpoints as its Checkpointer leaves them with train.keep_checkpoints=1: its
+    # fork points, and the newest of the others (a relaunch resumes from the newest of all).
+    steps = [forks[0], forks[0] + 10, forks[1]]
+    for step in steps:
+        write_json_atomic(Path(trunk.dir) / "checkpoints" / f"step{step:08d}" / "state.json",
+                          {"step": step, FORKS_KEY: {"steps": forks, "keep_checkpoints": 1}})  # fmt: skip
+
+    def kept() -> list[int]:
+        return [int(p.name[4:]) for p in checkpoint_dirs(trunk.dir)]
+
+    assert release_fork(fork_checkpoint(early)) == [] and kept() == steps  # no branch has completed
+    write_result(late.dir, Result(status=RunStatus.COMPLETED))
+    assert release_fork(fork_checkpoint(late)) == [Path(trunk.dir) / "checkpoints" / f"step{forks[0] + 10:08d}"]
+    assert kept() == forks  # the early branch has not completed: its fork point stays
+    write_result(early.dir, Result(status=RunStatus.COMPLETED))
+    release_fork(fork_checkpoint(early))
+    assert kept() == [forks[1]]  # the newest stays, whatever it is
+    assert not list((Path(trunk.dir) / "checkpoints").glob(".old-*"))
+    assert release_fork(None) == []  # not a branch

@@ -18,6 +18,10 @@ whole token axis for about the price of the longest run. A branch here is a run 
   this run (its config hash is its own), so it is checked here against the trunk's checkpoint,
   and recorded in every checkpoint it saves (`parent` in state.json) and in result.json.
 
+The trunk keeps its checkpoint at a fork step while a branch may still need it: until every branch
+that the study's plan forks there has completed (`needed_forks`); then it is an ordinary
+checkpoint, which rotation (`train.keep_checkpoints`) removes once newer ones push it out.
+
 Torch-free at import: the planner and the analysis read `branch_curve`.
 """
 
@@ -26,9 +30,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Collection, Optional
 
-from scaling.contracts import METRICS_NAME, MetricsRow, read_metrics
+from scaling.contracts import (
+    METRICS_NAME, ContractError, MetricsRow, RunStatus, read_metrics, read_plan, result_if_readable,
+)  # fmt: skip
 from scaling.errors import ScalingError, raise_if
 from scaling.schedule import wsd_decay_start
 
@@ -81,6 +87,27 @@ def branch_of(plan: Any) -> Optional[Branch]:
     return Branch(parent=t.parent, parent_dir=parent_dir(plan.cfg),
                   fork_step=wsd_decay_start(plan.steps, t.decay_fraction),
                   tokens_per_step=plan.tokens_per_step)  # fmt: skip
+
+
+def needed_forks(trunk_dir: Path, fork_steps: Collection[int]) -> frozenset[int]:
+    """The fork steps of the trunk in `trunk_dir` whose checkpoints a branch may still need: all of
+    `fork_steps` but those where the study's plan (plan.json, beside the study's runs/ folder)
+    forks branches and every one of them has completed. A trunk without a plan (trained by hand)
+    keeps all of them."""
+    if not fork_steps:
+        return frozenset()
+    try:
+        plan = read_plan(trunk_dir.parent.parent)
+    except ContractError:
+        plan = None
+    completed: dict[int, bool] = {}  # fork step -> whether all its branches have completed
+    for run in plan.runs if plan is not None else []:
+        if run.extra.get("parent") == trunk_dir.name and run.extra.get("fork_step") is not None:
+            result = result_if_readable(trunk_dir.parent / run.id)
+            done = result is not None and result.status is RunStatus.COMPLETED
+            step = int(run.extra["fork_step"])
+            completed[step] = completed.get(step, True) and done
+    return frozenset(s for s in fork_steps if not completed.get(s, False))
 
 
 def parent_problems(branch: Branch, meta: dict, identity: dict, current: dict) -> list[str]:

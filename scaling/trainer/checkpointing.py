@@ -4,6 +4,12 @@ A save is atomic across ranks: every rank writes into a hidden folder, and the m
 into place once all are done, so a kill during a save leaves the previous checkpoint as the latest
 complete one. A resume takes the newest checkpoint that loads on every rank and belongs to this run
 (`identity_problems`); one that fails is reported, set aside, and the one before is tried.
+
+Rotation keeps the newest `train.keep_checkpoints`, and besides them a trunk's fork points
+(`run.fork_tokens`) until every branch the study forks from one has completed
+(`scaling.trainer.branch.needed_forks`). A trunk usually ends before its last branches do, so a
+launcher rotates it again when a branch completes (`release_forks`), by the rule the trunk's newest
+checkpoint records (`FORKS_KEY`).
 """
 
 from __future__ import annotations
@@ -13,14 +19,20 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Collection
 
 from scaling.errors import raise_if
-from scaling.rundir import checkpoint_dirs
+from scaling.rundir import checkpoint_dirs, read_json
 from scaling.runid import config_differences, result_config
+from scaling.trainer.branch import needed_forks
 from scaling.trainer.engine import Engine
 from scaling.trainer.process import agree
 
 log = logging.getLogger("scaling.train")
+
+# A trunk's checkpoints record its rotation rule under this key of state.json: {"steps": its fork
+# steps, "keep_checkpoints": K}, so that a launcher can rotate a trunk that has ended.
+FORKS_KEY = "forks"
 
 
 @dataclass
@@ -63,7 +75,8 @@ class Checkpointer:
         self.world, self.cfg, self.run_id = engine.world, engine.plan.cfg, engine.plan.run_id
         # A branch's provenance (scaling/trainer/branch.py), recorded in every checkpoint it saves.
         self.parent: dict | None = None
-        # A trunk's fork points (run.fork_tokens) in steps: saved when reached, never rotated away.
+        # A trunk's fork points (run.fork_tokens) in steps: saved when reached, and kept until the
+        # branches that fork from them have completed.
         self.pinned_steps = frozenset(engine.plan.steps_for(t) for t in self.cfg.run.fork_tokens)
 
     def save(self, state: TrainState) -> Path:
@@ -81,6 +94,8 @@ class Checkpointer:
             "run_id": self.run_id, "step": state.step, "parent": self.parent, **self.identity,
             "train_state": asdict(state), "config": result_config(self.cfg),
         }  # fmt: skip
+        if self.pinned_steps:
+            meta[FORKS_KEY] = {"steps": sorted(self.pinned_steps), "keep_checkpoints": self.cfg.train.keep_checkpoints}
         checkpoint.save(self.engine, tmp, self.world.rank, self.world.is_main, meta)
         self.engine.barrier()
         final = root / name
@@ -88,9 +103,7 @@ class Checkpointer:
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            rotating = [p for p in checkpoint_dirs(self.run_dir) if _step_of(p) not in self.pinned_steps]
-            for old in rotating[: -self.cfg.train.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
+            rotate(self.run_dir, self.cfg.train.keep_checkpoints, needed_forks(self.run_dir, self.pinned_steps))
         self.engine.barrier()
         log.info("checkpoint saved: %s", final)
         return final
@@ -146,6 +159,42 @@ class Checkpointer:
                 + "\nmove the checkpoints folder aside to train from scratch"
             )
         return None
+
+
+def rotate(run_dir: Path, keep: int, pinned: Collection[int] = ()) -> list[Path]:
+    """Delete all but the newest `keep` of a run's checkpoints, never one at a `pinned` step, and
+    never the newest of all (the run resumes and exports from it); returns those deleted. Each is
+    first renamed to a hidden `.old-` folder (atomic), so nothing ever finds half a checkpoint, and
+    two processes rotating one run at once (a trunk saving, a launcher releasing its fork points)
+    never both delete a folder: the second finds it gone."""
+    rotating = [p for p in checkpoint_dirs(run_dir) if _step_of(p) not in pinned]
+    deleted = []
+    for old in rotating[: max(0, len(rotating) - max(keep, 1))]:
+        try:
+            os.replace(old, old.with_name(f".old-{os.getpid()}-{old.name}"))
+        except OSError:  # already taken by another rotation
+            continue
+        deleted.append(old)
+    # Then the folders themselves, with any that a process killed mid-delete left behind.
+    for trash in Path(run_dir, "checkpoints").glob(".old-*"):
+        shutil.rmtree(trash, ignore_errors=True)
+    return deleted
+
+
+def release_forks(trunk_dir: Path) -> list[Path]:
+    """Rotate a trunk's checkpoints by the rule its newest checkpoint records (FORKS_KEY), keeping
+    only the fork points that a branch still needs: what a launcher calls when a branch completes,
+    since the trunk has often ended by then. Returns the checkpoints deleted; none for a run that
+    is not a trunk."""
+    from scaling.checkpoint import STATE_NAME
+
+    checkpoints = checkpoint_dirs(trunk_dir)
+    # None too when a save of the trunk rotated its newest away meanwhile: that save did the work.
+    record = read_json(checkpoints[-1] / STATE_NAME) if checkpoints else None
+    forks = (record or {}).get(FORKS_KEY)
+    if not forks:
+        return []
+    return rotate(trunk_dir, int(forks["keep_checkpoints"]), needed_forks(trunk_dir, forks["steps"]))
 
 
 def _step_of(path: Path) -> int | None:
