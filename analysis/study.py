@@ -20,6 +20,16 @@ the runs (:mod:`scaling.analysis.flops`), so its budgets count what the runs' C 
 When the data's manifest records its lowest reachable loss (the built-in ``markov`` and ``shapes``
 sets do), the fitted E is compared with it after the fit (``known_floor``); the fit never reads it.
 
+When the runs repeat their data (a run of more than one epoch, by result.json's tokens and
+unique_tokens) or the study caps it (`data.max_unique_tokens`), Muennighoff et al.'s (2023)
+data-constrained law is fitted beside Chinchilla's (:func:`repeats_data`): Chinchilla's in the
+effective data D' = U_D + U_D R*_D (1 - exp(-R_D / R*_D)). The report gives R*_D with its interval
+and whether the runs pin it down or only bound it
+(:func:`scaling.analysis.report.saturation_status`), and what one more epoch is worth against as
+many tokens of new unique data. Beside, not instead: the allocation, the extrapolation check and
+the approaches keep Chinchilla's closed-form allocation, which the data-constrained law lacks (its
+optimum depends on U too).
+
 The study's spec may constrain the parametric law (``report.fix``, ``report.tie``,
 ``report.bound``, e.g. E fixed at a known floor). Then the constrained law is the one reported
 and extrapolated, and, when there are runs enough, the unconstrained law is fitted too and the
@@ -28,7 +38,8 @@ constraints are tested against the data (:mod:`scaling.analysis.nested`).
 `fit.json` is the parametric fit in the `scaling-fit` schema (law, params, stderr, interval,
 n_points, objective, diagnostics, derived), with the IsoFLOP analysis under `isoflop`, the
 extrapolation check under `holdout`, the study's FLOP scale under `flops_per_token`, approaches
-1-3 under `approaches` and the data's known floor under `known_floor`.
+1-3 under `approaches`, the data's known floor under `known_floor`, and the data-constrained fit
+under `data_constrained` (in the same schema, with `epoch_value` and `excess_params`).
 
 Reads `plan.json` (written by the planner) through scaling.contracts for the budgets and the plan
 table; imports nothing from the training or launch code.
@@ -37,7 +48,7 @@ table; imports nothing from the training or launch code.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +82,11 @@ class StudyAnalysis:
     comparison: Any = None  # NestedComparison, or a str saying why there is none
     tune: dict | None = None  # the tune phase's sweep and chosen LR (STUDY/tune/tune.json)
     verification: dict | None = None  # the pre-registered prediction against the run (analysis.verify)
+    # The data-constrained law (Muennighoff et al. 2023), fitted beside Chinchilla's when the runs repeat
+    # their data or the study caps it (repeats_data), its bootstrap, and repetition_to_json of it.
+    dc_fit: Any = None  # FitResult
+    dc_boot: Any = None  # BootstrapResult
+    repetition: dict | None = None
     problems: list[str] = field(default_factory=list)  # analyses that could not run, and why
 
 
@@ -89,10 +105,7 @@ def _only_planned(data: Data, plan: Plan | None) -> tuple[Data, list]:
         return data, []
     if not keep:
         raise AnalysisError("none of the completed runs belongs to the current plan.json; relaunch the study")
-    return Data.from_arrays(data.N[keep], data.D[keep], data.loss[keep], data.C[keep],
-                            run_id=[data.run_id[i] for i in keep], budget=data.budget[keep],
-                            source=data.source,
-                            unit=None if data.unit is None else [data.unit[i] for i in keep]), stale
+    return data.subset(keep), stale
 
 
 def _with_plan_budgets(data: Data, plan: Plan | None) -> Data:
@@ -101,8 +114,7 @@ def _with_plan_budgets(data: Data, plan: Plan | None) -> Data:
         return data
     budgets = {r.id: r.budget_flops for r in plan.runs}
     b = np.array([budgets.get(rid) or np.nan for rid in data.run_id], dtype=float)
-    return Data.from_arrays(data.N, data.D, data.loss, data.C, run_id=list(data.run_id), budget=b,
-                            source=data.source, unit=data.unit)
+    return replace(data, budget=b)
 
 
 def _without_trunks(data: Data, plan: Plan | None) -> tuple[Data, list]:
@@ -116,9 +128,7 @@ def _without_trunks(data: Data, plan: Plan | None) -> tuple[Data, list]:
     keep = [i for i, rid in enumerate(data.run_id) if rid not in trunks]
     if len(keep) == len(data.run_id) or not keep:
         return data, []
-    return Data.from_arrays(data.N[keep], data.D[keep], data.loss[keep], data.C[keep],
-                            run_id=[data.run_id[i] for i in keep], budget=data.budget[keep], source=data.source,
-                            unit=None if data.unit is None else [data.unit[i] for i in keep]), sorted(trunks)
+    return data.subset(keep), sorted(trunks)
 
 
 def branch_curves(data: Data, plan: Plan | None) -> list | None:
@@ -155,6 +165,30 @@ def branch_compute(plan: Plan | None, data: Data) -> str | None:
     return (f"{len(branches)} points from {len(trunks)} WSD trunks and their cooldown branches: "
             f"{spent:.3g} FLOPs spent, against {scratch:.3g} FLOPs to train each point from scratch "
             f"({scratch / spent if spent else float('nan'):.2f}x).")
+
+
+def repeats_data(data: Data, plan: Plan | None) -> bool:
+    """Whether the study is about repeated data: a run trained on more tokens than it had unique ones
+    (epochs > 1; result.json's tokens against its unique_tokens), or the plan caps the unique data
+    (`data.max_unique_tokens` among its runs' overrides)."""
+    capped = bool(plan) and any(o.startswith("data.max_unique_tokens=") for r in plan.runs for o in r.overrides)
+    U = data.unique_tokens
+    return capped or (U is not None and bool(np.any(data.D > U)))  # NaN (unknown U) compares False
+
+
+def _fit_repetition(a: StudyAnalysis, n_boot: int, seed: int, constraints: Any = None) -> None:
+    """Fit the data-constrained law beside Chinchilla's (with the same constraints) and fill a.dc_fit,
+    a.dc_boot and a.repetition; a fit that cannot run is recorded in a.problems."""
+    from scaling.analysis.fit import bootstrap, fit_law
+    from scaling.analysis.report import repetition_to_json, widen_unidentified
+
+    try:
+        a.dc_fit = fit_law(a.data, law="data_constrained", constraints=constraints)
+        if n_boot:
+            a.dc_boot = widen_unidentified(a.data, a.dc_fit, bootstrap(a.data, a.dc_fit, n_resamples=n_boot, seed=seed))
+        a.repetition = repetition_to_json(a.data, a.dc_fit, a.dc_boot)
+    except AnalysisError as e:
+        a.problems.append(f"data-constrained fit: {e}")
 
 
 def analyse_study(
@@ -211,6 +245,8 @@ def analyse_study(
         out.optimal = compute_optimal(out.fit, C, boot=out.boot, flops=flops)
     except AnalysisError as e:
         out.problems.append(f"Chinchilla fit: {e}")
+    if repeats_data(data, plan):
+        _fit_repetition(out, n_boot, seed, constraints)
     if holdout:
         try:
             try:
@@ -275,6 +311,8 @@ def study_json(a: StudyAnalysis) -> dict:
         doc["approaches"] = a.approaches
     if a.known_floor is not None:
         doc["known_floor"] = a.known_floor
+    if a.dc_fit is not None:
+        doc["data_constrained"] = fit_to_json(a.dc_fit, a.dc_boot, source=".") | a.repetition
     if a.tune is not None:
         doc["tune"] = a.tune
     if a.verification is not None:
@@ -366,6 +404,8 @@ def render_report(a: StudyAnalysis, figures: list[str]) -> str:
         parts += ["## IsoFLOP profiles (approach 2)", "", _iso_section(a.iso), ""]
     if a.fit is not None:
         parts += ["## Parametric law (approach 3)", "", _fit_section(a), ""]
+    if a.dc_fit is not None:
+        parts += ["## Repeated data: the data-constrained law", "", _repetition_section(a), ""]
     if a.optimal is not None:
         parts += ["## Compute-optimal allocation beyond the study", "", _optimal_section(a), ""]
     if a.approaches is not None and any(k in a.approaches for k in ("envelope", "isoflop", "parametric")):
@@ -495,11 +535,23 @@ def headline(a: StudyAnalysis) -> list[str]:
         else:
             lines.append(f"The held-out largest run{'s are' if h.n_held > 1 else ' is'} (by {h.by}) predicted "
                          f"within {100 * h.max_abs_rel_error:.2f}%.")
+    if a.repetition is not None:
+        lines.append(repetition_headline(a.repetition))
     if a.known_floor is not None:
         lines.append(_floor_sentence(a.known_floor))
     if a.verification is not None:
         lines += verification_sentences(a.verification)
     return lines
+
+
+def repetition_headline(rep: dict) -> str:
+    """R*_D, whether the runs pin it down, and what an epoch is worth, in a sentence."""
+    ev = rep["epoch_value"]
+    iv = ev["R_D_star_interval"]
+    value = dict(zip(ev["epochs"], ev["next_epoch_value"]))
+    return (f"Data-constrained law (runs up to {_epochs(ev['data_max_epochs'])} epochs): R*_D = {_g(ev['R_D_star'])}"
+            + (f" [{_g(iv[0])}, {_g(iv[1])}]" if iv else "") + f", {ev['R_D_star_status']}; epoch 1 -> 2 is worth "
+            f"{value[1]:.3f} of new unique data, epoch 16 -> 17 {value[16]:.3f}.")
 
 
 def _floor_sentence(k: dict) -> str:
@@ -566,8 +618,8 @@ def _iso_section(iso: Any) -> str:
     return text
 
 
-def _fit_section(a: StudyAnalysis) -> str:
-    fit, boot = a.fit, a.boot
+def _param_table(fit: Any, boot: Any) -> str:
+    """A fit's parameters and derived quantities with their bootstrap stderr and interval."""
     c = fit.constraints
     rows = []
     for name, value in list(fit.params.items()) + list(fit.derived.items()):
@@ -577,18 +629,57 @@ def _fit_section(a: StudyAnalysis) -> str:
             continue
         se = boot.stderr.get(name) if boot is not None else None
         rows.append([name, _g(value), _g(se) if se is not None else "", _interval(boot, name)])
+    text = _table(["parameter", "estimate", "bootstrap stderr", "95% interval"], rows)
+    resamples = f", {boot.n_resamples} bootstrap resamples." if boot is not None else "."
+    return text + (f"\n\n{fit.n_points} runs, objective {fit.objective:.3g}, RMSE of log loss {fit.rmse_log:.4f}, "
+                   f"R^2 {fit.r2_log:.4f}" + resamples)
+
+
+def _fit_section(a: StudyAnalysis) -> str:
+    fit, boot = a.fit, a.boot
+    c = fit.constraints
     text = "L(N, D) = E + A / N^alpha + B / D^beta, Huber (delta 1e-3) on log loss, L-BFGS from a grid of starts.\n\n"
     if c:
         text += (f"Constraints: {c.describe()}; {fit.n_free} free parameters ({', '.join(fit.free)}), so the fit "
                  f"needs at least {fit.n_free + 1} runs.\n\n")
-    text += _table(["parameter", "estimate", "bootstrap stderr", "95% interval"], rows)
-    text += (f"\n\n{fit.n_points} runs, objective {fit.objective:.3g}, RMSE of log loss {fit.rmse_log:.4f}, "
-             f"R^2 {fit.r2_log:.4f}" + (f", {boot.n_resamples} bootstrap resamples." if boot is not None else "."))
+    text += _param_table(fit, boot)
     if isinstance(a.comparison, str):
         text += f"\n\nNo test of the constraints: {a.comparison}."
     elif a.comparison is not None:
         text += "\n\n" + _comparison_section(a.comparison)
     return text
+
+
+def _repetition_section(a: StudyAnalysis) -> str:
+    """The data-constrained law beside Chinchilla's: its fit, R*_D and whether the runs pin it down, the value of
+    one more epoch, and how far the sizes go past N_opt(U_D)."""
+    from scaling.analysis.report import UNIDENTIFIED, excess_sentences, saturation_sentence
+
+    ev, fit = a.repetition["epoch_value"], a.dc_fit
+    U = a.data.column("U")
+    capped = f"{_g(U.min())} unique tokens" if U.min() == U.max() else f"{_g(U.min())} to {_g(U.max())} unique tokens"
+    text = [f"The runs draw on {capped} and pass over them up to {_epochs(ev['data_max_epochs'])} times. "
+            f"Chinchilla's law above counts a repeated token as a new one. Muennighoff et al.'s (2023) law "
+            f"counts it as effective data: L = E + A / N^alpha + B / D'^beta with D' = U_D + U_D R*_D "
+            f"(1 - exp(-R_D / R*_D)), U_D = min(U, D) and R_D = epochs - 1; it is Chinchilla's law for runs of "
+            f"one epoch or less. It is fitted beside Chinchilla's, not instead: the compute-optimal allocation, "
+            f"the extrapolation check and the approaches side by side stay on Chinchilla's law, whose "
+            f"allocation has a closed form; this law's allocation depends on U as well."]
+    text.append(_param_table(fit, a.dc_boot) + f" Chinchilla's law: RMSE of log loss {a.fit.rmse_log:.4f}."
+                if a.fit is not None else _param_table(fit, a.dc_boot))
+    text.append(saturation_sentence("R_D_star", ev["R_D_star"], ev["R_D_star_interval"], ev["R_D_star_status"],
+                                    fit.law))
+    band = ev.get("next_epoch_value_interval")
+    rows = [[f"{k} -> {k + 1}", f"{v:.3f}", f"[{band[0][i]:.3f}, {band[1][i]:.3f}]" if band else ""]
+            for i, (k, v) in enumerate(zip(ev["epochs"], ev["next_epoch_value"]))]
+    text.append("What one more epoch is worth, as a fraction of the same tokens of new unique data "
+                "(R*_D (1 - exp(-1/R*_D)) exp(-R_D/R*_D)):\n\n"
+                + _table(["epoch", "value of the epoch", "95% interval"], rows))
+    if not ev["R_D_star_within_data"] and ev["R_D_star_status"] != UNIDENTIFIED:
+        text.append(f"The runs stop at {_epochs(ev['data_max_epochs'])} epochs, fewer than 1 + R*_D: the value of "
+                    f"epochs beyond them is extrapolated.")
+    text += excess_sentences(a.repetition["excess_params"], fit.law)
+    return "\n\n".join(text)
 
 
 def _comparison_section(cmp: Any) -> str:
@@ -670,7 +761,8 @@ def _holdout_section(h: Any) -> str:
 
 def _diagnostics(a: StudyAnalysis) -> str:
     items = []
-    for source, obj in (("IsoFLOP", a.iso), ("fit", a.fit), ("bootstrap", a.boot), ("constraints test", a.comparison)):
+    for source, obj in (("IsoFLOP", a.iso), ("fit", a.fit), ("bootstrap", a.boot), ("constraints test", a.comparison),
+                        ("data-constrained fit", a.dc_fit), ("data-constrained bootstrap", a.dc_boot)):
         for d in getattr(obj, "diagnostics", ()) or ():
             items.append(f"- {source}: `{d.code}`: {d.message}")
     items += [f"- {p}" for p in a.problems]

@@ -1,6 +1,7 @@
 """The study report on a small study folder written by hand in the run-directory contract
 (plan.json, runs/<id>/result.json and config.yaml): the whole-budget extrapolation check in the
-headline, the data's known floor against the fitted E, and bootstrap units from the plan."""
+headline, the data's known floor against the fitted E, bootstrap units from the plan, and the
+data-constrained law beside Chinchilla's when the runs repeat their data."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from scaling.analysis import laws
 from scaling.analysis.io import load_csv
 from scaling.analysis.study import analyse_study, headline, known_floor, render_report, study_json
 from scaling.contracts import Plan, Result, RunSpec, RunStatus, write_plan, write_result
@@ -116,3 +118,78 @@ def test_csv_unit_column(tmp_path):
     assert len(set(data.unit_codes())) == 2
     path.write_text("N,D,loss\n1e6,1e8,3.0\n2e6,1e8,2.9\n")
     assert load_csv(path).unit is None
+
+
+DC_TRUE = dict(E=1.8, A=400.0, B=1500.0, alpha=0.34, beta=0.30, R_D_star=15.39)
+
+
+def _repeating_study(tmp_path: Path, epochs, cap: int | None = None) -> Path:
+    """A size ladder (5 sizes) on 1e8 and 1e9 unique tokens, each size trained for every number of
+    `epochs`, loss from the data-constrained law (0.3% noise); result.json records epochs and
+    unique_tokens. With `cap`, the plan caps unique data (data.max_unique_tokens) as a study spec does.
+    One more run folder, left by an earlier spec, is not in the plan."""
+    study = tmp_path / "study"
+    rng = np.random.default_rng(0)
+    runs = []
+    for U in (1e8, 1e9):
+        for N in np.geomspace(1e7, 1e9, 5).astype(int):
+            for e in list(epochs) + ([3] if U == 1e8 and N == int(1e7) else []):
+                D = U * e
+                rid = f"run-N{N}-U{U:.0e}-e{e}"
+                run_dir = study / "runs" / rid
+                run_dir.mkdir(parents=True)
+                loss = laws.data_constrained(N, D, U, **DC_TRUE) * np.exp(0.003 * rng.standard_normal())
+                write_result(run_dir, Result(status=RunStatus.COMPLETED, run_id=rid, params=int(N), tokens=D,
+                                             flops=6.0 * N * D, eval_loss=float(loss), epochs=float(e),
+                                             unique_tokens=int(U)))
+                if e != 3:
+                    overrides = [f"data.max_unique_tokens={cap}"] if cap else []
+                    runs.append(RunSpec(id=rid, N=int(N), D=int(D), C=6.0 * N * D, dir=str(run_dir),
+                                        overrides=overrides, epochs=float(e)))
+    write_plan(Plan(runs=runs, study="repeats", kind="ladder", dir=str(study), n_count="total"))
+    return study
+
+
+def test_repeated_data_fits_the_data_constrained_law_beside_chinchilla(tmp_path):
+    # The runs repeat their data (epochs > 1 in result.json); the plan sets no cap.
+    a = analyse_study(_repeating_study(tmp_path, epochs=(1, 2, 4, 8, 16, 32, 64)), n_boot=50)
+    assert len(a.data.N) == 70 and a.data.unique_tokens is not None  # the stale run is dropped, U kept
+    assert a.fit.law == "chinchilla" and a.dc_fit.law == "data_constrained"
+    assert a.dc_fit.params["R_D_star"] == pytest.approx(DC_TRUE["R_D_star"], rel=0.10)
+    ev = a.repetition["epoch_value"]
+    lo, hi = a.dc_boot.interval["R_D_star"]
+    assert ev["R_D_star_status"] == "pinned down" and ev["R_D_star_interval"] == [lo, hi]
+    assert lo < a.dc_fit.params["R_D_star"] < hi and ev["data_max_epochs"] == pytest.approx(64)
+    # One more epoch after the first is worth R*(1 - exp(-1/R*)) of new unique data.
+    assert ev["next_epoch_value"][0] == pytest.approx(float(laws.epoch_value(1, a.dc_fit.params["R_D_star"])))
+    doc = study_json(a)
+    assert doc["law"] == "chinchilla" and doc["params"] == dict(a.fit.params)  # fit.json's readers see Chinchilla
+    dc = doc["data_constrained"]
+    assert dc["law"] == "data_constrained" and dc["params"]["R_D_star"] == a.dc_fit.params["R_D_star"]
+    assert dc["epoch_value"] == ev and dc["interval"]["R_D_star"] == [lo, hi]
+    assert dc["excess_params"]["runs_past_N_opt"] == sum(a.data.N > laws.data_optimal_params(
+        np.minimum(a.data.unique_tokens, a.data.D), *(a.dc_fit.params[k] for k in ("A", "B", "alpha", "beta"))))
+    text = render_report(a, [])
+    assert "## Repeated data: the data-constrained law" in text and "R*_D = " in text
+    assert "pinned down" in text and "| 1 -> 2 | " in text
+    line = [s for s in headline(a) if s.startswith("Data-constrained law")][0]
+    assert f"R*_D = {a.dc_fit.params['R_D_star']:.4g}" in line and "pinned down" in line
+
+
+def test_capped_study_without_repeats_reports_r_d_star_not_identified(tmp_path):
+    # The plan caps unique data, but no run reaches one epoch: the law cannot see R*_D.
+    a = analyse_study(_repeating_study(tmp_path, epochs=(0.25, 0.5, 1), cap=10**9), n_boot=20)
+    ev = a.repetition["epoch_value"]
+    assert ev["R_D_star_status"] == "not identified"
+    assert ev["R_D_star_interval"] == list(laws.DATA_CONSTRAINED.bounds["R_D_star"])
+    assert a.dc_boot.interval["R_D_star"] == laws.DATA_CONSTRAINED.bounds["R_D_star"]
+    lo, hi = ev["next_epoch_value_interval"]
+    # The value of the second epoch is anywhere from R*_D = 0.01 of new data to all of it.
+    assert lo[0] == pytest.approx(0.01) and hi[0] > 0.99
+    assert "R*_D is not identified" in render_report(a, [])
+
+
+def test_a_study_that_does_not_repeat_data_has_no_data_constrained_fit(tmp_path):
+    a = analyse_study(_study(tmp_path, floor=None), n_boot=0)
+    assert a.dc_fit is None and "data_constrained" not in study_json(a)
+    assert "Repeated data" not in render_report(a, [])
