@@ -367,13 +367,14 @@ class MetricsRow:
         return {k: v for k, v in self.to_json().items() if k not in ("step", "version")}
 
 
-def _metrics_line(row: MetricsRow) -> str:
+def metrics_line(row: MetricsRow) -> str:
+    """A row as its line of metrics.jsonl."""
     return json.dumps(finite_or_none(row.to_json()), default=json_default) + "\n"
 
 
 def append_metrics(path: Path | str, row: MetricsRow) -> None:
     with open(path, "a") as f:
-        f.write(_metrics_line(row))
+        f.write(metrics_line(row))
         f.flush()
 
 
@@ -433,7 +434,7 @@ def truncate_metrics(path: Path | str, last_step: int) -> None:
     written again, identically, by the resumed run."""
     path = Path(path)
     if path.exists():
-        write_atomic(path, "".join(_metrics_line(r) for r in read_metrics(path) if r.step <= last_step))
+        write_atomic(path, "".join(metrics_line(r) for r in read_metrics(path) if r.step <= last_step))
 
 
 # ---- plan.json -------------------------------------------------------------------------------------

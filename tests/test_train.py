@@ -27,7 +27,8 @@ def _ok(proc: subprocess.CompletedProcess) -> None:
 
 def test_single_process_run_writes_the_run_directory(data_cache, tmp_path):
     run = tmp_path / "run"
-    proc = run_train(data_cache, run, BUDGET, "train.eval_every_tokens=8192", "logger.wandb.mode=offline")
+    proc = run_train(data_cache, run, BUDGET, "train.eval_every_tokens=8192", "logger.wandb.mode=offline",
+                     "logger.wandb.min_interval_s=0")  # fmt: skip
     _ok(proc)
     result = read_result(run)
     for key in ("status", "family", "params", "params_nonembedding", "tokens", "flops", "flops_convention",
@@ -58,6 +59,29 @@ def test_single_process_run_writes_the_run_directory(data_cache, tmp_path):
     _ok(again)
     assert "already completed" in again.stderr
     assert len(read_metrics(run / "metrics.jsonl")) == 16
+
+
+def test_the_dashboard_gets_a_training_row_per_interval_and_every_eval_and_last_row(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from scaling.config import LoggerConfig
+    from scaling.contracts import MetricsRow
+    from scaling.wandb_mirror import WandbMirror
+    from wandb_offline import read_run
+
+    clock = [100.0]
+    monkeypatch.setattr("scaling.wandb_mirror.monotonic", lambda: clock[0])
+    cfg = SimpleNamespace(logger=LoggerConfig(), run=SimpleNamespace(dir=str(tmp_path), group=None))
+    cfg.logger.wandb.min_interval_s = 1.0
+    plan = SimpleNamespace(cfg=cfg, steps=10, run_id="r", params=1, params_nonembedding=1, tokens=1, flops=1)
+    mirror = WandbMirror(plan, SimpleNamespace(wandb_id=None), {}, mode="offline")
+    for step in range(1, 11):  # 0.4 s apart; evaluations at steps 5 and 10
+        mirror.on_step(None, MetricsRow(step=step, loss=float(step), eval_loss=0.5 if step % 5 == 0 else None))
+        clock[0] += 0.4
+    mirror.on_end(None, None)
+    sent = [h["_step"] for h in read_run(tmp_path)["history"]]
+    # step 1 (the first), 4 (1.2 s later), 5 (eval), 8 (1.2 s after 5), 10 (eval, and the last)
+    assert sent == [1, 4, 5, 8, 10]
 
 
 def test_zero_stages_across_two_processes_match_one_process(data_cache, tmp_path):

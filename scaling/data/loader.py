@@ -156,10 +156,7 @@ class Decoder:
     def __call__(self, samples: list[dict[str, Any]]) -> tuple[np.ndarray, Optional[np.ndarray]]:
         try:
             if self.kind == "text":
-                rows = [np.frombuffer(s["tokens"], dtype=self.dtype) for s in samples]
-                if any(len(r) != self.width for r in rows):
-                    raise ValueError(f"a sample does not hold seq_len + 1 = {self.width} tokens")
-                return np.stack(rows).astype(np.int64), None
+                return self.token_rows(samples).astype(np.int64), None
             pixels = [decode_png(s["png"]) for s in samples]
             if any(p.shape != self.shape for p in pixels):
                 raise ValueError(f"an image is not {self.shape}")
@@ -168,6 +165,34 @@ class Decoder:
             if y.min() < 0 or y.max() >= self.n_classes:
                 raise ValueError(f"a label lies outside [0, {self.n_classes})")
             return (x - self.mean) / self.std, y
+        except Exception as exn:
+            urls = sorted({s.get("__url__", "?") for s in samples})
+            raise DataError(
+                f"{', '.join(urls)}: a sample cannot be decoded ({exn!r}); re-create the dataset with scaling-data"
+            ) from exn
+
+
+    def token_rows(self, samples: list[dict[str, Any]]) -> np.ndarray:
+        """Text samples as one (k, seq_len + 1) array of the stored dtype, from one buffer: a
+        shard's worth costs about as much as a single sample decoded on its own."""
+        if any(len(s["tokens"]) != self.width * self.dtype.itemsize for s in samples):
+            raise ValueError(f"a sample does not hold seq_len + 1 = {self.width} tokens")
+        return np.frombuffer(b"".join(s["tokens"] for s in samples), dtype=self.dtype).reshape(len(samples), self.width)
+
+    def chunk(self, piece: Any, index: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """Samples `index` of a piece (see `piece`), decoded."""
+        if self.kind == "text":
+            return piece[index].astype(np.int64), None
+        return self([piece[j] for j in index])
+
+    def piece(self, samples: list[dict[str, Any]]) -> Any:
+        """What a stream keeps of a shard it reads: text decoded at once into one array, so a step
+        only indexes it; images as they are, decoded a step's samples at a time (a shard of
+        decoded images can be large)."""
+        if self.kind != "text":
+            return samples
+        try:
+            return self.token_rows(samples)
         except Exception as exn:
             urls = sorted({s.get("__url__", "?") for s in samples})
             raise DataError(
@@ -220,8 +245,10 @@ class Stream:
         self.lengths = [len(range(p, stop, c)) for i, c, p, stop in self.parts]
         self.epoch_len = sum(self.lengths)
 
-    def samples(self, offset: int) -> Iterator[dict[str, Any]]:
-        """Raw samples from position `offset` (counted from epoch 0) on."""
+    def pieces(self, offset: int) -> Iterator[tuple[list[dict[str, Any]], np.ndarray]]:
+        """From position `offset` (counted from epoch 0) on, each shard this stream reads, as its
+        samples and the order to visit them in (the stream's own samples, shuffled, less those
+        before `offset`)."""
         epoch, skip = divmod(offset, self.epoch_len)
         while True:
             order = np.random.default_rng([self.seed, 7, epoch, self.s]).permutation(len(self.parts))
@@ -232,10 +259,37 @@ class Stream:
                 i, c, p, stop = self.parts[k]
                 mine = read_shard(self.manifest, self.split, i)[p:stop:c]
                 perm = np.random.default_rng([self.seed, 7, epoch, self.s, i]).permutation(len(mine))
-                for j in perm[skip:]:
-                    yield mine[j]
+                yield mine, perm[skip:]
                 skip = 0
             epoch += 1
+
+    def samples(self, offset: int) -> Iterator[dict[str, Any]]:
+        """Raw samples from position `offset` (counted from epoch 0) on."""
+        for mine, visit in self.pieces(offset):
+            for j in visit:
+                yield mine[j]
+
+    def chunks(self, offset: int, k: int, decode: Decoder) -> Iterator[tuple[np.ndarray, Optional[np.ndarray]]]:
+        """The samples from position `offset` on, decoded k at a time: the same samples in the same
+        order as `samples`, with each shard decoded once (Decoder.piece) instead of per sample."""
+        parts: list[tuple[np.ndarray, Optional[np.ndarray]]] = []
+        have = 0
+        for mine, visit in self.pieces(offset):
+            piece, pos = decode.piece(mine), 0
+            while pos < len(visit):
+                take = visit[pos : pos + k - have]
+                parts.append(decode.chunk(piece, take))
+                pos, have = pos + len(take), have + len(take)
+                if have == k:
+                    yield _join(parts)
+                    parts, have = [], 0
+
+
+def _join(parts: list[tuple[np.ndarray, Optional[np.ndarray]]]) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    if len(parts) == 1:
+        return parts[0]
+    x = np.concatenate([p[0] for p in parts])
+    return x, None if parts[0][1] is None else np.concatenate([p[1] for p in parts])
 
 
 def resolve_streams(global_batch_size: int, world_size: int, streams: Optional[int]) -> int:
@@ -284,9 +338,9 @@ class _WorkerStreams(torch.utils.data.IterableDataset):
 
 def _chunks(manifest: Manifest, streams: list[Stream], k: int, start_step: int) -> Iterator[dict[int, tuple]]:
     decode = Decoder(manifest)
-    its = {st.s: st.samples(start_step * k) for st in streams}
+    its = {st.s: st.chunks(start_step * k, k, decode) for st in streams}
     while True:
-        yield {s: decode([next(it) for _ in range(k)]) for s, it in its.items()}
+        yield {s: next(it) for s, it in its.items()}
 
 
 class TrainBatches:
