@@ -85,7 +85,8 @@ class TrainConfig:
     # schedule, about 12 bytes a parameter in fp32 (the default study's models: under 0.1 s and 1 MB).
     # false skips it; exporting then needs --step N.
     final_checkpoint: bool = True
-    keep_checkpoints: int = 2  # the newest, the final one included; a trunk keeps its run.fork_tokens besides
+    # The newest, the final one included; a trunk keeps its run.fork_tokens besides until their branches complete.
+    keep_checkpoints: int = 2
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     num_threads: Optional[int] = None  # CPU threads per process; None: cores / local processes
@@ -190,8 +191,9 @@ class RunConfig:
     group: Optional[str] = None  # the study this run belongs to (the wandb group)
     # A branch's trunk directory (train.parent); None: the sibling of run.dir named train.parent.
     parent_dir: Optional[str] = None
-    # A trunk's fork points in tokens: checkpointed when reached and never rotated away by
-    # train.keep_checkpoints, so that each cooldown branch finds its start. Here, not under train,
+    # A trunk's fork points in tokens: checkpointed when reached and kept past
+    # train.keep_checkpoints until every branch the study's plan forks there has completed, so that
+    # each cooldown branch finds its start (scaling/trainer/branch.py). Here, not under train,
     # because it does not change what the run computes (run.* is out of the run id).
     fork_tokens: list[float] = field(default_factory=list)
 
