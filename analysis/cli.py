@@ -185,7 +185,7 @@ def _run(args: argparse.Namespace) -> int:
     fit = fit_law(data, law=args.law, delta=args.delta, x=args.x, constraints=constraints)
     boot = bootstrap(data, fit, n_resamples=args.bootstrap, seed=args.seed) if args.bootstrap else None
     if boot is not None:
-        boot = report.widen_unidentified(data, fit, boot)
+        boot = report.judge_saturation(data, fit, boot)
     comparison = (compare_or_why(data, fit)
                   if constraints.equalities and not args.no_compare else None)
     by = args.holdout_by or ("C" if "C" not in data.absent else fit.x)

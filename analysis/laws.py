@@ -781,6 +781,14 @@ def data_constrained_nd(
     N_opt(U_D) lies (set by A, B, alpha and beta) is seen apart from how fast excess parameters
     lose value. All seven parameters are fitted together (Muennighoff et al. fitted Chinchilla's
     five first, on single-epoch runs, and then R*_D and R*_N).
+
+    The built-in ``data_constrained_tiny`` study pins neither down: one amount of unique data
+    (49,152 tokens), three sizes within half a decade, all past N_opt(U_D) (up to 4.4 times it
+    under its own fit), and 0.8 to 20 epochs. Measured on it (1,000 resamples): R*_D = 134
+    [38, 1e6] and R*_N = 3.2e3, each beyond every run's R_D (at most 19.4) and R_N (at most
+    3.4), so the runs say only that their repeats and excess parameters lose little; alpha's
+    interval runs to its bound (10), since three sizes at one U cannot tell a bend in N' from
+    A / N^alpha.
     """
     N_p = effective_params(N, D, U, A, B, alpha, beta, R_N_star)
     return chinchilla(N_p, effective_data(D, U, R_D_star), E, A, B, alpha, beta)

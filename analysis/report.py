@@ -262,15 +262,17 @@ EPOCHS_SHOWN = (1, 2, 4, 8, 16, 32, 64)
 # A bootstrap interval whose end lies within 1% of the optimiser's bound reaches that bound: its
 # resamples ran into the bound, so the data set no limit on that side.
 AT_BOUND_REL = 0.01
-PINNED, BELOW, ABOVE, UNIDENTIFIED, FIXED, NO_INTERVAL = (
-    "pinned down", "bounded below", "bounded above", "not identified", "fixed", "no interval")
-# What each saturating parameter of the data-constrained laws measures, for messages: its name,
-# what a run must do to inform it, and what pins it down.
+PINNED, BELOW, ABOVE, BEYOND, UNIDENTIFIED, FIXED, NO_INTERVAL = (
+    "pinned down", "bounded below", "bounded above", "beyond the runs", "not identified", "fixed",
+    "no interval")
+# Each saturating parameter of the data-constrained laws, for messages: its name, what a run must
+# do to inform it, what pins it down, and what loses value past the cap.
 SATURATION = {
-    "R_D_star": ("R*_D", "repeats its data (epochs > 1)", "runs of well over 1 + R*_D epochs"),
+    "R_D_star": ("R*_D", "repeats its data (epochs > 1)", "runs of well over 1 + R*_D epochs",
+                 "repeated tokens"),
     "R_N_star": ("R*_N", "has more parameters than N_opt(U_D), the compute-optimal size for its "
                          "unique tokens under the fitted law",
-                 "sizes well over (1 + R*_N) N_opt(U_D)"),
+                 "sizes well over (1 + R*_N) N_opt(U_D)", "excess parameters"),
 }
 
 
@@ -301,10 +303,14 @@ def saturation_status(name: str, fit: FitResult, boot: BootstrapResult | None,
 
     ``not identified`` when no run is past the term's cap (``repeats``, from :func:`past_cap`,
     all 0: the loss does not depend on it), or when the bootstrap interval reaches both of the
-    optimiser's bounds; the interval is then the bounds. ``bounded below`` (above) when it
-    reaches only the upper (lower) bound: the runs give a lower (upper) limit and no value.
-    ``pinned down`` when it lies inside them. ``fixed`` for a fixed parameter, and ``no
-    interval`` without a bootstrap unless the estimate itself sits at a bound.
+    optimiser's bounds; the interval is then the bounds. ``beyond the runs`` when the estimate
+    exceeds every run's repeats: the term hardly bends within the runs, which show only that
+    the repeats cost little up to there; the objective is nearly flat in R* there, and the
+    bootstrap's resamples, which start at the fit, stay near it: its interval is no reliable
+    limit.
+    Otherwise ``bounded below`` (above) when the interval reaches only the upper (lower) bound:
+    a lower (upper) limit and no value; ``pinned down`` when it lies inside the bounds.
+    ``fixed`` for a fixed parameter, and ``no interval`` without a bootstrap.
     """
     lo_b, hi_b = get_law(fit.law).bounds[name]
     if name in fit.constraints.fix:
@@ -317,6 +323,8 @@ def saturation_status(name: str, fit: FitResult, boot: BootstrapResult | None,
     low, high = lo <= lo_b * (1 + AT_BOUND_REL), hi >= hi_b / (1 + AT_BOUND_REL)
     if low and high:
         return UNIDENTIFIED, [lo_b, hi_b]
+    if fit.params[name] > np.max(repeats):
+        return BEYOND, interval
     if high:
         return BELOW, interval
     if low:
@@ -324,32 +332,41 @@ def saturation_status(name: str, fit: FitResult, boot: BootstrapResult | None,
     return (PINNED if interval else NO_INTERVAL), interval
 
 
-def widen_unidentified(data: Data, fit: FitResult, boot: BootstrapResult) -> BootstrapResult:
-    """``boot`` with the interval of every R* that no run informs (:func:`past_cap` all 0)
-    set to the optimiser's bounds, and the intervals of the quantities derived from it to
-    their values there, with a ``not_identified`` diagnostic. The bootstrap would leave such a
-    parameter where the fit left it, the start it began from, and its interval would be that
-    one number: a made-up estimate. Its stderr becomes NaN (null in fit.json)."""
+def judge_saturation(data: Data, fit: FitResult, boot: BootstrapResult) -> BootstrapResult:
+    """``boot`` with what :func:`saturation_status` finds about each R* of the fit written into
+    it. An R* that is ``not identified`` gets the optimiser's bounds as its interval, and the
+    quantities derived from it their values there, with NaN stderr (null in fit.json) and a
+    ``not_identified`` diagnostic: the bootstrap would leave it where the fit left it, the start
+    it began from, and its interval would be that one number, a made-up estimate. One ``beyond
+    the runs`` keeps its interval, with a ``beyond_data`` diagnostic saying it is no reliable
+    limit."""
     law = get_law(fit.law)
-    unused = [k for k, r in past_cap(data, fit).items()
-              if k in boot.interval and not (np.max(r) > 0)]
-    if not unused:
-        return boot
     interval, stderr, diags = dict(boot.interval), dict(boot.stderr), list(boot.diagnostics)
-    for name in unused:
+    for name, repeats in past_cap(data, fit).items():
+        status, _ = saturation_status(name, fit, boot, repeats)
+        label, past, _, _ = SATURATION[name]
+        value = fit.params[name]
+        if status == BEYOND and name in interval:
+            diags.append(Diagnostic(
+                "beyond_data",
+                f"{name}: the estimate {value:.4g} lies beyond the runs' largest repeats "
+                f"({np.max(repeats):.3g}), where the loss hardly depends on {label}; its interval "
+                f"[{interval[name][0]:.4g}, {interval[name][1]:.4g}] is not a reliable limit: the "
+                f"resamples start at the fit on a nearly flat objective"))
+        if status != UNIDENTIFIED or name not in interval:
+            continue
         ends = [law.derived({**fit.params, name: np.float64(b)}) | {name: b}
                 for b in law.bounds[name]]
         for k in ends[0]:
             if k in interval and ends[0][k] != ends[1][k]:
                 interval[k] = tuple(sorted((float(ends[0][k]), float(ends[1][k]))))
                 stderr[k] = float("nan")
-        label, past, _ = SATURATION[name]
+        why = (f"no run {past}, so the loss does not depend on {label}" if not np.max(repeats) > 0
+               else "its bootstrap interval reaches both of the optimiser's bounds")
         diags.append(Diagnostic(
             "not_identified",
-            f"{name}: no run {past}, so the loss does not depend on {label}; its value "
-            f"{fit.params[name]:.4g} is where its start left it, not an estimate, and its "
-            f"interval is the optimiser's bounds [{law.bounds[name][0]:.3g}, "
-            f"{law.bounds[name][1]:.3g}]"))
+            f"{name}: {why}; its value {value:.4g} is not an estimate, and its interval is the "
+            f"optimiser's bounds [{law.bounds[name][0]:.3g}, {law.bounds[name][1]:.3g}]"))
     return replace(boot, interval=MappingProxyType(interval), stderr=MappingProxyType(stderr),
                    diagnostics=tuple(diags))
 
@@ -400,7 +417,7 @@ def repetition_to_json(data: Data, fit: FitResult, boot: BootstrapResult | None 
 def saturation_sentence(name: str, value: float, interval: list[float] | None, status: str,
                         law: str) -> str:
     """R*_D or R*_N (``name``) and what the runs say about it, in a sentence."""
-    label, past, need = SATURATION[name]
+    label, past, need, what = SATURATION[name]
     lo_b, hi_b = get_law(law).bounds[name]
     head = f"{label} = {value:.3g}"
     if interval:
@@ -417,6 +434,14 @@ def saturation_sentence(name: str, value: float, interval: list[float] | None, s
         limit = f" ({label} <= {interval[1]:.3g})" if interval else ""
         return (f"{head} is only bounded above{limit}: {reaches} the optimiser's lower bound "
                 f"({lo_b:.3g}).")
+    if status == BEYOND:
+        no_limit = (" Its bootstrap interval is not a reliable limit there: the objective is "
+                    f"nearly flat in {label} and the resamples start at the fit."
+                    if interval else "")
+        return (f"{head} is not pinned down, only bounded below: it lies beyond every run's "
+                f"R{label[2:]}, where the term hardly bends, so the runs show only that {what} "
+                f"keep most of their value as far as they go.{no_limit} Pinning it down needs "
+                f"{need}.")
     if status == UNIDENTIFIED:
         return (f"{label} is not identified: any value from {lo_b:.3g} to {hi_b:.3g} fits the "
                 f"runs (no run {past}, or the bootstrap interval reaches both bounds); the "
@@ -439,10 +464,6 @@ def format_repetition(doc: dict, law: str) -> str:
     for i, (k, v) in enumerate(zip(ev["epochs"], ev["next_epoch_value"])):
         extra = f"  [{band[0][i]:.3f}, {band[1][i]:.3f}]" if band else ""
         lines.append(f"  epoch {k} -> {k + 1}: {v:.3f}{extra}")
-    if not ev["R_D_star_within_data"] and ev["R_D_star_status"] != UNIDENTIFIED:
-        lines.append(f"note: the runs repeat their data at most {ev['data_max_epochs']:.3g} "
-                     f"epochs, fewer than 1 + R*_D; R*_D is extrapolated beyond them and only "
-                     f"weakly constrained (train some runs for more epochs to pin it down)")
     lines += excess_sentences(doc.get("excess_params"), law)
     return "\n".join(lines)
 
@@ -463,7 +484,7 @@ def excess_sentences(xp: dict | None, law: str) -> list[str]:
                         else ".")]
     lines = [past + ".", saturation_sentence("R_N_star", xp["R_N_star"], xp["R_N_star_interval"],
                                              xp["R_N_star_status"], law)]
-    if xp["R_N_star_status"] not in (UNIDENTIFIED, FIXED):
+    if xp["R_N_star_status"] == PINNED:
         lines.append(f"An excess parameter is worth half of one within N_opt(U_D) at "
                      f"{xp['half_value_size_ratio']:.3g} times N_opt(U_D), and no size is worth "
                      f"more than {xp['max_effective_size_ratio']:.3g} N_opt(U_D).")

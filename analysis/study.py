@@ -180,12 +180,12 @@ def _fit_repetition(a: StudyAnalysis, n_boot: int, seed: int, constraints: Any =
     """Fit the data-constrained law beside Chinchilla's (with the same constraints) and fill a.dc_fit,
     a.dc_boot and a.repetition; a fit that cannot run is recorded in a.problems."""
     from scaling.analysis.fit import bootstrap, fit_law
-    from scaling.analysis.report import repetition_to_json, widen_unidentified
+    from scaling.analysis.report import judge_saturation, repetition_to_json
 
     try:
         a.dc_fit = fit_law(a.data, law="data_constrained", constraints=constraints)
         if n_boot:
-            a.dc_boot = widen_unidentified(a.data, a.dc_fit, bootstrap(a.data, a.dc_fit, n_resamples=n_boot, seed=seed))
+            a.dc_boot = judge_saturation(a.data, a.dc_fit, bootstrap(a.data, a.dc_fit, n_resamples=n_boot, seed=seed))
         a.repetition = repetition_to_json(a.data, a.dc_fit, a.dc_boot)
     except AnalysisError as e:
         a.problems.append(f"data-constrained fit: {e}")
@@ -665,8 +665,8 @@ def _repetition_section(a: StudyAnalysis) -> str:
             f"one epoch or less. It is fitted beside Chinchilla's, not instead: the compute-optimal allocation, "
             f"the extrapolation check and the approaches side by side stay on Chinchilla's law, whose "
             f"allocation has a closed form; this law's allocation depends on U as well."]
-    text.append(_param_table(fit, a.dc_boot) + f" Chinchilla's law: RMSE of log loss {a.fit.rmse_log:.4f}."
-                if a.fit is not None else _param_table(fit, a.dc_boot))
+    text.append(_param_table(fit, a.dc_boot) + (f" Chinchilla's law on the same runs: objective {a.fit.objective:.3g}, "
+                                                 f"RMSE of log loss {a.fit.rmse_log:.4f}." if a.fit is not None else ""))
     text.append(saturation_sentence("R_D_star", ev["R_D_star"], ev["R_D_star_interval"], ev["R_D_star_status"],
                                     fit.law))
     band = ev.get("next_epoch_value_interval")
@@ -675,9 +675,6 @@ def _repetition_section(a: StudyAnalysis) -> str:
     text.append("What one more epoch is worth, as a fraction of the same tokens of new unique data "
                 "(R*_D (1 - exp(-1/R*_D)) exp(-R_D/R*_D)):\n\n"
                 + _table(["epoch", "value of the epoch", "95% interval"], rows))
-    if not ev["R_D_star_within_data"] and ev["R_D_star_status"] != UNIDENTIFIED:
-        text.append(f"The runs stop at {_epochs(ev['data_max_epochs'])} epochs, fewer than 1 + R*_D: the value of "
-                    f"epochs beyond them is extrapolated.")
     text += excess_sentences(a.repetition["excess_params"], fit.law)
     return "\n\n".join(text)
 

@@ -9,7 +9,8 @@ from scaling.analysis import laws
 from scaling.analysis.cli import main
 from scaling.analysis.data import Data
 from scaling.analysis.errors import AnalysisError
-from scaling.analysis.fit import fit_law
+from scaling.analysis.fit import bootstrap, fit_law
+from scaling.analysis.report import format_repetition, judge_saturation, repetition_to_json
 from scaling.contracts import Result, RunStatus, write_result
 
 TRUE = dict(E=1.8, A=400.0, B=1500.0, alpha=0.34, beta=0.30, R_D_star=15.39)
@@ -48,6 +49,18 @@ def test_recovers_other_r_d_star(seed, r_star):
     true = {**TRUE, "R_D_star": r_star}
     fit = fit_law(study(seed=seed, true=true), "data_constrained")
     assert fit.params["R_D_star"] == pytest.approx(r_star, rel=0.10)
+
+
+def test_repeats_that_cost_nothing_leave_r_d_star_beyond_the_runs():
+    # R*_D = 1e5: 64 epochs are as good as new data. The fit puts R*_D past every run's repeats
+    # (or at the bound), where the objective is nearly flat; its bootstrap interval is no limit.
+    data = study(true={**TRUE, "R_D_star": 1e5})
+    fit = fit_law(data, "data_constrained")
+    boot = judge_saturation(data, fit, bootstrap(data, fit, n_resamples=100))
+    doc = repetition_to_json(data, fit, boot)
+    assert fit.params["R_D_star"] > 63 and doc["epoch_value"]["R_D_star_status"] == "beyond the runs"
+    assert "beyond_data" in [d.code for d in boot.diagnostics]
+    assert "not pinned down, only bounded below" in format_repetition(doc, fit.law)
 
 
 def test_one_epoch_is_chinchilla():

@@ -1,6 +1,10 @@
 """Muennighoff et al. (2023) data-constrained law with both terms: effective parameters N' (R*_N)
 beside effective data D' (R*_D). A synthetic study with known R*_D and R*_N recovers both; one
-whose sizes all stay below N_opt(U_D) reports R*_N as not identified."""
+whose sizes all stay below N_opt(U_D) reports R*_N as not identified, and an estimate beyond every
+run's excess is not taken for a value."""
+
+from dataclasses import replace
+from types import MappingProxyType
 
 import numpy as np
 import pytest
@@ -9,11 +13,13 @@ from scaling.analysis import laws
 from scaling.analysis.data import Data
 from scaling.analysis.fit import bootstrap, fit_law
 from scaling.analysis.report import (
+    BEYOND,
     PINNED,
     UNIDENTIFIED,
     format_repetition,
+    judge_saturation,
     repetition_to_json,
-    widen_unidentified,
+    saturation_status,
 )
 
 LAW = laws.DATA_CONSTRAINED_ND
@@ -102,7 +108,7 @@ def test_log_form_is_the_formula_and_its_jacobian_finite_differences():
 def fitted(registered):
     data = study(np.geomspace(1 / 10, 60, 7))  # R_N from 0 to 59 around R*_N = 5.31; none near 0
     fit = fit_law(data, LAW.name)
-    return data, fit, widen_unidentified(data, fit, bootstrap(data, fit, n_resamples=200))
+    return data, fit, judge_saturation(data, fit, bootstrap(data, fit, n_resamples=200))
 
 
 def test_recovers_r_d_star_and_r_n_star_within_10_percent(fitted):
@@ -124,7 +130,7 @@ def test_recovers_r_d_star_and_r_n_star_within_10_percent(fitted):
 def test_without_excess_parameters_r_n_star_is_not_identified(registered):
     data = study(np.geomspace(1 / 64, 1 / 4, 4))  # every size well below N_opt(U)
     fit = fit_law(data, LAW.name)
-    boot = widen_unidentified(data, fit, bootstrap(data, fit, n_resamples=50))
+    boot = judge_saturation(data, fit, bootstrap(data, fit, n_resamples=50))
     doc = repetition_to_json(data, fit, boot)
     xp = doc["excess_params"]
     assert xp["runs_past_N_opt"] == 0 and xp["R_N_star_status"] == UNIDENTIFIED
@@ -138,3 +144,18 @@ def test_without_excess_parameters_r_n_star_is_not_identified(registered):
     # R*_D is still fitted from the repeated runs.
     assert doc["epoch_value"]["R_D_star_status"] == PINNED
     assert fit.params["R_D_star"] == pytest.approx(TRUE["R_D_star"], rel=0.10)
+
+
+def test_an_estimate_beyond_every_runs_excess_is_not_pinned_down(fitted):
+    # Far past the runs' largest R_N, N' hardly bends and the objective is flat in R*_N: the
+    # bootstrap's resamples start at the fit and stay near it, so a narrow interval means nothing.
+    data, fit, boot = fitted
+    far = replace(fit, params=MappingProxyType({**fit.params, "R_N_star": 1e3}))
+    assert saturation_status("R_N_star", far, boot, np.array([0.0, 3.0]))[0] == BEYOND
+    assert saturation_status("R_N_star", fit, boot, np.array([0.0, 30.0]))[0] == PINNED
+    judged = judge_saturation(data, far, boot)
+    assert [d.code for d in judged.diagnostics] == ["beyond_data"]
+    assert judged.interval["R_N_star"] == boot.interval["R_N_star"]
+    doc = repetition_to_json(data, far, boot)
+    assert "R*_N = 1e+03 [" in format_repetition(doc, fit.law)
+    assert "is not pinned down, only bounded below" in format_repetition(doc, fit.law)
