@@ -865,11 +865,8 @@ def compute_flops(N: ArrayLike, D: ArrayLike) -> np.ndarray:
     return 6.0 * np.asarray(N, dtype=float) * np.asarray(D, dtype=float)
 
 
-# DATA_CONSTRAINED_ND is not listed yet: a law in LAWS has a test point in
-# tests/test_analysis_laws.py, which checks its log form, Jacobian and gradient; until then
-# tests/test_analysis_data_constrained_nd.py checks them and registers it for its fits.
 LAWS: dict[str, Law] = {
     law.name: law
     for law in (CHINCHILLA, POWER_LAW, KAPLAN_N, KAPLAN_D, KAPLAN_ND, BROKEN_POWER_LAW,
-                DATA_CONSTRAINED)
+                DATA_CONSTRAINED, DATA_CONSTRAINED_ND)
 }

@@ -27,15 +27,6 @@ TRUE = dict(E=1.8, A=400.0, B=1500.0, alpha=0.34, beta=0.30, R_D_star=15.39, R_N
 CHIN = ("A", "B", "alpha", "beta")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def registered():
-    # LAWS lists a law together with its test point in tests/test_analysis_laws.py; until it lists
-    # this one, the fits here reach it through this registration.
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(laws.LAWS, LAW.name, LAW)
-        yield
-
-
 def study(ratios, epochs=(1, 4, 16, 64), sigma=0.003, seed=0, true=TRUE):
     """Runs at sizes ``ratios`` times N_opt(U) (the compute-optimal size for the unique tokens
     under the true law) for 1e8 and 1e9 unique tokens, each repeated ``epochs`` times; loss from
@@ -105,7 +96,7 @@ def test_log_form_is_the_formula_and_its_jacobian_finite_differences():
 
 
 @pytest.fixture(scope="module")
-def fitted(registered):
+def fitted():
     data = study(np.geomspace(1 / 10, 60, 7))  # R_N from 0 to 59 around R*_N = 5.31; none near 0
     fit = fit_law(data, LAW.name)
     return data, fit, judge_saturation(data, fit, bootstrap(data, fit, n_resamples=200))
@@ -127,7 +118,7 @@ def test_recovers_r_d_star_and_r_n_star_within_10_percent(fitted):
     assert "R*_N = 5." in format_repetition(doc, fit.law) and "pinned down" in format_repetition(doc, fit.law)
 
 
-def test_without_excess_parameters_r_n_star_is_not_identified(registered):
+def test_without_excess_parameters_r_n_star_is_not_identified():
     data = study(np.geomspace(1 / 64, 1 / 4, 4))  # every size well below N_opt(U)
     fit = fit_law(data, LAW.name)
     boot = judge_saturation(data, fit, bootstrap(data, fit, n_resamples=50))

@@ -62,6 +62,7 @@ THETA = {
     "kaplan_nd": [np.log(8.8e13), np.log(5.4e13), 0.076, 0.095],
     "broken_power_law": [0.2, 2.0, 0.1, 0.3, np.log(1e6), 0.5],
     "data_constrained": [6.0, 7.5, 0.6, 0.35, 0.37, np.log(15.39)],
+    "data_constrained_nd": [6.0, 7.5, 0.6, 0.35, 0.37, np.log(15.39), np.log(5.31)],
 }
 
 
