@@ -106,6 +106,10 @@ def launch_study(
     cluster = cluster or ClusterConfig()
     validate(StudyAppConfig(study=spec, launcher=launcher, cluster=cluster))
     study_dir = os.path.abspath(spec.dir)
+    if launcher.name == "local" and launcher.warm_workers and not spec.dry_run:
+        from scaling.launch.local import prestart_workers
+
+        prestart_workers(launcher.parallel, echo=echo)  # they import torch while the study is planned
     if spec.extend == "next":
         spec = extended(spec, study_dir)
     configured = cluster.throughput_flops if launcher.name == "slurm" else None
