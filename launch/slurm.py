@@ -18,6 +18,10 @@ requeued job runs the same pickled call with the same overrides, so it resumes i
 directory, from that checkpoint, in the same wandb run. When the requeues are used up the job fails and the run is `partial`: a relaunch of
 the study resumes it.
 
+A job the user cancelled (`scancel`, with any signal) is never requeued: its tasks get SIGTERM and
+checkpoint as on preemption, but Slurm would accept `scontrol requeue` even for a cancelled job
+and start it again. Its run is `partial`, and a relaunch of the study resumes it (see `cancelled`).
+
 Cooldown branches
 -----------------
 A branch's job is submitted with its trunk's and polls for the trunk's checkpoint at its fork step
@@ -100,6 +104,9 @@ FORK_POLL_S = 30.0
 # `scontrol requeue` can fail for a moment (slurmctld busy or restarting): this many tries, waiting
 # 1 s, 2 s, 4 s... between them (in TrainJob and in the printed script alike).
 REQUEUE_TRIES = 3
+# Accounting can record how Slurm ended a job a moment after squeue shows it ending: this many looks,
+# 1 s apart, before a job is taken as not cancelled (in TrainJob and in the printed script alike).
+ACCOUNTING_TRIES = 5
 
 
 @dataclass(frozen=True)
@@ -230,6 +237,7 @@ class SlurmJob:
             signal_delay_s=self.signal_delay_s,
             max_requeues=self.max_requeues,
             requeue_tries=REQUEUE_TRIES,
+            accounting_tries=ACCOUNTING_TRIES,
             sbatch="\n".join(sbatch),
             setup="\n".join(self.shell_setup()),
             python=self.python,
@@ -280,13 +288,17 @@ class TrainJob:
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         if rank != 0:
             return EXIT_REQUEUE
+        job = os.environ.get("SLURM_ARRAY_JOB_ID")
+        job_id = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job else os.environ["SLURM_JOB_ID"]
+        if cancelled(job_id):
+            print(f"run {self.run_id}: checkpoint saved; job {job_id} was cancelled, so it is not requeued: "
+                  f"relaunch the study to resume it", flush=True)  # fmt: skip
+            return EXIT_REQUEUE
         if restarts >= self.max_requeues:
             raise RuntimeError(
                 f"run {self.run_id} was interrupted {restarts + 1} times (cluster.max_requeues={self.max_requeues}); "
                 f"it has a checkpoint: relaunch the study to resume it"
             )
-        job = os.environ.get("SLURM_ARRAY_JOB_ID")
-        job_id = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job else os.environ["SLURM_JOB_ID"]
         out = _scontrol_requeue(job_id, self.run_id)
         # A failure after the retries usually means the job is already being requeued (an admin's
         # `scontrol requeue`, or preemption): Slurm puts it back in the queue by itself.
@@ -300,6 +312,37 @@ class TrainJob:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def _slurm_says(*cmd: str) -> str:
+    """The last line a Slurm client command prints, or "" when it fails (no such job, no accounting)."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError:
+        return ""
+    lines = out.stdout.strip().splitlines() if out.returncode == 0 else []
+    return lines[-1].strip() if lines else ""
+
+
+def cancelled(job_id: str) -> bool:
+    """Whether the user cancelled job `job_id` (scancel): such a job is never requeued.
+
+    Neither the signal nor the queue tells: scancel sends SIGTERM as preemption and `scontrol
+    requeue` do, and squeue and scontrol show any job Slurm is ending as COMPLETING. Accounting
+    does: sacct's State reads `CANCELLED by UID` from the moment of the cancel. A job squeue still
+    shows RUNNING was only signalled (the time-limit warning, `scancel --signal=USR2`). When sacct
+    still says RUNNING of a job that is ending, its record is late: look again, ACCOUNTING_TRIES
+    times, 1 s apart. A job whose state cannot be read (no accounting) is taken as not cancelled,
+    so it is requeued."""
+    for attempt in range(ACCOUNTING_TRIES):
+        if _slurm_says("squeue", "-h", "-j", job_id, "-o", "%T") == "RUNNING":
+            return False
+        state = _slurm_says("sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State")
+        if state != "RUNNING":
+            return state.startswith("CANCELLED")
+        if attempt + 1 < ACCOUNTING_TRIES:
+            time.sleep(1)
+    return False
 
 
 def _scontrol_requeue(job_id: str, run_id: str) -> subprocess.CompletedProcess:

@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from scaling.launch.config import (BudgetsConfig, ClusterConfig, LauncherConfig, SizesConfig, StudySpec, register_configs,
                                    to_dataclass)  # fmt: skip
 from scaling.launch.plan import CONF_DIR, make_plan
-from scaling.launch.slurm import REQUEUE_TRIES, SlurmJob, TrainJob, job_shape, render_sbatch, submit_runs
+from scaling.launch.slurm import ACCOUNTING_TRIES, REQUEUE_TRIES, SlurmJob, TrainJob, job_shape, render_sbatch, submit_runs
 from scaling.errors import ConfigError
 from scaling.rundir import EXIT_REQUEUE
 
@@ -137,7 +137,7 @@ def printed(job: SlurmJob) -> tuple[dict, dict]:
     text = job.sbatch_script("big")
     command = text[text.index("srun "):text.index("code=$?")].replace("\\\n", " ")
     python, args = re.fullmatch(r"srun --kill-on-bad-exit=1 (.*) -m scaling\.train (.*)", command.strip()).groups()
-    max_requeues = int(re.search(r"-lt (\d+) \]", text).group(1))
+    max_requeues = int(re.search(r'SLURM_RESTART_COUNT:-0}" -lt (\d+) \]', text).group(1))
     flags = sbatch_flags(text)
     return flags, read_job(flags, lines_after(text, "set -u"), python, shlex.split(args), max_requeues)
 
@@ -157,7 +157,8 @@ def submitted(folder: Path, job_id: str) -> tuple[dict, dict]:
 
 @pytest.fixture
 def fake_slurm(tmp_path, monkeypatch):
-    """srun (submitit looks for it) and an sbatch that accepts anything, numbering jobs from 101."""
+    """srun (submitit looks for it), an sbatch that accepts anything, numbering jobs from 101, and a
+    running job as squeue and sacct see it (a job only signalled, as by the time-limit warning)."""
     bin_dir = tmp_path / "fake-slurm"
     bin_dir.mkdir()
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
@@ -165,10 +166,36 @@ def fake_slurm(tmp_path, monkeypatch):
         f'#!/bin/sh\nn=$(cat {bin_dir}/last 2>/dev/null || echo 100); n=$((n + 1)); echo $n > {bin_dir}/last\n'
         'echo "Submitted batch job $n"\n'
     )
+    fake_job_state(bin_dir, "RUNNING", ["RUNNING"])
     for exe in bin_dir.iterdir():
         exe.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     return bin_dir
+
+
+def fake_job_state(bin_dir: Path, queue: str, accounting: list[str]) -> None:
+    """squeue shows the job as `queue` ("": gone); sacct answers `accounting`, one line per call,
+    the last repeated ("": sacct fails, as without accounting)."""
+    (bin_dir / "squeue").write_text(f'#!/bin/sh\necho "{queue}"\n')
+    answers, calls = bin_dir / "sacct.answers", bin_dir / "sacct.calls"
+    answers.write_text("\n".join(accounting) + "\n")
+    calls.write_text("")
+    (bin_dir / "sacct").write_text(
+        f'#!/bin/sh\necho >> {calls}; n=$(wc -l < {calls}); last=$(wc -l < {answers})\n'
+        f'state=$(sed -n "$(( n < last ? n : last ))p" {answers})\n'
+        '[ -n "$state" ] || exit 1\necho "$state"\n'
+    )
+    for name in ("squeue", "sacct"):
+        (bin_dir / name).chmod(0o755)
+
+
+def fake_sleep(bin_dir: Path) -> Path:
+    """A sleep that returns at once; each call is one line in the log."""
+    log = bin_dir / "sleep.log"
+    log.write_text("")
+    (bin_dir / "sleep").write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    (bin_dir / "sleep").chmod(0o755)
+    return log
 
 
 def agree(job: SlurmJob, run) -> dict:
@@ -246,6 +273,7 @@ def test_submit_runs_submits_the_job_the_cluster_config_describes(tmp_path, monk
 def fake_scontrol(bin_dir: Path, failures: int) -> Path:
     """An scontrol that fails `failures` times, then succeeds; each call is one line in the log."""
     log = bin_dir / "scontrol.log"
+    log.write_text("")
     (bin_dir / "scontrol").write_text(
         f'#!/bin/sh\necho "$@" >> {log}\n'
         f'[ $(wc -l < {log}) -gt {failures} ] || {{ echo "Socket timed out on send/recv operation" >&2; exit 1; }}\n'
@@ -280,12 +308,54 @@ def test_the_printed_script_requeues_on_code_75_with_the_same_retries(tmp_path, 
     run = big_run(tmp_path, monkeypatch).runs[0]
     log = fake_scontrol(fake_slurm, 2)
     (fake_slurm / "srun").write_text("#!/bin/sh\nexit 75\n")  # every task checkpointed and asks for a requeue
-    (fake_slurm / "sleep").write_text(f'#!/bin/sh\necho "$@" >> {fake_slurm}/sleep.log\n')
-    (fake_slurm / "sleep").chmod(0o755)
+    sleeps = fake_sleep(fake_slurm)
     path = tmp_path / "run.sbatch"
     path.write_text(render_sbatch(run, gpu_cluster(), study="big").replace("source .venv/bin/activate", ""))
     env = {**os.environ, "SLURM_JOB_ID": "88", "SLURM_RESTART_COUNT": "0"}
     out = subprocess.run(["bash", str(path)], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     assert log.read_text().splitlines() == ["requeue 88"] * 3
-    assert (fake_slurm / "sleep.log").read_text().split() == ["1", "2"]
+    assert sleeps.read_text().split() == ["1", "2"]
+
+
+# (squeue's state, sacct's answers, requeued): how a job that checkpointed on a signal was ended.
+ENDINGS = {
+    "the time-limit warning": ("RUNNING", ["RUNNING"], True),
+    "scancel": ("COMPLETING", ["CANCELLED by 0"], False),
+    "scancel, recorded late": ("COMPLETING", ["RUNNING", "RUNNING", "CANCELLED by 0"], False),
+    "scontrol requeue or preemption": ("COMPLETING", ["REQUEUED"], True),
+    "the time limit itself": ("COMPLETING", ["TIMEOUT"], True),
+    "no accounting": ("COMPLETING", [""], True),
+}
+
+
+@pytest.mark.parametrize("ending", ENDINGS)
+def test_a_cancelled_job_is_not_requeued_by_the_job_nor_by_the_printed_script(tmp_path, monkeypatch, capsys,
+                                                                            fake_slurm, ending):
+    queue, accounting, requeued = ENDINGS[ending]
+    log = fake_scontrol(fake_slurm, 0)
+    looks = min(len(accounting), ACCOUNTING_TRIES) if queue != "RUNNING" else 0
+    sleeps = []
+    monkeypatch.setattr("scaling.launch.slurm.time.sleep", sleeps.append)
+    for k, v in dict(SLURM_PROCID="0", SLURM_RESTART_COUNT="0", SLURM_JOB_ID="77").items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    fake_job_state(fake_slurm, queue, accounting)
+    assert TrainJob("r", str(tmp_path), [], 3)._requeue() == EXIT_REQUEUE
+    assert log.read_text().splitlines() == (["requeue 77"] if requeued else [])
+    assert sleeps == [1] * max(looks - 1, 0)
+    assert ("not requeued" in capsys.readouterr().out) != requeued
+
+    # The printed script decides the same.
+    log.write_text("")
+    fake_job_state(fake_slurm, queue, accounting)
+    script_sleeps = fake_sleep(fake_slurm)
+    (fake_slurm / "srun").write_text("#!/bin/sh\nexit 75\n")
+    path = tmp_path / "run.sbatch"
+    path.write_text(render_sbatch(big_run(tmp_path, monkeypatch).runs[0], gpu_cluster(), study="big")
+                    .replace("source .venv/bin/activate", ""))  # fmt: skip
+    out = subprocess.run(["bash", str(path)], capture_output=True, text=True, env={**os.environ, "SLURM_JOB_ID": "88"})
+    assert out.returncode == (0 if requeued else EXIT_REQUEUE), out.stderr
+    assert log.read_text().splitlines() == (["requeue 88"] if requeued else [])
+    assert script_sleeps.read_text().split() == ["1"] * max(looks - 1, 0)
+    assert ("not requeued" in out.stdout) != requeued

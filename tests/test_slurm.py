@@ -1,7 +1,7 @@
 """The Slurm launcher against a real single-node Slurm cluster (with accounting), started once per
 session by slurm/start-local-cluster.sh (the `slurm_cluster` fixture, in conftest.py): submission
-through submitit, job arrays, a 2-task srun run with ZeRO-2, requeue and resume, idempotent
-relaunch, and the plain sbatch template.
+through submitit, job arrays, a 2-task srun run with ZeRO-2, requeue and resume, a cancelled job that
+stays cancelled, idempotent relaunch, and the plain sbatch template.
 
 Skipped, with the reason, only where the cluster cannot be started (not root, no apt); with
 CI=true they fail instead."""
@@ -184,6 +184,39 @@ def test_a_requeued_job_resumes_from_its_checkpoint_and_matches_an_uninterrupted
         assert got[key] == want[key], key
     restarts = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
     assert "Restarts=1" in restarts or restarts == ""  # gone from slurmctld once MinJobAge passes
+
+
+def test_a_cancelled_job_stays_cancelled_and_a_relaunch_resumes_it(env, tmp_path):
+    # scancel sends SIGTERM, as preemption does: the trainer saves a checkpoint and exits with 75,
+    # and the job must not requeue itself, for Slurm accepts `scontrol requeue` even for a
+    # cancelled job. About 500 steps, cancelled after a few.
+    s = spec(tmp_path / "cancelled", targets=(2e4,), flops=(1e11,))
+    outcome = launch_study(s, slurm(), CLUSTER, **QUIET)
+    run = outcome.plan.runs[0]
+    job = outcome.job_ids[run.id]
+    _wait_for_progress(Path(run.dir) / "metrics.jsonl", 10)
+    subprocess.run(["scancel", job], check=True, capture_output=True)
+
+    # A requeue shows within a second or two, as PENDING (held for BeginTime): watch the job leave
+    # the queue, then for 15 s more.
+    seen, gone_at, deadline = [], None, time.time() + 60
+    while time.time() < deadline and (gone_at is None or time.time() < gone_at + 15):
+        state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip()
+        if not seen or seen[-1] != state:
+            seen.append(state)
+        gone_at = gone_at or (None if state else time.time())
+        time.sleep(0.2)
+    assert seen[-1] == "" and "PENDING" not in seen and "RUNNING" not in seen[1:], seen
+    st = read_states({run.id: run.dir})[run.id]
+    assert st.state == "partial" and st.error is None and not (Path(run.dir) / "result.json").exists()
+    assert any((Path(run.dir) / "checkpoints").iterdir()), "no checkpoint saved on scancel's SIGTERM"
+    log = next((Path(run.dir) / "slurm").glob(f"{job}_*.out")).read_text()
+    assert "was cancelled, so it is not requeued" in log  # the job came to decide, and decided
+
+    again = launch_study(s, slurm(), CLUSTER, **QUIET)
+    assert again.launched == [run.id] and again.job_ids[run.id] != job
+    assert wait(s.dir) == {run.id: "completed"}
+    assert (Path(run.dir) / "train.log").read_text().count("resumed from") == 1
 
 
 def test_the_printed_sbatch_script_runs_with_plain_sbatch(env, tmp_path):
