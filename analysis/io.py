@@ -380,18 +380,27 @@ def data_loss_floor(run_dirs: list[Path]) -> float | None:
     ``source.loss_floor_nats``: the known E of the built-in ``markov`` and ``shapes`` sets), or
     None when no run's manifest records one, or the runs' data disagree. Read as JSON, so the
     analysis needs neither torch nor the data prepared again."""
-    floors = set()
+    source = data_floor_source(run_dirs)
+    return None if source is None else float(source["loss_floor_nats"])
+
+
+def data_floor_source(run_dirs: list[Path]) -> dict | None:
+    """The ``source`` record of the manifest of the runs' data, where it records a positive
+    ``loss_floor_nats`` and every run that has one agrees on it (with ``context_floors_nats``,
+    the floors of shorter contexts, for the ``markov`` set); None otherwise."""
+    found: dict[float, dict] = {}
     for run in run_dirs:
         path = _data_manifest(Path(run))
         if path is None:
             continue
         try:
-            value = (json.loads(path.read_text()).get("source") or {}).get("loss_floor_nats")
+            source = json.loads(path.read_text()).get("source") or {}
+            value = source.get("loss_floor_nats")
         except (OSError, ValueError, AttributeError):
             continue
         if _positive(value):
-            floors.add(float(value))
-    return floors.pop() if len(floors) == 1 else None
+            found[float(value)] = source
+    return found.popitem()[1] if len(found) == 1 else None
 
 
 def load_curves(

@@ -209,7 +209,7 @@ def analyse_study(
     from scaling.analysis.errors import DataError
     from scaling.analysis.fit import bootstrap, compute_optimal, fit_law, get_form
     from scaling.analysis.flops import FlopsPerToken
-    from scaling.analysis.io import data_loss_floor, find_run_dirs, load_curves, load_runs, plan_units
+    from scaling.analysis.io import data_floor_source, find_run_dirs, load_curves, load_runs, plan_units
     from scaling.analysis.isoflop import isoflop_profiles, training_envelope
     from scaling.analysis.nested import compare_or_why
     from scaling.analysis.predict import compare_approaches
@@ -269,9 +269,10 @@ def analyse_study(
             out.approaches = compare_approaches(out.fit, out.boot, out.iso, out.envelope, data=data, flops=flops)
         except AnalysisError as e:
             out.problems.append(f"approaches side by side: {e}")
-    floor = data_loss_floor(run_dirs)
-    if floor is not None and out.fit is not None:
-        out.known_floor = known_floor(floor, out.fit, out.boot)
+    source = data_floor_source(run_dirs)
+    if source is not None and out.fit is not None:
+        out.known_floor = known_floor(float(source["loss_floor_nats"]), out.fit, out.boot,
+                                      context_floors=source.get("context_floors_nats"))
     from scaling.analysis.tune import read_tune
     from scaling.analysis.verify import verification
 
@@ -280,16 +281,29 @@ def analyse_study(
     return out
 
 
-def known_floor(floor: float, fit: Any, boot: Any = None) -> dict:
+def known_floor(floor: float, fit: Any, boot: Any = None, context_floors: list | None = None) -> dict:
     """The fitted E against the data's known floor [nats]: {value, fitted_E, interval, inside,
     relative_error}, relative_error = (fitted_E - floor) / floor; ``inside`` says whether the
-    floor lies in E's bootstrap interval (None without one, or when E was fixed)."""
+    floor lies in E's bootstrap interval (None without one, or when E was fixed).
+
+    With the floors of shorter contexts (``context_floors``: [F_1, ..., F_k], F_m the loss of
+    the best predictor that reads m tokens back, F_k = floor; the ``markov`` set records them),
+    also ``context_floors`` and ``nearest_context``: the m whose F_m lies nearest the fitted E,
+    with E's relative error to it. An E nearest F_m for m < k says what the runs learned: the
+    data's m-token statistics, and too little of the longer contexts to show where the floor is."""
     E = float(fit.params["E"])
     iv = boot.interval.get("E") if boot is not None else None
     interval = [float(iv[0]), float(iv[1])] if iv is not None else None
     inside = None if interval is None else bool(interval[0] <= floor <= interval[1])
-    return {"value": float(floor), "fitted_E": E, "interval": interval, "inside": inside,
-            "relative_error": (E - floor) / floor}
+    out = {"value": float(floor), "fitted_E": E, "interval": interval, "inside": inside,
+           "relative_error": (E - floor) / floor}
+    if context_floors:
+        floors = [float(f) for f in context_floors]
+        m = min(range(len(floors)), key=lambda j: abs(E - floors[j]))
+        out["context_floors"] = floors
+        out["nearest_context"] = {"tokens": m + 1, "of": len(floors), "value": floors[m],
+                                  "relative_error": (E - floors[m]) / floors[m]}
+    return out
 
 
 def study_json(a: StudyAnalysis) -> dict:
@@ -415,7 +429,7 @@ def render_report(a: StudyAnalysis, figures: list[str]) -> str:
     if a.verification is not None:
         parts += ["## Prediction: the pre-registered verification run", "", _prediction_section(a.verification), ""]
     if a.known_floor is not None:
-        parts += ["## The data's known floor", "", _floor_sentence(a.known_floor)
+        parts += ["## The data's known floor", "", floor_sentence(a.known_floor)
                   + " The fit never reads the floor; it comes from the data's manifest.", ""]
     cost = _cost_section(a)
     if cost:
@@ -538,7 +552,7 @@ def headline(a: StudyAnalysis) -> list[str]:
     if a.repetition is not None:
         lines.append(repetition_headline(a.repetition))
     if a.known_floor is not None:
-        lines.append(_floor_sentence(a.known_floor))
+        lines.append(floor_sentence(a.known_floor))
     if a.verification is not None:
         lines += verification_sentences(a.verification)
     return lines
@@ -554,14 +568,25 @@ def repetition_headline(rep: dict) -> str:
             f"{value[1]:.3f} of new unique data, epoch 16 -> 17 {value[16]:.3f}.")
 
 
-def _floor_sentence(k: dict) -> str:
+def floor_sentence(k: dict) -> str:
     iv = k["interval"]
     if iv is None:
-        return (f"fitted E = {k['fitted_E']:.4g} (no interval); the data's known floor is {k['value']:.4g} "
+        text = (f"fitted E = {k['fitted_E']:.4g} (no interval); the data's known floor is {k['value']:.4g} "
                 f"(error {100 * k['relative_error']:+.2f}%).")
-    where = "inside" if k["inside"] else "outside"
-    return (f"fitted E = {k['fitted_E']:.4g} [{iv[0]:.4g}, {iv[1]:.4g}]; the data's known floor is "
-            f"{k['value']:.4g}: the truth lies {where} the interval (error {100 * k['relative_error']:+.2f}%).")
+    else:
+        where = "inside" if k["inside"] else "outside"
+        text = (f"fitted E = {k['fitted_E']:.4g} [{iv[0]:.4g}, {iv[1]:.4g}]; the data's known floor is "
+                f"{k['value']:.4g}: the truth lies {where} the interval (error {100 * k['relative_error']:+.2f}%).")
+    near = k.get("nearest_context")
+    if near is None or near["tokens"] == near["of"]:
+        return text
+    tokens = f"{near['tokens']} token{'s' if near['tokens'] > 1 else ''}"
+    return text + (
+        f" E lies nearest the floor of a predictor that reads only {tokens} back, {near['value']:.4g} (error "
+        f"{100 * near['relative_error']:+.2f}%), of the {near['of']} the data's chain conditions on: the runs learned "
+        f"its {near['tokens']}-token statistics and too little of the longer contexts to show where the floor is. A design that "
+        f"recovers E needs runs that learn them: larger models or more tokens, or a simpler chain "
+        f"(data.markov_order, data.markov_vocab).")
 
 
 def _summary(a: StudyAnalysis) -> str:

@@ -133,6 +133,15 @@ def test_markov_floor_is_the_true_chains_loss_on_the_loaders_windows(tmp_path, o
     assert abs(per_window.mean() - rate) > 8 * se
     # The recorded check on the validation windows agrees too.
     assert abs(src["val_true_loss_nats"] - floor) < 4 * src["val_true_loss_se"]
+    # The floors of shorter contexts: the best predictor that reads only j tokens back, scored
+    # on the same windows, loses what context_floors_nats records, more for each token fewer.
+    floors = src["context_floors_nats"]
+    assert len(floors) == cfg.markov_order and floors[-1] == floor and (np.diff(floors) < 0).all()
+    for j, expected in enumerate(floors[:-1], start=1):
+        short = chain.window_losses(rows, m.eod_id, cfg.markov_doc_tokens, context=j).mean(1)
+        assert abs(short.mean() - expected) < 4 * short.std() / math.sqrt(len(short)) + src["loss_floor_error_nats"]
+        gap = short - per_window  # paired by window: what the longer context is worth there
+        assert gap.mean() > 4 * gap.std() / math.sqrt(len(gap))
 
 
 def test_markov_bayes_predictor_is_a_distribution():

@@ -13,7 +13,7 @@ import pytest
 
 from scaling.analysis import laws
 from scaling.analysis.io import load_csv
-from scaling.analysis.study import analyse_study, headline, known_floor, render_report, study_json
+from scaling.analysis.study import analyse_study, floor_sentence, headline, known_floor, render_report, study_json
 from scaling.contracts import Plan, Result, RunSpec, RunStatus, write_plan, write_result
 
 TRUE = {"E": 1.8, "A": 400.0, "alpha": 0.34, "B": 410.0, "beta": 0.28}
@@ -96,6 +96,25 @@ def test_known_floor_inside_and_outside():
     assert known_floor(2.2, Fit, Boot)["inside"] is False
     assert known_floor(1.0, Fit, Boot)["relative_error"] == pytest.approx(1.0)
     assert known_floor(2.05, Fit)["inside"] is None  # no bootstrap, no interval to judge
+
+
+def test_known_floor_names_the_context_the_fitted_E_lies_nearest():
+    """With the floors of shorter contexts (the markov set's F_1..F_k), the fitted E is placed
+    against them: an E on F_1 of a 3-token chain says the runs learned 1 token of context."""
+    class Fit:
+        params = {"E": 2.90}
+
+    floors = [2.904, 2.674, 2.581]
+    k = known_floor(2.581, Fit, context_floors=floors)
+    assert k["context_floors"] == floors
+    assert k["nearest_context"] == {"tokens": 1, "of": 3, "value": 2.904, "relative_error": pytest.approx(2.90 / 2.904 - 1)}
+    text = floor_sentence(k)
+    assert "reads only 1 token back, 2.904 (error -0.14%), of the 3 the data's chain conditions on" in text
+    assert "the runs learned its 1-token statistics" in text
+    Fit.params = {"E": 2.60}  # nearest the floor itself: nothing more to say
+    k = known_floor(2.581, Fit, context_floors=floors)
+    assert k["nearest_context"]["tokens"] == 3 and "reads only" not in floor_sentence(k)
+    assert "nearest_context" not in known_floor(2.581, Fit)  # a floor without shorter contexts (the shapes set)
 
 
 def test_units_come_from_the_plan_only_when_it_marks_them(tmp_path):
