@@ -65,18 +65,31 @@ def splits(cores: int) -> list[tuple[int, int]]:
     return [(runs, cores // runs) for runs in range(1, cores + 1) if cores % runs == 0]
 
 
-def core_split(cores: int, cache_dir: Optional[str] = None, echo=print) -> tuple[int, int]:
-    """(runs at once, threads per run) for one-process runs on this host, measured once and cached."""
+def _cache_path(cores: int, cache_dir: Optional[str] = None) -> Path:
     cache = Path(cache_dir or os.environ.get("SCALING_CACHE") or Path.home() / ".cache" / "scaling")
-    path = cache / f"calibration-{socket.gethostname()}-{cores}cores.json"
+    return cache / f"calibration-{socket.gethostname()}-{cores}cores.json"
+
+
+def cached_core_split(cores: int, cache_dir: Optional[str] = None) -> Optional[tuple[int, int]]:
+    """The split `core_split` measured on this host before, or None when it has not yet."""
+    if cores == 1:
+        return 1, 1
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(_cache_path(cores, cache_dir).read_text())
         if raw.get("format") == FORMAT:
             return int(raw["runs"]), int(raw["threads"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    if cores == 1:
-        return 1, 1
+    return None
+
+
+def core_split(cores: int, cache_dir: Optional[str] = None, echo=print) -> tuple[int, int]:
+    """(runs at once, threads per run) for one-process runs on this host, measured once and cached."""
+    cached = cached_core_split(cores, cache_dir)
+    if cached is not None:
+        return cached
+    path = _cache_path(cores, cache_dir)
+    cache = path.parent
     echo(f"calibrating how to split {cores} cores between runs (once for this machine, a few seconds)")
     figures = {f"{r}x{t}": measure(r, t) for r, t in splits(cores)}
     best = max(figures, key=figures.get)

@@ -109,10 +109,20 @@ def warm_pool(python: str = sys.executable) -> WarmPool:
     return _POOL
 
 
-def prestart_workers(parallel: Any, echo: Callable[[str], None] = print, python: str = sys.executable) -> None:
+def prestart_workers(parallel: Any, python: str = sys.executable) -> None:
     """Start as many warm workers as one-process runs will go at once (`parallel_runs`), so that
-    they are ready when planning is done."""
-    warm_pool(python).prestart(parallel_runs(parallel, [RunSpec(id="", nproc=1)], echo=echo))
+    they are ready when planning is done. Before the plan has been checked nothing slow may start:
+    where this machine's core split is not yet measured, no worker is started here (the launch
+    measures it once the plan is known to be sound), and a config error found while they import
+    costs no wait (`WarmPool.close`)."""
+    if parallel == "auto":
+        from scaling.launch.calibrate import cached_core_split
+
+        split = cached_core_split(cpu_count())
+        if split is None:
+            return
+        parallel = split[0]
+    warm_pool(python).prestart(parallel_runs(parallel, [RunSpec(id="", nproc=1)]))
 
 
 class _Worker:
@@ -125,10 +135,11 @@ class _Worker:
         self.pid = self.proc.pid
         self._code: Optional[int] = None
         self._busy = False
+        self._trained = False  # has it been handed a run
         self._on_done: Callable[[Any], None] = lambda worker: None
 
     def submit(self, overrides: list[str], log_path: Path, on_done: Callable[[Any], None]) -> None:
-        self._code, self._busy, self._on_done = None, True, on_done
+        self._code, self._busy, self._on_done, self._trained = None, True, on_done, True
         self.proc.stdin.write(json.dumps({"overrides": list(overrides), "log": str(log_path)}) + "\n")
         self.proc.stdin.flush()
 
@@ -160,8 +171,13 @@ class _Worker:
         return self._code
 
     def close(self) -> None:
+        """End an idle worker: it exits when its stdin closes, after the imports it preloads. One
+        that has never trained a run holds nothing (no run, no wandb service) and is terminated
+        instead of awaited, so a launch that stops at a config error exits at once."""
         try:
             self.proc.stdin.close()
+            if not self._trained:
+                self.proc.terminate()
             self.proc.wait(timeout=30)
         except (OSError, subprocess.TimeoutExpired):
             self.proc.kill()

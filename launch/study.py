@@ -109,7 +109,7 @@ def launch_study(
     if launcher.name == "local" and launcher.warm_workers and not spec.dry_run:
         from scaling.launch.local import prestart_workers
 
-        prestart_workers(launcher.parallel, echo=echo)  # they import torch while the study is planned
+        prestart_workers(launcher.parallel)  # they import torch while the study is planned
     if spec.extend == "next":
         spec = extended(spec, study_dir)
     configured = cluster.throughput_flops if launcher.name == "slurm" else None

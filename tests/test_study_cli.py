@@ -47,13 +47,16 @@ def _study(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
          "budget too small"],
 )  # fmt: skip
 def test_config_errors_exit_2_with_one_line(env, tmp_path, args, needles):
-    out = _study(env, *args, f"study.dir={tmp_path / 'study'}", "study.throughput_flops=1e9")
+    cache = tmp_path / "cache"  # a machine that has not measured its core split yet
+    out = _study(dict(env, SCALING_CACHE=str(cache)), *args, f"study.dir={tmp_path / 'study'}",
+                 "study.throughput_flops=1e9")
     assert out.returncode == 2, out.stdout + out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("scaling-study: invalid config: "), out.stderr
     for needle in needles:
         assert needle in lines[0]
     assert not (tmp_path / "study").exists()  # nothing planned, written or launched
+    assert "calibrating" not in out.stdout and not list(cache.glob("calibration-*"))  # nor measured first
 
 
 def test_a_failed_run_exits_1(env, tmp_path, monkeypatch):
