@@ -343,6 +343,18 @@ def _chunks(manifest: Manifest, streams: list[Stream], k: int, start_step: int) 
         yield {s: next(it) for s, it in its.items()}
 
 
+def _stop_workers(it: Any) -> None:
+    """End a failed loader's other workers now. The DataLoader's own shutdown asks each worker to
+    stop and joins it for up to 5 s, and a worker blocked on a full queue takes all of that: a
+    run that fails on its data would wait 5 s per worker before it could exit."""
+    for worker in getattr(it, "_workers", []):
+        if worker.is_alive():
+            worker.terminate()
+    shutdown = getattr(it, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
 class TrainBatches:
     """Endless iterator over this rank's rows of each global batch, from global step `start_step`.
     `step` is the global step of the next batch; store it in the checkpoint and pass it back as
@@ -399,8 +411,10 @@ class TrainBatches:
                 try:
                     chunks.update(next(it))
                 except DataError:
+                    _stop_workers(it)
                     raise
                 except Exception as exn:
+                    _stop_workers(it)
                     raise DataError(
                         f"a data loader worker failed ({exn}); rerun with data.num_workers=0 to see the error in the main process"
                     ) from exn
