@@ -181,6 +181,33 @@ def corrupt_copy(src, dst, how):
     return m
 
 
+def test_a_shard_is_read_once_per_process_until_its_file_changes(uniq, tmp_path, monkeypatch):
+    """Every stream of a run, and every run a warm worker trains, reads the same shards: a process
+    reads and checks each once, and again once its file has changed."""
+    from scaling.data import loader
+
+    monkeypatch.setattr(loader, "_SHARDS", loader._ShardCache())
+    shutil.copytree(uniq.location, tmp_path / "ds")
+    m = load_manifest(str(tmp_path / "ds"))
+    first = loader.read_shard(m, "train", 1)
+    again = loader.read_shard(m, "train", 1)
+    assert again == first and again is not first  # the caller's own list
+    assert all(a is b for a, b in zip(first, again))  # of the samples read the first time
+    path = tmp_path / "ds" / "train-000001.tar"
+    data = path.read_bytes()
+    path.write_bytes(data[:2000] + bytes(b ^ 0xFF for b in data[2000:2600]) + data[2600:])
+    with pytest.raises(DataError, match="train-000001.tar: SHA-256 differs"):
+        loader.read_shard(m, "train", 1)
+    # The oldest shard leaves when the next would exceed the cap.
+    monkeypatch.setattr(loader, "SHARD_CACHE_BYTES", m.shards("train")[0].bytes + m.shards("train")[2].bytes)
+    a = loader.read_shard(m, "train", 0)
+    loader.read_shard(m, "train", 2)
+    assert loader.read_shard(m, "train", 0)[0] is a[0]
+    loader.read_shard(m, "train", 3)  # 0 was used last, so 2 goes
+    assert loader.read_shard(m, "train", 0)[0] is a[0] and loader._SHARDS.bytes <= loader.SHARD_CACHE_BYTES
+    assert [k[0] for k in loader._SHARDS.entries] == [m.url(m.shards("train")[i].name) for i in (3, 0)]
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("how", ["truncate", "flip"])
 def test_corrupt_shard_mid_run_fails_cleanly(uniq, tmp_path, how, workers):

@@ -44,8 +44,10 @@ from __future__ import annotations
 
 import hashlib
 import io
-import re
 import math
+import os
+import re
+from collections import OrderedDict
 from typing import Any, Iterator, Optional
 
 import numpy as np
@@ -65,10 +67,66 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 # ---- reading one shard ----
 
 
+# Verified shards a process keeps in memory, most recently used first out last, up to this many
+# bytes of shard files. Every stream of a run reads its own part of every shard, and a warm worker
+# trains one run after another on the same data: without it each shard was read, checksummed and
+# parsed again by every stream of every run.
+SHARD_CACHE_BYTES = 256 * 2**20
+
+
+class _ShardCache:
+    """Shards already read and checked against the manifest, by URL, checksum and (for a local
+    file) its size, modification time and inode: a file replaced or rewritten since is read, and
+    checked, again."""
+
+    def __init__(self) -> None:
+        self.entries: OrderedDict[tuple, tuple[list[dict[str, Any]], int]] = OrderedDict()
+        self.bytes = 0
+
+    @staticmethod
+    def key(url: str, info: Any) -> tuple:
+        try:
+            st = os.stat(url)
+            where = (st.st_size, st.st_mtime_ns, st.st_ino)
+        except (OSError, ValueError):  # not a local file (pipe:, http): the checksum alone
+            where = None
+        return url, info.sha256, info.bytes, where
+
+    def get(self, key: tuple) -> Optional[list[dict[str, Any]]]:
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        self.entries.move_to_end(key)
+        return entry[0]
+
+    def put(self, key: tuple, samples: list[dict[str, Any]], size: int) -> None:
+        if size > SHARD_CACHE_BYTES:
+            return
+        self.entries[key] = (samples, size)
+        self.bytes += size
+        while self.bytes > SHARD_CACHE_BYTES:
+            _, (_, dropped) = self.entries.popitem(last=False)
+            self.bytes -= dropped
+
+
+_SHARDS = _ShardCache()
+
+
 def read_shard(manifest: Manifest, split: str, index: int) -> list[dict[str, Any]]:
-    """All samples of one shard as {ext: bytes} dicts, after checking it against the manifest."""
+    """All samples of one shard as {ext: bytes} dicts, after checking it against the manifest
+    (once per process while the file is unchanged: `SHARD_CACHE_BYTES`). The list is the
+    caller's own; the samples in it are shared and must not be changed."""
     info = manifest.shards(split)[index]
     url = manifest.url(info.name)
+    key = _SHARDS.key(url, info)
+    cached = _SHARDS.get(key)
+    if cached is None:
+        cached = _read_checked(url, info)
+        _SHARDS.put(key, cached, info.bytes)
+    return list(cached)
+
+
+def _read_checked(url: str, info: Any) -> list[dict[str, Any]]:
     fix = "re-create the dataset with scaling-data (for a built-in set, delete its cache folder), or restore the file"
     try:
         from webdataset.gopen import gopen
