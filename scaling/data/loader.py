@@ -70,8 +70,9 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 # Verified shards a process keeps in memory, most recently used first out last, up to this many
 # bytes of shard files. Every stream of a run reads its own part of every shard, and a warm worker
 # trains one run after another on the same data: without it each shard was read, checksummed and
-# parsed again by every stream of every run.
-SHARD_CACHE_BYTES = 256 * 2**20
+# parsed again by every stream of every run. Per process: each data loader worker of each rank
+# keeps its own, so the cap stays small (the built-in sets are 4 to 32 MB).
+SHARD_CACHE_BYTES = 64 * 2**20
 
 
 class _ShardCache:
