@@ -67,7 +67,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 # ---- reading one shard ----
 
 
-# Verified shards a process keeps in memory, most recently used first out last, up to this many
+# Verified shards a process keeps in memory (the least recently used leave first), up to this many
 # bytes of shard files. Every stream of a run reads its own part of every shard, and a warm worker
 # trains one run after another on the same data: without it each shard was read, checksummed and
 # parsed again by every stream of every run. Per process: each data loader worker of each rank
