@@ -297,13 +297,26 @@ def past_cap(data: Data, fit: FitResult) -> dict[str, np.ndarray]:
     return out
 
 
+def uninformed_share(repeats: np.ndarray, units: np.ndarray | None = None) -> tuple[float, int, int]:
+    """(share, m, k): of the bootstrap's resamples (k units drawn with replacement, k times),
+    the share that holds no run past a term's cap, (1 - m/k)^k, where m of the k units
+    (``units``, a code per run; default one per run) have a run past it (``repeats`` > 0). In
+    such a resample any value of the term's R* fits alike, so its value there is no estimate."""
+    codes = np.arange(len(repeats)) if units is None else np.asarray(units)
+    k = len(np.unique(codes))
+    m = len(np.unique(codes[np.asarray(repeats) > 0]))
+    return (1 - m / k) ** k, m, k
+
+
 def saturation_status(name: str, fit: FitResult, boot: BootstrapResult | None,
-                      repeats: np.ndarray) -> tuple[str, list[float] | None]:
+                      repeats: np.ndarray, units: np.ndarray | None = None) -> tuple[str, list[float] | None]:
     """Whether the runs pin down R*_D or R*_N (``name``), and its interval.
 
     ``not identified`` when no run is past the term's cap (``repeats``, from :func:`past_cap`,
-    all 0: the loss does not depend on it), or when the bootstrap interval reaches both of the
-    optimiser's bounds; the interval is then the bounds. ``beyond the runs`` when the estimate
+    all 0: the loss does not depend on it), when more than 1 - level of the bootstrap's
+    resamples hold no run past it (:func:`uninformed_share`, with the resampling ``units``: with
+    one or two of many units past the cap, about e^-1 or e^-2 of them), or when the bootstrap
+    interval reaches both of the optimiser's bounds; the interval is then the bounds. ``beyond the runs`` when the estimate
     exceeds every run's repeats: the term hardly bends within the runs, which show only that
     the repeats cost little up to there; the objective is nearly flat in R* there, and the
     bootstrap's resamples, which start at the fit, stay near it: its interval is no reliable
@@ -316,6 +329,8 @@ def saturation_status(name: str, fit: FitResult, boot: BootstrapResult | None,
     if name in fit.constraints.fix:
         return FIXED, None
     if not (np.max(repeats) > 0):
+        return UNIDENTIFIED, [lo_b, hi_b]
+    if boot is not None and uninformed_share(repeats, units)[0] > 1 - boot.level:
         return UNIDENTIFIED, [lo_b, hi_b]
     has = boot is not None and name in boot.interval
     interval = [float(v) for v in boot.interval[name]] if has else None
@@ -342,8 +357,9 @@ def judge_saturation(data: Data, fit: FitResult, boot: BootstrapResult) -> Boots
     limit."""
     law = get_law(fit.law)
     interval, stderr, diags = dict(boot.interval), dict(boot.stderr), list(boot.diagnostics)
+    units = data.unit_codes()
     for name, repeats in past_cap(data, fit).items():
-        status, _ = saturation_status(name, fit, boot, repeats)
+        status, _ = saturation_status(name, fit, boot, repeats, units)
         label, past, _, _ = SATURATION[name]
         value = fit.params[name]
         if status == BEYOND and name in interval:
@@ -361,8 +377,14 @@ def judge_saturation(data: Data, fit: FitResult, boot: BootstrapResult) -> Boots
             if k in interval and ends[0][k] != ends[1][k]:
                 interval[k] = tuple(sorted((float(ends[0][k]), float(ends[1][k]))))
                 stderr[k] = float("nan")
-        why = (f"no run {past}, so the loss does not depend on {label}" if not np.max(repeats) > 0
-               else "its bootstrap interval reaches both of the optimiser's bounds")
+        share, m, k = uninformed_share(repeats, units)
+        if not np.max(repeats) > 0:
+            why = f"no run {past}, so the loss does not depend on {label}"
+        elif share > 1 - boot.level:
+            why = (f"only {m} of {k} resampling units hold a run that {past}, so {100 * share:.0f}% of the bootstrap's "
+                   f"resamples hold none and fit any value")
+        else:
+            why = "its bootstrap interval reaches both of the optimiser's bounds"
         diags.append(Diagnostic(
             "not_identified",
             f"{name}: {why}; its value {value:.4g} is not an estimate, and its interval is the "
@@ -385,7 +407,7 @@ def repetition_to_json(data: Data, fit: FitResult, boot: BootstrapResult | None 
     p, law = fit.params, get_law(fit.law)
     reps = past_cap(data, fit)
     ks = np.array(EPOCHS_SHOWN, dtype=float)
-    status, interval = saturation_status("R_D_star", fit, boot, reps["R_D_star"])
+    status, interval = saturation_status("R_D_star", fit, boot, reps["R_D_star"], data.unit_codes())
     ev = {"epochs": list(EPOCHS_SHOWN),
           "next_epoch_value": epoch_value(ks, p["R_D_star"]).tolist(),
           "R_D_star": p["R_D_star"], "R_D_star_interval": interval, "R_D_star_status": status,
@@ -406,7 +428,7 @@ def repetition_to_json(data: Data, fit: FitResult, boot: BootstrapResult | None 
     ratio = size_ratio(data, p)
     xp = {"data_max_size_ratio": float(ratio.max()), "runs_past_N_opt": int(np.sum(ratio > 1))}
     if "R_N_star" in p:
-        status, interval = saturation_status("R_N_star", fit, boot, reps["R_N_star"])
+        status, interval = saturation_status("R_N_star", fit, boot, reps["R_N_star"], data.unit_codes())
         xp |= {"R_N_star": p["R_N_star"], "R_N_star_interval": interval, "R_N_star_status": status,
                "half_value_size_ratio": fit.derived["half_value_size_ratio"],
                "max_effective_size_ratio": fit.derived["max_effective_size_ratio"],

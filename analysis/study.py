@@ -563,9 +563,13 @@ def repetition_headline(rep: dict) -> str:
     ev = rep["epoch_value"]
     iv = ev["R_D_star_interval"]
     value = dict(zip(ev["epochs"], ev["next_epoch_value"]))
-    return (f"Data-constrained law (runs up to {_epochs(ev['data_max_epochs'])} epochs): R*_D = {_g(ev['R_D_star'])}"
-            + (f" [{_g(iv[0])}, {_g(iv[1])}]" if iv else "") + f", {ev['R_D_star_status']}; epoch 1 -> 2 is worth "
-            f"{value[1]:.3f} of new unique data, epoch 16 -> 17 {value[16]:.3f}.")
+    head = (f"Data-constrained law (runs up to {_epochs(ev['data_max_epochs'])} epochs): R*_D = {_g(ev['R_D_star'])}"
+            + (f" [{_g(iv[0])}, {_g(iv[1])}]" if iv else "") + f", {ev['R_D_star_status']}; ")
+    from scaling.analysis.report import UNIDENTIFIED
+
+    if ev["R_D_star_status"] == UNIDENTIFIED:  # its value is the optimiser's, and so is the epoch's
+        return head + "these runs do not say what another epoch is worth."
+    return head + f"epoch 1 -> 2 is worth {value[1]:.3f} of new unique data, epoch 16 -> 17 {value[16]:.3f}."
 
 
 def floor_sentence(k: dict) -> str:

@@ -63,6 +63,33 @@ def test_repeats_that_cost_nothing_leave_r_d_star_beyond_the_runs():
     assert "not pinned down, only bounded below" in format_repetition(doc, fit.law)
 
 
+def test_one_run_past_one_epoch_does_not_identify_r_d_star():
+    """A study of single-epoch runs but one at 1.2 epochs (as the default study's smallest model
+    at its largest budget): over a third of the bootstrap's resamples hold no repeating run and fit
+    any R*_D, so R*_D is not identified, whatever the fit's own value, and no epoch is valued."""
+    from scaling.analysis.report import uninformed_share
+    from scaling.analysis.study import repetition_headline
+
+    rng = np.random.default_rng(0)
+    N, D = (g.ravel() for g in np.meshgrid(np.geomspace(1e7, 1e9, 5), np.geomspace(1e9, 1e10, 5)))
+    U = D.copy()
+    U[0] = D[0] / 1.2  # the one run that passes over its data 1.2 times
+    loss = laws.data_constrained(N, D, U, **TRUE) * np.exp(rng.normal(0, 0.003, N.size))
+    data = Data.from_arrays(N, D, loss, unique_tokens=U)
+    fit = fit_law(data, "data_constrained")
+    boot = judge_saturation(data, fit, bootstrap(data, fit, n_resamples=200))
+    doc = repetition_to_json(data, fit, boot)
+    share, m, k = uninformed_share(D / U - 1)
+    assert (m, k) == (1, 25) and share == pytest.approx((24 / 25) ** 25)
+    assert doc["epoch_value"]["R_D_star_status"] == "not identified"
+    assert doc["epoch_value"]["R_D_star_interval"] == list(laws.LAWS["data_constrained"].bounds["R_D_star"])
+    message = [d.message for d in boot.diagnostics if d.code == "not_identified"][0]
+    assert "only 1 of 25 resampling units hold a run that repeats its data (epochs > 1), so 36%" in message
+    assert repetition_headline(doc).endswith("not identified; these runs do not say what another epoch is worth.")
+    # Three of 25 units past one epoch: (22/25)^25 = 4% of the resamples hold none, below 5%.
+    assert uninformed_share(np.r_[np.ones(3), np.zeros(22)])[0] < 0.05
+
+
 def test_one_epoch_is_chinchilla():
     N, D = np.geomspace(1e7, 1e9, 4), np.geomspace(1e9, 1e11, 4)
     chin = {k: v for k, v in TRUE.items() if k != "R_D_star"}
