@@ -380,26 +380,25 @@ def data_loss_floor(run_dirs: list[Path]) -> float | None:
     ``source.loss_floor_nats``: the known E of the built-in ``markov`` and ``shapes`` sets), or
     None when no run's manifest records one, or the runs' data disagree. Read as JSON, so the
     analysis needs neither torch nor the data prepared again."""
-    source = data_floor_source(run_dirs)
-    return None if source is None else float(source["loss_floor_nats"])
+    manifest = data_floor_source(run_dirs)
+    return None if manifest is None else float(manifest["source"]["loss_floor_nats"])
 
 
 def data_floor_source(run_dirs: list[Path]) -> dict | None:
-    """The ``source`` record of the manifest of the runs' data, where it records a positive
-    ``loss_floor_nats`` and every run that has one agrees on it (with ``context_floors_nats``,
-    the floors of shorter contexts, for the ``markov`` set); None otherwise."""
+    """The manifest (its JSON) of the runs' data, where its ``source`` records a positive
+    ``loss_floor_nats`` and every run that has one agrees on it; None otherwise."""
     found: dict[float, dict] = {}
     for run in run_dirs:
         path = _data_manifest(Path(run))
         if path is None:
             continue
         try:
-            source = json.loads(path.read_text()).get("source") or {}
-            value = source.get("loss_floor_nats")
+            manifest = json.loads(path.read_text())
+            value = (manifest.get("source") or {}).get("loss_floor_nats")
         except (OSError, ValueError, AttributeError):
             continue
         if _positive(value):
-            found[float(value)] = source
+            found[float(value)] = manifest
     return found.popitem()[1] if len(found) == 1 else None
 
 

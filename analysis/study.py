@@ -269,10 +269,12 @@ def analyse_study(
             out.approaches = compare_approaches(out.fit, out.boot, out.iso, out.envelope, data=data, flops=flops)
         except AnalysisError as e:
             out.problems.append(f"approaches side by side: {e}")
-    source = data_floor_source(run_dirs)
-    if source is not None and out.fit is not None:
-        out.known_floor = known_floor(float(source["loss_floor_nats"]), out.fit, out.boot,
-                                      context_floors=source.get("context_floors_nats"))
+    manifest = data_floor_source(run_dirs)
+    if manifest is not None and out.fit is not None:
+        from scaling.data.markov import recorded_context_floors
+
+        out.known_floor = known_floor(float(manifest["source"]["loss_floor_nats"]), out.fit, out.boot,
+                                      context_floors=recorded_context_floors(manifest))
     from scaling.analysis.tune import read_tune
     from scaling.analysis.verify import verification
 

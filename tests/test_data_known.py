@@ -15,7 +15,7 @@ import torch
 
 from scaling.data import DataConfig, eval_batches, prepare_dataset, train_batches
 from scaling.data.loader import read_shard
-from scaling.data.markov import MAX_TRANSITIONS, MarkovSpec, position_floors
+from scaling.data.markov import MAX_TRANSITIONS, MarkovSpec, position_floors, recorded_context_floors
 from scaling.data.prepare import loss_floor
 from scaling.data.shapes import bayes_loss, glyphs, read_class, shapes_images
 from scaling.errors import ConfigError
@@ -134,8 +134,8 @@ def test_markov_floor_is_the_true_chains_loss_on_the_loaders_windows(tmp_path, o
     # The recorded check on the validation windows agrees too.
     assert abs(src["val_true_loss_nats"] - floor) < 4 * src["val_true_loss_se"]
     # The floors of shorter contexts: the best predictor that reads only j tokens back, scored
-    # on the same windows, loses what context_floors_nats records, more for each token fewer.
-    floors = src["context_floors_nats"]
+    # on the same windows, loses what recorded_context_floors computes, more for each token fewer.
+    floors = recorded_context_floors(m.to_json())
     assert len(floors) == cfg.markov_order and floors[-1] == floor and (np.diff(floors) < 0).all()
     for j, expected in enumerate(floors[:-1], start=1):
         short = chain.window_losses(rows, m.eod_id, cfg.markov_doc_tokens, context=j).mean(1)

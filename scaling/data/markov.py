@@ -26,7 +26,7 @@ That is the design; at laptop scale the orders are learned one at a time, not sm
 2K to 90K parameters on at most 4M tokens learned the first-order table and none of the longer
 contexts: on the defaults (k = 3), and on k = 2 with V = 64 and V = 32, the default study's
 fitted E landed within 0.5% of F_1, the floor of the best 1-token predictor, 12-13% above the
-chain's floor. `context_floors` (recorded as `source.context_floors_nats`) gives F_1..F_k, so a
+chain's floor. `context_floors` (of a manifest: `recorded_context_floors`) gives F_1..F_k, so a
 report can say which context a fitted E has reached; the `known_answer` study uses a first-order
 chain, whose floor those models do reach.
 
@@ -380,6 +380,18 @@ def window_floor(conditional_entropies: list[float], q: float, seq_len: int) -> 
     return float(np.mean(position_floors(conditional_entropies, q, seq_len)))
 
 
+def recorded_context_floors(manifest: dict) -> list[float] | None:
+    """`context_floors` of a `markov` manifest (its JSON), from what it records (the chain's
+    conditional entropies, mean document length and seq_len); None for any other data. Computed
+    here rather than recorded, so that manifests, and the data checksum taken over them, stay
+    as they were."""
+    source = manifest.get("source") or {}
+    H, doc, seq_len = source.get("conditional_entropies_nats"), source.get("mean_doc_tokens"), manifest.get("seq_len")
+    if source.get("type") != "markov" or not H or not doc or not seq_len:
+        return None
+    return context_floors([float(h) for h in H], 1.0 / float(doc), int(seq_len))
+
+
 def context_floors(conditional_entropies: list[float], q: float, seq_len: int) -> list[float]:
     """[F_1, ..., F_k]: F_m is the expected loss over the loader's windows of the best predictor
     that reads at most m tokens back (nats), the floor of a model that has learned the chain's
@@ -439,7 +451,6 @@ def markov_documents(spec: MarkovSpec, total_tokens: int, mean_doc_tokens: float
         "entropy_rate_nats_per_token": H[-1],
         "conditional_entropies_nats": H,
         "loss_floor_nats": chain.floor(seq_len, mean_doc_tokens),
-        "context_floors_nats": context_floors(H, 1.0 / mean_doc_tokens, seq_len),
         "loss_floor_method": "exact: the Bayes predictor's expected loss over the loader's windows",
         "loss_floor_error_nats": chain.entropy_error(),
         "state_zipf_exponent": chain.state_zipf_exponent(),
