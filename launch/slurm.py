@@ -137,6 +137,10 @@ class SlurmJob:
     env: tuple[tuple[str, str], ...]  # exported after the setup lines
     python: str  # the interpreter command every task runs
     overrides: tuple[str, ...]  # the trainer's overrides
+    # A cooldown branch's (trunk checkpoint at its fork step, seconds between looks): the job waits
+    # for it before training, and rotates the trunk's checkpoints once it has completed; None
+    # for any other run.
+    fork: Optional[tuple[str, float]] = None
 
     @classmethod
     def of(cls, run: RunSpec, cluster: ClusterConfig) -> "SlurmJob":
@@ -161,6 +165,7 @@ class SlurmJob:
             python=cluster.python or shlex.quote(sys.executable),
             # Without cgroups every task sees all of the node's cores; keep each to its allocation.
             overrides=(*run.overrides, f"train.num_threads={cluster.cpus_per_task}"),
+            fork=None if (ckpt := fork_checkpoint(run)) is None else (str(ckpt), FORK_POLL_S),
         )
 
     @property
@@ -202,9 +207,9 @@ class SlurmJob:
 
     def train_job(self, run: RunSpec) -> "TrainJob":
         """The callable submitit pickles and runs in every task of this job."""
-        fork = fork_checkpoint(run)
-        return TrainJob(run.id, run.dir, list(self.overrides), self.max_requeues,
-                        fork_checkpoint=None if fork is None else str(fork), fork_poll_s=FORK_POLL_S)
+        checkpoint, poll_s = self.fork or (None, FORK_POLL_S)
+        return TrainJob(run.id, run.dir, list(self.overrides), self.max_requeues, fork_checkpoint=checkpoint,
+                        fork_poll_s=poll_s)
 
     def sbatch_flags(self) -> dict[str, Any]:
         """The printed script's #SBATCH flags, in sbatch's names (True: a flag without a value)."""
@@ -242,7 +247,19 @@ class SlurmJob:
             setup="\n".join(self.shell_setup()),
             python=self.python,
             overrides=" \\\n".join("    " + shlex.quote(o) for o in self.overrides),
+            fork_wait="", fork_release="",
         )
+        if self.fork is not None:
+            checkpoint, poll_s = self.fork
+            run_dir = next(o.split("=", 1)[1] for o in self.overrides if o.startswith("run.dir="))
+            state = f"{self.python} -m scaling.launch.state"
+            values["fork_wait"] = (
+                "# A cooldown branch: it starts from its trunk's checkpoint at the fork step, and waits for\n"
+                f"# it (looking every {poll_s:g} s) if the trunk has not got there yet.\n"
+                f"{state} wait-fork {shlex.quote(run_dir)} {shlex.quote(checkpoint)} --poll-s {poll_s:g} || exit 1\n\n")
+            values["fork_release"] = (
+                "# Completed: the trunk's checkpoints are rotated, in which this fork point may now go.\n"
+                f"if [ $code -eq 0 ]; then {state} release-fork {shlex.quote(checkpoint)}; fi\n")
         return Template(TEMPLATE.read_text()).substitute(values)
 
 

@@ -239,3 +239,36 @@ def archive_failed(run_dir: str | Path) -> Path:
 
 def proc_start(pid: int) -> Optional[str]:
     return _proc_start(pid)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """What a plain sbatch script of a cooldown branch runs around its training step
+    (slurm/train.sbatch), as a branch's submitit job does in-process (launch/slurm.py TrainJob):
+
+        python -m scaling.launch.state wait-fork RUN_DIR CHECKPOINT --poll-s S   # before: exit 1 if it cannot start
+        python -m scaling.launch.state release-fork CHECKPOINT                   # after it completed
+    """
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m scaling.launch.state", description=main.__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    wait = sub.add_parser("wait-fork", help="wait until a branch's fork checkpoint is complete")
+    wait.add_argument("run_dir")
+    wait.add_argument("checkpoint")
+    wait.add_argument("--poll-s", type=float, default=30.0)
+    release = sub.add_parser("release-fork", help="rotate the trunk's checkpoints once a branch has completed")
+    release.add_argument("checkpoint")
+    args = ap.parse_args(argv)
+    if args.command == "wait-fork":
+        why = wait_for_fork(args.run_dir, args.checkpoint, poll_s=args.poll_s, echo=lambda s: print(s, flush=True))
+        if why is not None:
+            print(f"this cooldown branch cannot start: {why}", flush=True)
+            return 1
+        return 0
+    for path in release_fork(args.checkpoint):
+        print(f"its trunk's checkpoints rotated: removed {path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -121,6 +121,34 @@ def test_a_slurm_branch_job_polls_for_its_fork_checkpoint(tmp_path):
                                         poll_s=0.01, timeout_s=0.0)
 
 
+def test_a_plain_sbatch_branch_waits_for_its_fork_checkpoint_as_the_submitit_job_does(tmp_path):
+    """The printed script's wait-fork and release-fork lines, run as the script runs them."""
+    import subprocess
+    import sys
+    import threading
+
+    from scaling.contracts import Result, RunStatus, write_result
+
+    trunk, branch = tmp_path / "runs" / "trunk", tmp_path / "runs" / "branch"
+    ckpt = trunk / "checkpoints" / "step00000008"
+    branch.mkdir(parents=True)
+
+    def state(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "scaling.launch.state", *args], capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+
+    later = threading.Timer(1.0, lambda: (ckpt.mkdir(parents=True), (ckpt / "state.json").write_text("{}")))
+    later.start()
+    waited = state("wait-fork", str(branch), str(ckpt), "--poll-s", "0.05")
+    later.join()
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    assert f"waiting for the trunk's checkpoint {ckpt}" in waited.stdout
+    write_result(trunk, Result(status=RunStatus.FAILED, error="boom"))
+    refused = state("wait-fork", str(branch), str(trunk / "checkpoints" / "step00000009"), "--poll-s", "0.05")
+    assert refused.returncode == 1 and "cannot start: the trunk trunk ended (failed)" in refused.stdout
+    assert state("release-fork", str(ckpt)).returncode == 0
+
+
 def test_a_fork_point_is_rotated_once_every_branch_from_it_has_completed(tmp_path):
     from scaling.contracts import Result, RunStatus, write_plan, write_result
     from scaling.launch.state import fork_checkpoint, release_fork

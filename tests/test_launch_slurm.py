@@ -107,7 +107,8 @@ def lines_after(text: str, marker: str) -> list[str]:
     return block[: block.index("")]
 
 
-def read_job(flags: dict, setup: list[str], python: str, overrides: list[str], max_requeues: int) -> dict:
+def read_job(flags: dict, setup: list[str], python: str, overrides: list[str], max_requeues: int,
+             fork: tuple | None) -> dict:
     """Every SlurmJob field, as a script shows it."""
     exports = [shlex.split(l[len("export "):])[0].split("=", 1) for l in setup if l.startswith("export ")]
     return dict(
@@ -129,6 +130,7 @@ def read_job(flags: dict, setup: list[str], python: str, overrides: list[str], m
         env=tuple((k, v) for k, v in exports),
         python=python,
         overrides=tuple(overrides),
+        fork=fork,
     )
 
 
@@ -139,7 +141,20 @@ def printed(job: SlurmJob) -> tuple[dict, dict]:
     python, args = re.fullmatch(r"srun --kill-on-bad-exit=1 (.*) -m scaling\.train (.*)", command.strip()).groups()
     max_requeues = int(re.search(r'SLURM_RESTART_COUNT:-0}" -lt (\d+) \]', text).group(1))
     flags = sbatch_flags(text)
-    return flags, read_job(flags, lines_after(text, "set -u"), python, shlex.split(args), max_requeues)
+    fork = None
+    wait = re.search(r"^(.*) -m scaling\.launch\.state wait-fork (.*) \|\| exit 1$", text, re.M)
+    if wait is not None:  # a branch: it waits for its fork checkpoint, and releases the same one
+        assert wait.group(1) == python
+        run_dir, checkpoint, _, poll_s = shlex.split(wait.group(2))
+        assert f"run.dir={run_dir}" in shlex.split(args)
+        release = re.search(r"^if \[ \$code -eq 0 \]; then (.*) -m scaling\.launch\.state release-fork (.*); fi$",
+                            text, re.M)
+        assert release.group(1) == python and shlex.split(release.group(2)) == [checkpoint]
+        assert text.index("wait-fork") < text.index("srun ") < text.index("release-fork") < text.index("cancelled()")
+        fork = (checkpoint, float(poll_s))
+    else:
+        assert "release-fork" not in text
+    return flags, read_job(flags, lines_after(text, "set -u"), python, shlex.split(args), max_requeues, fork)
 
 
 def submitted(folder: Path, job_id: str) -> tuple[dict, dict]:
@@ -152,7 +167,8 @@ def submitted(folder: Path, job_id: str) -> tuple[dict, dict]:
     python = re.search(r"^srun --unbuffered --output \S+ (.*) -u -m submitit\.core\._submit ", text, re.M).group(1)
     flags = sbatch_flags(text)
     assert flags.pop("wckey") == "submitit"  # submitit's accounting tag, the one flag the printed script lacks
-    return flags, read_job(flags, lines_after(text, "# setup"), python, call.overrides, call.max_requeues)
+    fork = (call.fork_checkpoint, call.fork_poll_s) if call.fork_checkpoint is not None else None
+    return flags, read_job(flags, lines_after(text, "# setup"), python, call.overrides, call.max_requeues, fork)
 
 
 @pytest.fixture
@@ -229,6 +245,7 @@ def test_the_submitted_and_the_printed_job_agree_on_every_field(tmp_path, monkey
         signal_delay_s=33, max_requeues=7, additional=(("constraint", "h100"), ("exclusive", True)),
         setup=("module load nccl",), env=(("PYTHONUNBUFFERED", "1"), ("NCCL_DEBUG", "INFO")),
         python="/opt/py/bin/python3 -X faulthandler", overrides=(*job.overrides, "train.seed=7"),
+        fork=(str(tmp_path / "trunk" / "checkpoints" / "step00000012"), 5.0),
     )  # fmt: skip
     assert set(changed) == {f.name for f in dataclasses.fields(SlurmJob)}, "a new SlurmJob field needs a value here"
     for name, value in changed.items():
