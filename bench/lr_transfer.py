@@ -59,16 +59,18 @@ def point(results: list[dict | None]) -> tuple[float | None, list[str]]:
     (the trainer stops on a non-finite loss) is left out of the mean, and a point whose every seed
     diverged is inf: worse than any other. A seed that is missing, or failed for another reason,
     measured nothing, so the point is None (unknown), never inf."""
-    vals, problems = [], []
-    for i, r in enumerate(results):
-        status, error = (r or {}).get("status"), str((r or {}).get("error") or "")
+    from scaling.launch.tune import diverged
+
+    vals, problems, unknown = [], [], False
+    for seed, r in zip(SEEDS, results):
+        status, error = (r or {}).get("status"), (r or {}).get("error")
         if status == "completed" and r.get("eval_loss") is not None and math.isfinite(r["eval_loss"]):
             vals.append(float(r["eval_loss"]))
-        elif status == "failed" and "loss is" in error:
-            problems.append(f"seed {SEEDS[i]} diverged")
+        elif diverged(status, error):
+            problems.append(f"seed {seed} diverged")
         else:
-            problems.append(f"seed {SEEDS[i]} {status or 'missing'}{': ' + error[:80] if error else ''}")
-    unknown = [m for m in problems if "diverged" not in m]
+            unknown = True
+            problems.append(f"seed {seed} {status or 'missing'}{': ' + str(error)[:80] if error else ''}")
     if unknown:
         return None, problems
     return (float(np.mean(vals)) if vals else float("inf")), problems
@@ -105,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     k, n = (int(v) for v in args.shard.split("/"))
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from scaling.launch.tune import diverged
     from scaling.rundir import read_result
     from scaling.train import run_overrides
 
@@ -113,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     for i, (p, w, d, lr, seed) in enumerate(grid):
         run = root / p / f"w{w}-d{d}" / f"lr{lr:.4g}-s{seed}"
-        done_before = read_result(run) or {}
-        diverged = done_before.get("status") == "failed" and "loss is" in str(done_before.get("error"))
-        if done_before.get("status") != "completed" and not diverged:  # a diverged run would diverge again
+        before = read_result(run) or {}
+        if before.get("status") != "completed" and not diverged(before.get("status"), before.get("error")):
+            # (a run that diverged would diverge again)
             overrides = [f"run.dir={run}", *COMMON, f"model.d_model={w}", f"model.n_layers={d}", f"train.lr={lr}",
                          f"train.seed={seed}", f"model.parametrization={p}", *BASE]  # fmt: skip
             code = run_overrides(overrides)

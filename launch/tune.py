@@ -35,6 +35,12 @@ _PLACEHOLDER = ["model.mup.base_width=1", "model.mup.base_depth=1"]
 _DIVERGED = re.compile(r"loss is -?(nan|inf)", re.IGNORECASE)
 
 
+def diverged(status: Any, error: Optional[str]) -> bool:
+    """Whether a failed run stopped on a non-finite loss (the trainer's NonFiniteLoss), as opposed
+    to failing for another reason: a sweep counts the first as worse than any finished run."""
+    return status == RunStatus.FAILED and bool(_DIVERGED.search(error or ""))  # a str enum: "failed" too
+
+
 def tune_dir(study_dir: str) -> str:
     return str(Path(study_dir) / TUNE_DIR)
 
@@ -155,7 +161,7 @@ def sweep_losses(tune: Plan) -> Optional[dict[float, list[float]]]:
             return None
         if res.status is RunStatus.COMPLETED:
             loss = res.loss if res.loss is not None else math.inf
-        elif res.status is RunStatus.FAILED and _DIVERGED.search(res.error or ""):
+        elif diverged(res.status, res.error):
             loss = math.inf
         else:
             return None
