@@ -149,6 +149,9 @@ def isoflop_to_json(
         "stderr": {"a": iso.a_stderr, "b": iso.b_stderr},
         "interval": {"a": list(iso.a_interval), "b": list(iso.b_interval)},
         "interval_level": iso.level,
+        "interval_method": iso.interval_method,
+        "interval_bootstrap": {"a": list(iso.a_interval_bootstrap),
+                               "b": list(iso.b_interval_bootstrap)},
         "n_resamples": iso.n_boot,
         "n_points": int(sum(p.n_runs for p in iso.profiles)),
         "objective": None,
@@ -250,7 +253,7 @@ def format_isoflop(iso: IsoFLOPResult) -> str:
     for k, v, iv, se in (("a", iso.a, iso.a_interval, iso.a_stderr),
                          ("b", iso.b, iso.b_interval, iso.b_stderr)):
         lines.append(f"  {k} = {v:.4f}  stderr {_g(se)}  "
-                     f"{int(iso.level * 100)}% interval [{_g(iv[0])}, {_g(iv[1])}]")
+                     f"{int(iso.level * 100)}% interval [{_g(iv[0])}, {_g(iv[1])}] ({iso.interval_method})")
     lines.append("diagnostics: " + ("none" if not iso.diagnostics else ""))
     lines += [f"  - {d.code}: {d.message}" for d in iso.diagnostics]
     return "\n".join(lines)

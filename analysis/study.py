@@ -644,8 +644,13 @@ def _iso_section(iso: Any) -> str:
     rows = [[_g(p.budget), str(p.n_runs), _g(p.N_opt), _g(p.D_opt), f"{p.L_min:.4f}",
              "yes" if p.interior else "**no**", "yes" if p.usable else "no"] for p in iso.profiles]
     text = _table(["budget C", "sizes", "N_opt", "D_opt", "L_min", "interior", "used"], rows)
+    level = f"{iso.level:.0%}"
+    how = (f"{level} t-intervals of the line through the {iso.n_used} minima, from their scatter "
+           f"about it; beside, the bootstrap over runs within each budget gives a "
+           f"{_pair(iso.a_interval_bootstrap).strip()}" if iso.interval_method == "line" else
+           f"{level} intervals from the bootstrap over runs within each budget")
     text += (f"\n\nN_opt ~ C^a with a = {iso.a:.3f}{_pair(iso.a_interval)}; D_opt ~ C^b with b = {iso.b:.3f}"
-             f"{_pair(iso.b_interval)} (95% intervals). Chinchilla's approach 2 found a = 0.49, b = 0.51.")
+             f"{_pair(iso.b_interval)} ({how}). Chinchilla's approach 2 found a = 0.49, b = 0.51.")
     return text
 
 

@@ -105,3 +105,64 @@ def test_holdout_check_reports_relative_errors():
     assert np.all(by_n.N == data.N.max())
     with pytest.raises(AnalysisError, match="by='T'"):
         holdout_check(data, by="T")
+
+
+def small_profiles(seed, budgets=(2.2e10, 4.5e10, 9e10, 1.8e11, 3.6e11), n_sizes=5):
+    """A study shaped like the default one: a few sizes per budget spanning 8x in N, one run
+    each, off-centre around the optimum, and noise of log loss that grows with the size (0.5%
+    to 3%, as the default study's seeds scatter). The law is the default study's own fit."""
+    law = dict(E=1.985, A=8420.0, alpha=1.191, B=9.187e4, beta=0.990)
+    rng = np.random.default_rng(seed)
+    N, D, C, loss = [], [], [], []
+    for budget in budgets:
+        n_opt, _, _ = laws.chinchilla_optimal(budget, **law)
+        sizes = n_opt * np.geomspace(1 / 3, 8 / 3, n_sizes) * np.exp(rng.uniform(-0.3, 0.3))
+        d = budget / (6 * sizes)
+        sd = np.linspace(0.005, 0.03, n_sizes)
+        N += list(sizes)
+        D += list(d)
+        C += [budget] * n_sizes
+        loss += list(laws.chinchilla(sizes, d, **law) * np.exp(rng.normal(0, 1, n_sizes) * sd))
+    return Data.from_arrays(N, D, loss, C, budget=C), law["beta"] / (law["alpha"] + law["beta"])
+
+
+def test_line_interval_covers_a_with_few_runs_per_budget_where_the_bootstrap_is_far_wider():
+    """With 5 runs per budget, resamples that keep 3 distinct sizes give parabolas whose
+    vertices scatter far wider than the estimate does. The t-interval of the line through the
+    minima is used instead (5 budgets): it must still cover the true a in 95% of studies (at
+    least 88 of 100), and be under half the bootstrap's width."""
+    covered = covered_boot = 0
+    widths, widths_boot = [], []
+    for draw in range(100):
+        data, a_true = small_profiles(seed=draw)
+        iso = isoflop_profiles(data, n_boot=200, seed=draw)
+        # A profile whose noisy minimum falls outside its sizes is left out; 3 budgets left
+        # fall back to the bootstrap. Either way the interval must cover.
+        assert iso.interval_method == ("line" if iso.n_used >= 4 else "bootstrap")
+        lo, hi = iso.a_interval
+        covered += lo <= a_true <= hi
+        widths.append(hi - lo)
+        lo, hi = iso.a_interval_bootstrap
+        covered_boot += lo <= a_true <= hi
+        widths_boot.append(hi - lo)
+    print(f"line: coverage {covered}/100, median width {np.median(widths):.3f}; bootstrap: "
+          f"{covered_boot}/100, {np.median(widths_boot):.3f}")
+    assert covered >= 88
+    assert np.median(widths) < 0.5 * np.median(widths_boot)
+
+
+def test_line_draws_agree_with_the_line_interval_and_three_budgets_use_the_bootstrap():
+    data, _ = small_profiles(seed=0)
+    iso = isoflop_profiles(data, n_boot=20000, seed=0)  # t with 3 degrees of freedom has long tails
+    lo, hi = iso.a_interval
+    assert (lo + hi) / 2 == pytest.approx(iso.a)
+    # The bands come from draws of the same line: their slopes' percentiles match the t-interval.
+    assert np.percentile(iso.boot_N[:, 1], [2.5, 97.5]) == pytest.approx([lo, hi], abs=0.03 * (hi - lo))
+    # D_opt = C / (6 N_opt) in every draw, so b = 1 - a draw by draw, as in the estimate.
+    assert iso.boot_D[:, 1] == pytest.approx(1 - iso.boot_N[:, 1])
+    C = 1e11
+    blo, bhi = iso.band(np.array([C]))
+    assert blo[0] < iso.N_opt(C) < bhi[0]
+    three, _ = small_profiles(seed=0, budgets=(2.2e10, 9e10, 3.6e11))
+    iso3 = isoflop_profiles(three, n_boot=200, seed=0)
+    assert iso3.interval_method == "bootstrap" and iso3.a_interval == iso3.a_interval_bootstrap
