@@ -231,7 +231,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  {rid}: actual {a:.4f}  predicted {pr:.4f}  rel error {e:+.2%}")
         print(f"  holdout RMSE(log L) {doc['holdout_rmse_log']:.4g}")
     print("wrote " + ", ".join(str(p) for p in [out / "fit.json"] + written))
-    poor = [d for d in fit.diagnostics if d.code == "poor_fit"]
+    poor = [d for d in fit.diagnostics if d.code in ("poor_fit", "lack_of_fit")]
     if poor:  # the exit code stays 0; the last line says so
         print(f"the fit is poor: {poor[0].message}")
     return 0

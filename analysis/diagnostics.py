@@ -12,6 +12,8 @@ to ``fit.json`` under its ``code``. Codes:
 - ``not_converged``: the best start stopped on the iteration limit, not on a tolerance.
 - ``poor_fit``: the residuals are large against the data's own noise scale, or show
   structure along an input (see :func:`fit_quality_diagnostics`).
+- ``lack_of_fit``: where runs repeat a configuration (seeds: the same inputs), the law misses
+  the repeats' means by more than their own scatter explains (see :func:`lack_of_fit`).
 - ``wide_interval``: a bootstrap interval is wider than the estimate itself.
 - ``bootstrap_not_converged``: some bootstrap resamples did not converge.
 
@@ -37,6 +39,9 @@ POOR_FIT_RMSE_RATIO = 5.0  # RMSE of log loss over the noise scale
 POOR_FIT_RUNS_Z = -3.5  # runs test on the residuals' signs along an input
 POOR_FIT_SPREAD_RATIO = 2.0  # robust spread of residuals over the noise scale, with few runs
 NOISE_FLOOR_LOG = 1e-3  # below 0.1% in loss, structure in the residuals does not matter
+# lack_of_fit fires below this p-value of the pure-error F test: a right law with repeated
+# runs raises it once in a thousand fits.
+LACK_OF_FIT_P = 1e-3
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,45 @@ def fit_quality_diagnostics(
                 f"spread {spread / noise:.1f} times the noise scale); the law does not follow "
                 f"the data's shape, fit another law")]
     return []
+
+
+def lack_of_fit(residuals: np.ndarray, inputs: dict[str, np.ndarray], n_params: int) -> list[Diagnostic]:
+    """``lack_of_fit`` from the pure-error F test (Draper and Smith, ch. 2), where runs repeat a
+    configuration: rows with the same value in every input (the seeds of one run) are repeats.
+
+    Their scatter about their own mean is pure error, SS_pe with sum(n_g - 1) degrees of
+    freedom, whatever the law. What the law misses beyond that, SS_res - SS_pe with
+    (configurations - n_params) degrees of freedom, is lack of fit. F = (SS_lof / df_lof) /
+    (SS_pe / df_pe); the diagnostic fires when F's p-value is below :data:`LACK_OF_FIT_P`. No
+    repeats, or no degrees of freedom left for either part: nothing is judged. Unlike
+    ``poor_fit``, the noise scale here is measured, not estimated from neighbouring residuals."""
+    from scipy import stats
+
+    if not inputs or residuals.size < 3 or not np.isfinite(residuals).all():
+        return []
+    keys = np.stack([np.asarray(v, dtype=float) for v in inputs.values()], axis=1)
+    _, group, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    group = group.reshape(-1)
+    means = np.bincount(group, weights=residuals) / counts
+    ss_pe = float(np.sum((residuals - means[group]) ** 2))
+    df_pe = int(residuals.size - counts.size)
+    df_lof = int(counts.size - n_params)
+    if df_pe < 1 or df_lof < 1 or ss_pe <= 0:
+        return []
+    ss_lof = float(np.sum(residuals**2)) - ss_pe
+    F = (ss_lof / df_lof) / (ss_pe / df_pe)
+    p = float(stats.f.sf(F, df_lof, df_pe))
+    if p >= LACK_OF_FIT_P:
+        return []
+    miss = float(np.sqrt(np.mean(means**2)))
+    # What the repeats' scatter alone would leave in the means: s^2 / n_g per configuration.
+    expected = float(np.sqrt(ss_pe / df_pe * np.mean(1.0 / counts)))
+    return [Diagnostic(
+        "lack_of_fit",
+        f"{counts.size} configurations with {residuals.size} runs: the law misses their means "
+        f"by {miss:.2g} in log loss (RMS), where the repeats' own scatter explains "
+        f"{expected:.2g} (F={F:.3g} on {df_lof} and {df_pe} degrees of freedom, p={p:.2g}); "
+        f"the form does not describe these runs, and its intervals assume it does")]
 
 
 def interval_diagnostics(

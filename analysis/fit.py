@@ -44,6 +44,7 @@ from scaling.analysis.diagnostics import (
     Diagnostic,
     fit_quality_diagnostics,
     interval_diagnostics,
+    lack_of_fit,
     noise_scale,
     require_distinct,
     require_points,
@@ -406,6 +407,7 @@ def fit_law(
     if not converged:
         diags.append(Diagnostic("not_converged", "the best start hit the iteration limit"))
     diags += fit_quality_diagnostics(r2_log, rmse_log, residuals, raw)
+    diags += lack_of_fit(residuals, raw, rep.n_free)
 
     return FitResult(
         law=law,

@@ -49,3 +49,29 @@ def test_noise_scale_ignores_a_smooth_misfit_and_runs_see_it():
     smooth = 0.2 * np.sin(key / 30)
     assert abs(noise_scale(noise + smooth, key) / 0.01 - 1) < 0.2
     assert runs_z(noise + smooth, key) < -5 < runs_z(noise, key)
+
+
+def repeated_grid(seed, seeds=4, sigma=0.01, wiggle=0.0):
+    """A 5 x 5 Chinchilla grid run `seeds` times (the same N and D; noise of log loss `sigma`
+    per run), with an optional structure no Chinchilla law follows: a wiggle of relative size
+    `wiggle` along ln N, the same for every seed."""
+    rng = np.random.default_rng(seed)
+    N, D = (np.repeat(v.ravel(), seeds) for v in np.meshgrid(np.geomspace(1e7, 3e9, 5),
+                                                             np.geomspace(3e8, 1e11, 5)))
+    shape = 1 + wiggle * np.sin(3 * np.log(N))
+    loss = laws.chinchilla(N, D) * shape * np.exp(rng.normal(0, sigma, N.size))
+    return Data.from_arrays(N, D, loss)
+
+
+def test_lack_of_fit_needs_repeats_and_fires_only_on_a_misfit_they_reveal():
+    """The pure-error F test: repeats of each configuration measure the noise, so a law that
+    misses their means by more than that is named. A right law is not (10 studies), a 2% wiggle
+    is, and without repeats nothing is judged."""
+    for seed in range(10):
+        fit = fit_law(repeated_grid(seed), "chinchilla")
+        assert "lack_of_fit" not in {d.code for d in fit.diagnostics}, fit.diagnostics
+    fit = fit_law(repeated_grid(0, wiggle=0.02), "chinchilla")
+    found = [d for d in fit.diagnostics if d.code == "lack_of_fit"]
+    assert found and "25 configurations with 100 runs" in found[0].message
+    fit = fit_law(repeated_grid(0, seeds=1, wiggle=0.02), "chinchilla")
+    assert "lack_of_fit" not in {d.code for d in fit.diagnostics}
