@@ -124,7 +124,7 @@ def plot_isoflop(ax: Axes, iso: IsoFLOPResult) -> Axes:
     ax.set_xscale("log")
     ax.set_xlabel("parameters N [count]")
     ax.set_ylabel(LOSS_LABEL)
-    ax.set_title("IsoFLOP profiles (parabola in ln N; * = minimum; grey = outside window)")
+    ax.set_title("IsoFLOP profiles: parabola in ln N, * its minimum,\ngrey = outside the fitting window", fontsize="medium")
     if len(iso.profiles) <= 12:
         ax.legend(fontsize="x-small")
     return ax
