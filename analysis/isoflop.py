@@ -44,8 +44,8 @@ DEFAULT_WINDOW = 0.2
 MIN_WINDOW_SIZES = 4
 # From this many budgets up, the exponents' intervals are the t-intervals of the line through
 # the budgets' minima, not the bootstrap over runs. Measured on 100 synthetic studies of the
-# default study's design (5 budgets x 4-5 sizes, one run each, Chinchilla's law, per-run noise
-# of log loss as measured over 4 seeds of that study, 0.1% to 4.8%): the line's 95% interval
+# default study's earlier design (5 budgets x 4-5 sizes, one run each, Chinchilla's law, per-run
+# noise of log loss as measured over 4 seeds of that study, 0.1% to 4.8%): the line's 95% interval
 # covered the true a 93 times with median width 0.21, the bootstrap 95 times with width 0.78,
 # against a spread of the estimate itself of 0.20 (2.5th to 97.5th percentile). Resampling 4
 # or 5 runs leaves parabolas through 3 distinct sizes whose vertices scatter far wider than
