@@ -45,6 +45,12 @@ Measured with the defaults and --seeds 0 1 2 3 4 5 6 7 (80 runs, 9 minutes on 2 
 with paired standard errors of 0.5 to 1.0% and seed spreads of 1.3 to 2.6%; the goal holds at
 the first three points, not at the last (bound 1.63%). Seeds 0-3 alone give -0.37%, +0.53%,
 -0.01% and +2.57%.
+
+Measured with --lr at 0.00155, 0.0031, 0.0062 and 0.0124 (8 seeds each, 4 x 80 runs, about 36
+minutes): the branch ends below cosine at all four points and all four LRs. At each point's best
+LR by the cosine arm alone (0.0062 at N = 19.6K, 0.0031 at N = 95K; the branch arm's best is the
+same), the gaps are -1.95%, -1.92%, -2.96% and -5.00% (s.e. 0.12 to 0.26%): the goal fails at
+every point, the other way.
 """
 
 from __future__ import annotations
