@@ -260,25 +260,31 @@ def _line(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return intercept, slope
 
 
-def _line_interval(x: np.ndarray, y: np.ndarray, level: float) -> tuple[float, tuple[float, float]]:
-    """Standard error and ``level`` Student-t interval of the least-squares slope of y on x
-    (len(x) - 2 degrees of freedom)."""
-    from scipy import stats
-
-    fit = stats.linregress(x, y)
-    half = float(stats.t.ppf(0.5 + level / 2, x.size - 2) * fit.stderr)
-    return float(fit.stderr), (float(fit.slope - half), float(fit.slope + half))
-
-
-def _line_draws(x: np.ndarray, y: np.ndarray, n: int, rng) -> np.ndarray:
-    """n draws of (intercept, slope) from the least-squares line's sampling distribution: the
-    bivariate t with len(x) - 2 degrees of freedom, scale s^2 (X'X)^-1."""
+def _line_t(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """The least-squares line of y on x: (intercept, slope), their covariance s^2 (X'X)^-1,
+    and its len(x) - 2 degrees of freedom, for Student-t intervals and draws."""
     X = np.stack([np.ones_like(x), x], axis=1)
     coef, ssr = np.linalg.lstsq(X, y, rcond=None)[:2]
     dof = x.size - 2
     s2 = float(ssr[0]) / dof if ssr.size else 0.0
-    chol = np.linalg.cholesky(s2 * np.linalg.inv(X.T @ X) + 1e-300 * np.eye(2))
-    z = rng.standard_normal((n, 2)) @ chol.T
+    return coef, s2 * np.linalg.inv(X.T @ X), dof
+
+
+def _line_interval(x: np.ndarray, y: np.ndarray, level: float) -> tuple[float, tuple[float, float]]:
+    """Standard error and ``level`` Student-t interval of the least-squares slope of y on x."""
+    from scipy import stats
+
+    coef, cov, dof = _line_t(x, y)
+    se = float(np.sqrt(cov[1, 1]))
+    half = float(stats.t.ppf(0.5 + level / 2, dof)) * se
+    return se, (float(coef[1] - half), float(coef[1] + half))
+
+
+def _line_draws(x: np.ndarray, y: np.ndarray, n: int, rng) -> np.ndarray:
+    """n draws of (intercept, slope) from the least-squares line's sampling distribution: the
+    bivariate t with :func:`_line_t`'s center, scale and degrees of freedom."""
+    coef, cov, dof = _line_t(x, y)
+    z = rng.standard_normal((n, 2)) @ np.linalg.cholesky(cov + 1e-300 * np.eye(2)).T  # s = 0: no spread
     return coef[None, :] + z * np.sqrt(dof / rng.chisquare(dof, n))[:, None]
 
 
