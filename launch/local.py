@@ -137,6 +137,7 @@ class _Worker:
         self._busy = False
         self._trained = False  # has it been handed a run
         self._on_done: Callable[[Any], None] = lambda worker: None
+        self._replies = b""  # read from its stdout, not yet parsed
 
     def submit(self, overrides: list[str], log_path: Path, on_done: Callable[[Any], None]) -> None:
         self._code, self._busy, self._on_done, self._trained = None, True, on_done, True
@@ -150,17 +151,23 @@ class _Worker:
             return self._code
         import select
 
-        while select.select([self.proc.stdout], [], [], 0)[0]:
-            line = self.proc.stdout.readline()
-            if not line:  # the worker is gone
-                self._code, self._busy = self.proc.wait(), False
-                return self._code
-            reply = json.loads(line)
-            if "code" in reply:
+        # The pipe is read raw, into a buffer of our own: a buffered readline could pull two
+        # replies (the "ready" line and a quick run's code) out of the pipe at once and leave the
+        # second where select() never sees it, so that run would never be seen to end.
+        fd, gone = self.proc.stdout.fileno(), False
+        while not gone and select.select([fd], [], [], 0)[0]:
+            chunk = os.read(fd, 65536)
+            gone = not chunk  # end of file: the worker is gone
+            self._replies += chunk
+        while b"\n" in self._replies:
+            line, self._replies = self._replies.split(b"\n", 1)
+            if "code" in (reply := json.loads(line)):
                 self._code, self._busy = int(reply["code"]), False
                 self._on_done(self)
                 return self._code
-        if self.proc.poll() is not None:
+        if gone:
+            self._code, self._busy = self.proc.wait(), False
+        elif self.proc.poll() is not None:
             self._code, self._busy = self.proc.returncode, False
         return self._code
 
@@ -181,6 +188,24 @@ class _Worker:
             self.proc.wait(timeout=30)
         except (OSError, subprocess.TimeoutExpired):
             self.proc.kill()
+
+
+# The launcher's longest wait between looks at its runs. A warm worker's reply wakes it at once,
+# so a run's end is seen within a millisecond; a run in a process of its own (torchrun) and the
+# stall check are seen on this cadence.
+POLL_S = 0.1
+
+
+def _wait_for_an_end(active: list["_Active"], timeout: float) -> None:
+    """Sleep until a warm worker training one of `active` writes its reply (or dies), or for
+    `timeout` seconds."""
+    import select
+
+    pipes = [a.proc.proc.stdout for a in active if isinstance(a.proc, _Worker)]
+    if pipes:
+        select.select(pipes, [], [], timeout)
+    else:
+        time.sleep(timeout)
 
 
 @dataclass
@@ -290,7 +315,7 @@ def run_local(
                     if bar is not None:
                         bar.update(1)
                 pending.clear()
-            time.sleep(0.1)
+            _wait_for_an_end(active, POLL_S)
             for a in list(active):
                 code = a.proc.poll()
                 if code is None and stall_timeout_s:

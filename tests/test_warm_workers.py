@@ -136,3 +136,27 @@ def test_the_core_split_is_measured_once_per_host_and_cached(tmp_path, monkeypat
     assert figures[f"{runs}x{threads}"] == max(figures.values()) > 0  # the fastest split measured wins
     assert calibrate.core_split(2, cache_dir=str(tmp_path), echo=_quiet) == (runs, threads)
     assert len(calls) == 2  # read from the cache, not measured again
+
+
+def test_a_reply_that_arrives_with_the_ready_line_is_seen(tmp_path):
+    """A run handed to a worker that is still importing, and that ends at once (a config error),
+    puts the worker's two lines ("ready", then the run's code) in the pipe together. The launcher
+    must still see the run end: a buffered readline used to take both out of the pipe and leave
+    the code where select() never looked, so the run hung until the stall timeout."""
+    import sys
+
+    from scaling.launch.local import _Worker
+    from scaling.rundir import EXIT_CONFIG
+
+    worker = _Worker(sys.executable)
+    log = tmp_path / "launch.log"
+    worker.submit(["train.no_such_key=1"], log, on_done=lambda w: None)
+    deadline = time.time() + 120
+    while "no_such_key" not in (log.read_text() if log.exists() else "") and time.time() < deadline:
+        time.sleep(0.2)  # no poll meanwhile: both lines reach the pipe before the first read
+    time.sleep(1.0)
+    try:
+        assert worker.wait(timeout=10) == EXIT_CONFIG
+    finally:
+        worker.proc.kill()
+        worker.proc.wait()
