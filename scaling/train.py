@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from scaling.compose import CONF_DIR
 from scaling.config import TrainAppConfig, register_configs, to_dataclass, to_dict
 from scaling.distributed import World, detect_world
 from scaling.errors import ConfigError, DataError, ScalingError
@@ -46,7 +47,6 @@ from scaling.trainer.process import configure_device, init_process_group, teardo
 from scaling.wandb_mirror import WandbMirror, wandb_mode
 
 log = logging.getLogger("scaling.train")
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Ctrl-C stops like SIGTERM (checkpoint, exit 75); a second Ctrl-C stops at once.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process killed by Ctrl-C
@@ -270,15 +270,10 @@ def run_overrides(overrides: list[str], started: float | None = None) -> int:
     """Compose conf/train.yaml with Hydra overrides and train; for launchers that run the trainer
     in-process (submitit jobs, warm workers; `started` is when the run was handed over). Returns
     the exit code."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from scaling.compose import compose_train
 
-    register_configs()
-    GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-            dcfg = compose(config_name="train", overrides=list(overrides))
-        cfg = to_dataclass(dcfg)
+        cfg = to_dataclass(compose_train(list(overrides)))
     except ConfigError as e:
         print(f"scaling-train: {e}", file=sys.stderr)
         return EXIT_CONFIG
