@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -149,8 +150,6 @@ class _Worker:
         its own exit status (-N for signal N)."""
         if not self._busy:
             return self._code
-        import select
-
         # The pipe is read raw, into a buffer of our own: a buffered readline could pull two
         # replies (the "ready" line and a quick run's code) out of the pipe at once and leave the
         # second where select() never sees it, so that run would never be seen to end.
@@ -199,8 +198,6 @@ POLL_S = 0.1
 def _wait_for_an_end(active: list["_Active"], timeout: float) -> None:
     """Sleep until a warm worker training one of `active` writes its reply (or dies), or for
     `timeout` seconds."""
-    import select
-
     pipes = [a.proc.proc.stdout for a in active if isinstance(a.proc, _Worker)]
     if pipes:
         select.select(pipes, [], [], timeout)

@@ -42,6 +42,7 @@ from typing import Any, Callable, Optional
 
 from scaling.launch.config import StudySpec, parse_count
 from scaling.config import TrainAppConfig
+from scaling.compose import CONF_DIR, compose_full  # noqa: F401 - CONF_DIR re-exported
 from scaling.families import get as get_family
 from scaling.errors import ConfigError, raise_if
 from scaling.runid import NON_RESULT_KEYS, RUN_ID_RULE, config_hash, legacy_config_hash  # noqa: F401 - re-exported
@@ -49,7 +50,6 @@ from scaling.runid import NON_RESULT_KEYS, RUN_ID_RULE, config_hash, legacy_conf
 from scaling.contracts import PLAN_FORMAT, PLAN_NAME, Plan, RunSpec, read_plan, write_plan  # noqa: F401 - re-exported
 from scaling.contracts import RunStatus, result_if_readable
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 # Keys the planner sets for every run; a study's `overrides` may not set them.
 _PLANNED_KEYS = ("train.tokens", "train.flops", "train.global_batch_size", "train.lr", "train.seed",
@@ -61,19 +61,10 @@ _PLANNED_KEYS = ("train.tokens", "train.flops", "train.global_batch_size", "trai
 
 
 def compose_train(overrides: list[str]) -> Any:
-    """The trainer's config (conf/train.yaml) composed with `overrides`, as `scaling-train` would.
-    Works inside a running Hydra app (whose search path is the same conf/) and outside one."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from scaling.config import register_configs
-
-    register_configs()
+    """The trainer's config (conf/train.yaml) composed with `overrides`, as `scaling-train` would
+    (`scaling.compose.compose_full`), with Hydra's errors as a ConfigError."""
     try:
-        if GlobalHydra.instance().is_initialized():
-            return compose(config_name="train", overrides=overrides)
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name="train", overrides=overrides)
+        return compose_full(overrides)
     except ConfigError:
         raise
     except Exception as e:  # Hydra's errors name the key; keep the message, drop the traceback

@@ -39,15 +39,18 @@ def _conf_mtime() -> float:
 
 
 def compose_full(overrides: list[str]) -> Any:
-    """Hydra's compose of conf/train.yaml with `overrides` (the hydra node removed)."""
+    """Hydra's compose of conf/train.yaml with `overrides` (the hydra node removed), as
+    `scaling-train` composes it. Works inside a running Hydra app (`scaling-study`, whose search
+    path is the same conf/) and outside one."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     from scaling.config import register_configs
 
     register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name=CONFIG_NAME, overrides=list(overrides))
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name=CONFIG_NAME, overrides=list(overrides))
 
 

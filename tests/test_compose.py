@@ -8,6 +8,7 @@ import os
 import shutil
 
 import pytest
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 import scaling.compose as compose_mod
@@ -57,6 +58,7 @@ def test_an_edited_config_file_is_composed_afresh(tmp_path, monkeypatch):
     conf = tmp_path / "conf"
     shutil.copytree(compose_mod.CONF_DIR, conf)
     monkeypatch.setattr(compose_mod, "CONF_DIR", conf)
+    assert not GlobalHydra.instance().is_initialized()  # else Hydra's own search path is used
     overrides = ["model=gpt_debug", "train.seed=1"]
     assert compose_train(overrides).run.dir == "runs/default"
     text = (conf / "train.yaml").read_text()
